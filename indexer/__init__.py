@@ -1,0 +1,1 @@
+"""Archive indexing pipeline (discover, read, encode, write, resume, scale out)."""

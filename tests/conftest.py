@@ -1,0 +1,64 @@
+"""Shared fixtures: small synthetic slides written as real pyramidal TIFF/SVS files, and the
+real sample data in ../shared/data/real (skipped with a message when absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DIR = REPO.parent / "shared" / "data" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    if not REAL_DIR.is_dir():
+        pytest.skip(f"real sample data not found at {REAL_DIR} (../shared is absent)")
+    return REAL_DIR
+
+
+def smooth_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Low-frequency colour field uint8 ``[height, width, 3]``: interpolation-friendly content
+    for resampling tests (no tissue semantics)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    chans = []
+    for _ in range(3):
+        fx, fy, ph = rng.uniform(1, 4, 2).tolist() + [rng.uniform(0, 6.28)]
+        chans.append(150 + 80 * np.sin(2 * np.pi * (fx * xx / width + fy * yy / height) + ph))
+    return np.clip(np.stack(chans, -1), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def slide_factory(tmp_path_factory):
+    """``make(fmt="tiff", mpp=0.5, width=2048, height=1536, seed=0)`` → SyntheticSlide, cached."""
+    from threads_search.synth import make_slide
+
+    root = tmp_path_factory.mktemp("slides")
+    cache: dict = {}
+
+    def make(fmt="tiff", mpp=0.5, width=2048, height=1536, seed=0, **kw):
+        key = (fmt, mpp, width, height, seed, tuple(sorted(kw.items())))
+        if key not in cache:
+            ext = "svs" if fmt == "svs" else "tiff"
+            name = f"s{len(cache):03d}_{fmt}_{mpp:g}_{seed}.{ext}"
+            cache[key] = make_slide(root / name, width, height, mpp, fmt, seed=seed, **kw)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory):
+    """A small archive: 3 painted slides (TIFF and SVS) plus the broken files."""
+    from threads_search.synth import make_archive
+
+    root = tmp_path_factory.mktemp("archive")
+    slides = make_archive(root, n_slides=3, width=2048, height=1536, broken=True)
+    return root, slides

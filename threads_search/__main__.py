@@ -1,0 +1,4 @@
+from threads_search.cli import main
+
+if __name__ == "__main__":
+    main()

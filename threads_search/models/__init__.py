@@ -1,0 +1,1 @@
+"""Encoders: patch (image → feature), slide (bag of patch features → embedding), molecular."""

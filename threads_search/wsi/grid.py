@@ -1,0 +1,74 @@
+"""Patch grid: level-0 top-left corners of patches that hold enough tissue."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GridParams:
+    """``patch_size`` px at ``target_mpp`` µm/px; ``overlap`` px (at target mpp) shared by
+    neighbours; a patch is kept when its tissue fraction is at least ``min_tissue``."""
+
+    patch_size: int = 512
+    target_mpp: float = 0.5
+    overlap: int = 0
+    min_tissue: float = 0.25
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def patch_grid(
+    mask: np.ndarray,
+    mask_mpp: float,
+    level0_mpp: float,
+    level0_size: tuple[int, int],
+    params: GridParams | None = None,
+) -> np.ndarray:
+    """Coordinates ``[N, 2]`` int64 (x, y) in level-0 px, row-major (y, then x).
+
+    ``mask``: bool ``[h, w]`` tissue mask at ``mask_mpp`` µm/px covering the slide from (0, 0).
+    Only whole patches inside ``level0_size`` = (width, height) are returned.
+    """
+    p = params or GridParams()
+    if not 0 <= p.overlap < p.patch_size:
+        raise ValueError(f"overlap {p.overlap} must be in [0, patch_size={p.patch_size})")
+    if not 0.0 <= p.min_tissue <= 1.0:
+        raise ValueError(f"min_tissue {p.min_tissue} must be in [0, 1]")
+    side0 = p.patch_size * p.target_mpp / level0_mpp
+    step0 = (p.patch_size - p.overlap) * p.target_mpp / level0_mpp
+    w0, h0 = level0_size
+    xs = np.floor(np.arange(0, w0 - side0 + 1e-6, step0)).astype(np.int64)
+    ys = np.floor(np.arange(0, h0 - side0 + 1e-6, step0)).astype(np.int64)
+    if xs.size == 0 or ys.size == 0:
+        return np.zeros((0, 2), np.int64)
+    frac = _tissue_fraction(mask.astype(bool), level0_mpp / mask_mpp, xs, ys, side0)
+    keep_y, keep_x = np.nonzero(frac >= p.min_tissue - 1e-9)
+    return np.stack([xs[keep_x], ys[keep_y]], axis=1).astype(np.int64)
+
+
+def _tissue_fraction(mask, scale, xs, ys, side0) -> np.ndarray:
+    """Mean of ``mask`` over each patch; ``scale`` = mask px per level-0 px. ``[len(ys), len(xs)]``."""
+    h, w = mask.shape
+    integral = np.zeros((h + 1, w + 1), np.float64)
+    integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+
+    def bounds(starts, limit):
+        lo = np.clip(np.floor(starts * scale).astype(np.int64), 0, limit)
+        hi = np.clip(np.ceil((starts + side0) * scale).astype(np.int64), 0, limit)
+        hi = np.maximum(hi, np.minimum(lo + 1, limit))
+        return lo, hi
+
+    x0, x1 = bounds(xs, w)
+    y0, y1 = bounds(ys, h)
+    total = (
+        integral[np.ix_(y1, x1)]
+        - integral[np.ix_(y0, x1)]
+        - integral[np.ix_(y1, x0)]
+        + integral[np.ix_(y0, x0)]
+    )
+    area = np.outer(y1 - y0, x1 - x0).astype(np.float64)
+    return np.divide(total, area, out=np.zeros_like(total), where=area > 0)

@@ -1,0 +1,123 @@
+"""Resolution (µm/px) of level 0, resolved in the order DESIGN.md fixes.
+
+override (flag or CSV) → ``openslide.mpp-x/y`` → vendor keys → TIFF resolution tags →
+objective power (20x = 0.5 µm/px, flagged as an estimate).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Vendor properties holding the pixel size; the factor converts the stored unit to µm.
+_VENDOR_KEYS: list[tuple[str, str, float]] = [
+    ("aperio.MPP", "aperio.MPP", 1.0),
+    (
+        "mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_X",
+        "mirax.LAYER_0_LEVEL_0_SECTION.MICROMETER_PER_PIXEL_Y",
+        1.0,
+    ),
+    ("philips.DICOM_PIXEL_SPACING", "philips.DICOM_PIXEL_SPACING", 1000.0),  # mm
+    ("ventana.ScanRes", "ventana.ScanRes", 1.0),
+]
+_OBJECTIVE_KEYS = ("openslide.objective-power", "aperio.AppMag", "hamamatsu.SourceLens")
+_PLAUSIBLE = (0.01, 100.0)  # µm/px; outside this a value is treated as absent
+
+
+@dataclass(frozen=True)
+class MppInfo:
+    """Level-0 resolution. ``source`` says where it came from; ``estimated`` for objective power."""
+
+    mpp_x: float
+    mpp_y: float
+    source: str
+    estimated: bool = False
+
+    @property
+    def mpp(self) -> float:
+        """Mean of x and y µm/px."""
+        return (self.mpp_x + self.mpp_y) / 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _num(value) -> float | None:
+    try:
+        v = float(str(value).strip().split()[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def _plausible(v: float | None) -> bool:
+    return v is not None and _PLAUSIBLE[0] <= v <= _PLAUSIBLE[1]
+
+
+def _pair(x: float | None, y: float | None) -> tuple[float, float] | None:
+    if _plausible(x) and _plausible(y):
+        return x, y  # type: ignore[return-value]
+    return None
+
+
+def _tiff_mpp(props: Mapping[str, str]) -> tuple[float, float] | None:
+    unit = str(props.get("tiff.ResolutionUnit", "")).lower()
+    per_unit = {"centimeter": 1e4, "inch": 25400.0, "millimeter": 1e3}.get(unit)
+    xr, yr = _num(props.get("tiff.XResolution")), _num(props.get("tiff.YResolution"))
+    if per_unit is None or xr is None or yr is None:
+        return None
+    return _pair(per_unit / xr, per_unit / yr)
+
+
+def resolve_mpp(props: Mapping[str, str], override: float | None = None) -> MppInfo | None:
+    """Level-0 µm/px from OpenSlide ``props``; None when nothing usable is found."""
+    if override is not None:
+        if not _plausible(override):
+            raise ValueError(f"mpp override {override} is outside {_PLAUSIBLE} µm/px")
+        return MppInfo(override, override, "override")
+    pair = _pair(_num(props.get("openslide.mpp-x")), _num(props.get("openslide.mpp-y")))
+    if pair:
+        return MppInfo(*pair, "openslide.mpp")
+    for kx, ky, factor in _VENDOR_KEYS:
+        x, y = _num(props.get(kx)), _num(props.get(ky))
+        pair = _pair(x * factor, y * factor) if x and y else None
+        if pair:
+            return MppInfo(*pair, kx)
+    pair = _tiff_mpp(props)
+    if pair:
+        return MppInfo(*pair, "tiff.resolution")
+    for key in _OBJECTIVE_KEYS:
+        power = _num(props.get(key))
+        if power and 1 <= power <= 200:
+            mpp = 10.0 / power
+            return MppInfo(mpp, mpp, f"objective-power ({key}={power:g})", estimated=True)
+    return None
+
+
+def load_mpp_csv(path: str | Path) -> dict[str, float]:
+    """Read a ``slide,mpp`` CSV (header required). Keys are slide ids, file names or paths."""
+    out: dict[str, float] = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
+        if "slide" not in fields or "mpp" not in fields:
+            raise ValueError(f"{path}: mpp CSV needs columns 'slide,mpp', found {fields}")
+        for i, row in enumerate(reader, start=2):
+            row = {k.strip().lower(): v for k, v in row.items() if k}
+            value = _num(row["mpp"])
+            if not _plausible(value):
+                raise ValueError(f"{path}:{i}: mpp {row['mpp']!r} is not a plausible µm/px")
+            out[row["slide"].strip()] = value  # type: ignore[assignment]
+    return out
+
+
+def lookup_override(table: Mapping[str, float], path: str | Path, slide_id: str) -> float | None:
+    """Find a slide in an mpp table by slide id, file name or full path."""
+    p = Path(path)
+    for key in (slide_id, p.name, p.stem, str(p), str(p.resolve())):
+        if key in table:
+            return table[key]
+    return None

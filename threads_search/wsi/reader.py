@@ -1,0 +1,91 @@
+"""Patch reading in worker processes: a torch ``Dataset`` whose workers each open their own
+OpenSlide handle, and a batched ``DataLoader`` over it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from threads_search.wsi.slide import Slide
+
+
+class PatchDataset(Dataset):
+    """Item ``i`` → ``(patch, coord)``: patch uint8 ``[patch_size, patch_size, 3]`` (or
+    ``transform(patch)``), coord int64 ``[2]`` level-0 (x, y).
+
+    ``mpp`` is the level-0 µm/px resolved once by the caller so workers never disagree.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        coords: np.ndarray,
+        patch_size: int = 512,
+        target_mpp: float = 0.5,
+        mpp: float | None = None,
+        transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
+        self.path = str(path)
+        self.coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        self.patch_size = patch_size
+        self.target_mpp = target_mpp
+        self.mpp = mpp
+        self.transform = transform
+        self._slide: Slide | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def _handle(self) -> Slide:
+        # One OpenSlide handle per process: handles must not cross a fork.
+        if self._slide is None or self._pid != os.getpid():
+            self._slide = Slide(self.path, mpp=self.mpp)
+            self._pid = os.getpid()
+        return self._slide
+
+    def __getitem__(self, i: int):
+        x, y = self.coords[i]
+        patch = self._handle().read_patch(int(x), int(y), self.patch_size, self.target_mpp)
+        out = self.transform(patch) if self.transform is not None else patch
+        return torch.from_numpy(np.ascontiguousarray(out)), torch.from_numpy(self.coords[i])
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_slide"] = None
+        state["_pid"] = None
+        return state
+
+
+def _worker_init(_: int) -> None:
+    # Each worker is one reader: no intra-op thread pools competing for the cores.
+    torch.set_num_threads(1)
+
+
+def patch_loader(
+    path: str | Path,
+    coords: np.ndarray,
+    patch_size: int = 512,
+    target_mpp: float = 0.5,
+    mpp: float | None = None,
+    batch_size: int = 32,
+    workers: int = 2,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> DataLoader:
+    """Batches ``(patches [B, ps, ps, 3] uint8 | transformed [B, ...], coords [B, 2] int64)``
+    in the order of ``coords``. ``workers=0`` reads in this process."""
+    ds = PatchDataset(path, coords, patch_size, target_mpp, mpp, transform)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=_worker_init if workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )

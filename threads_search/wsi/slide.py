@@ -1,0 +1,226 @@
+"""Open whole-slide images with OpenSlide and read patches at a target resolution.
+
+Coordinates are level-0 pixels ``(x, y)`` of a region's top-left corner; resolution is µm/px.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import openslide
+from PIL import Image
+
+from threads_search.wsi.errors import SlideError
+from threads_search.wsi.mpp import MppInfo, resolve_mpp
+
+_WHITE = (255, 255, 255)
+
+
+def _dicom_file(path: Path) -> Path:
+    """A DICOM-WSI folder is opened through any one of its ``.dcm`` files."""
+    files = sorted(path.glob("*.dcm"))
+    if not files:
+        raise SlideError(path, "unsupported", "a folder that holds no .dcm files (DICOM WSI)")
+    return files[0]
+
+
+class Slide:
+    """An open slide. Use ``open_slide``; close with ``close()`` or a ``with`` block.
+
+    ``dimensions``: level-0 (width, height) px. ``mpp``: level-0 µm/px (see ``mpp_info.source``).
+    """
+
+    def __init__(self, path: str | Path, mpp: float | None = None, require_mpp: bool = True):
+        self.path = Path(path)
+        target = _dicom_file(self.path) if self.path.is_dir() else self.path
+        if not self.path.exists():
+            raise SlideError(path, "missing", "no such file")
+        if target.stat().st_size == 0:
+            raise SlideError(path, "empty", "the file is 0 bytes")
+        try:
+            fmt = openslide.OpenSlide.detect_format(str(target))
+        except Exception as e:  # noqa: BLE001 - OpenSlide raises various types on garbage
+            raise SlideError(path, "corrupt", f"format detection failed ({e})") from e
+        if fmt is None:
+            reason, detail = _why_unreadable(target)
+            raise SlideError(path, reason, detail)
+        try:
+            self._osr = openslide.OpenSlide(str(target))
+        except Exception as e:  # noqa: BLE001
+            raise SlideError(path, "corrupt", f"OpenSlide could not open it ({e})") from e
+        self.vendor = fmt
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(self._osr.level_dimensions)
+        if any(w <= 0 or h <= 0 for w, h in self.level_dimensions):
+            self.close()
+            raise SlideError(path, "zero-size", f"level sizes {self.level_dimensions}")
+        self.level_downsamples: tuple[float, ...] = tuple(self._osr.level_downsamples)
+        self.properties: dict[str, str] = dict(self._osr.properties)
+        self.associated_images: list[str] = sorted(self._osr.associated_images)
+        self.mpp_info: MppInfo | None = resolve_mpp(self.properties, mpp)
+        if self.mpp_info is None and require_mpp:
+            self.close()
+            raise SlideError(
+                path,
+                "no-mpp",
+                "no resolution (µm/px) in the file; give it with --mpp-csv (columns slide,mpp)",
+            )
+
+    # --- geometry -------------------------------------------------------------------------
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self.level_dimensions[0]
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    @property
+    def mpp(self) -> float:
+        if self.mpp_info is None:
+            raise SlideError(self.path, "no-mpp", "resolution unknown")
+        return self.mpp_info.mpp
+
+    def level_mpp(self, level: int) -> float:
+        return self.mpp * self.level_downsamples[level]
+
+    def best_level(self, target_mpp: float) -> int:
+        """Lowest-resolution level still at least as fine as ``target_mpp`` (level 0 if none)."""
+        best = 0
+        for level in range(self.level_count):
+            if self.level_mpp(level) <= target_mpp * (1 + 1e-3):
+                best = level
+        return best
+
+    def patch_size_level0(self, patch_size: int, target_mpp: float) -> int:
+        """Side in level-0 px of a ``patch_size`` px patch at ``target_mpp`` µm/px."""
+        return max(1, round(patch_size * target_mpp / self.mpp))
+
+    # --- pixels ---------------------------------------------------------------------------
+    def read_region(self, x: int, y: int, level: int, size: tuple[int, int]) -> np.ndarray:
+        """RGB uint8 ``[h, w, 3]`` at ``level``; ``(x, y)`` level-0 px; outside the slide is white."""
+        try:
+            rgba = self._osr.read_region((int(x), int(y)), int(level), (int(size[0]), int(size[1])))
+        except Exception as e:  # noqa: BLE001
+            raise SlideError(self.path, "read", f"reading ({x}, {y}) at level {level}: {e}") from e
+        return _rgba_to_rgb(rgba)
+
+    def read_patch(self, x: int, y: int, patch_size: int = 512, target_mpp: float = 0.5):
+        """uint8 ``[patch_size, patch_size, 3]`` covering ``patch_size * target_mpp`` µm from
+        level-0 ``(x, y)``, read from ``best_level`` and resized exactly to ``patch_size``."""
+        level = self.best_level(target_mpp)
+        side0 = patch_size * target_mpp / self.mpp
+        side = max(1, round(side0 / self.level_downsamples[level]))
+        arr = self.read_region(x, y, level, (side, side))
+        if side != patch_size:
+            img = Image.fromarray(arr).resize((patch_size, patch_size), Image.BILINEAR)
+            arr = np.asarray(img)
+        return arr
+
+    def thumbnail(self, target_mpp: float = 8.0, max_side: int = 8192) -> tuple[np.ndarray, float]:
+        """RGB thumbnail near ``target_mpp`` µm/px (capped at ``max_side`` px); returns
+        ``(rgb [h, w, 3] uint8, thumbnail µm/px along x)``."""
+        w0, h0 = self.dimensions
+        scale = min(self.mpp / target_mpp, max_side / max(w0, h0), 1.0)
+        size = (max(1, math.floor(w0 * scale)), max(1, math.floor(h0 * scale)))
+        try:
+            img = self._osr.get_thumbnail(size)
+        except Exception as e:  # noqa: BLE001
+            raise SlideError(self.path, "read", f"thumbnail: {e}") from e
+        arr = _rgba_to_rgb(img)
+        return arr, self.mpp * w0 / arr.shape[1]
+
+    def associated_image(self, name: str) -> np.ndarray:
+        return _rgba_to_rgb(self._osr.associated_images[name])
+
+    def summary(self) -> dict:
+        """Plain-data description (JSON-able)."""
+        return {
+            "path": str(self.path),
+            "vendor": self.vendor,
+            "width": self.dimensions[0],
+            "height": self.dimensions[1],
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "mpp": self.mpp_info.mpp if self.mpp_info else None,
+            "mpp_source": self.mpp_info.source if self.mpp_info else None,
+            "mpp_estimated": self.mpp_info.estimated if self.mpp_info else None,
+            "associated_images": self.associated_images,
+        }
+
+    # --- lifetime -------------------------------------------------------------------------
+    def close(self) -> None:
+        osr = getattr(self, "_osr", None)
+        if osr is not None:
+            osr.close()
+            self._osr = None
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        mpp = f"{self.mpp_info.mpp:.4g}" if self.mpp_info else "?"
+        return f"Slide({self.path.name!r}, {self.vendor}, {w}x{h}, {mpp} µm/px)"
+
+
+def open_slide(path: str | Path, mpp: float | None = None, require_mpp: bool = True) -> Slide:
+    """Open a slide in any OpenSlide format; ``mpp`` overrides the file's resolution.
+
+    Raises ``SlideError`` naming the file and the reason.
+    """
+    return Slide(path, mpp=mpp, require_mpp=require_mpp)
+
+
+_MAGIC = {
+    b"\x89PNG": "a PNG image",
+    b"\xff\xd8\xff": "a JPEG image",
+    b"GIF8": "a GIF image",
+    b"BM": "a BMP image",
+    b"%PDF": "a PDF document",
+}
+
+
+def _why_unreadable(path: Path) -> tuple[str, str]:
+    """Explain why OpenSlide does not recognise ``path``: (reason, detail)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        import logging
+
+        import tifffile
+
+        log = logging.getLogger("tifffile")
+        level, log.level = log.level, logging.CRITICAL  # its complaints are reported below
+        try:
+            with tifffile.TiffFile(path) as tif:
+                tiled = all(page.is_tiled for page in tif.pages)
+                _ = [page.shape for page in tif.pages]
+        except Exception as e:  # noqa: BLE001
+            return "corrupt", f"a damaged or truncated TIFF ({type(e).__name__}: {e})"
+        finally:
+            log.level = level
+        if not tiled:
+            return "unsupported", "an untiled (stripped) TIFF; whole-slide TIFFs must be tiled"
+        return "corrupt", "a TIFF that OpenSlide does not recognise (damaged or truncated?)"
+    for magic, what in _MAGIC.items():
+        if head.startswith(magic):
+            return "unsupported", f"{what} named {path.suffix or '(no extension)'}, not a slide"
+    return "unsupported", (
+        f"not a whole-slide format OpenSlide reads (extension {path.suffix or 'none'})"
+    )
+
+
+def _rgba_to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode == "RGBA":
+        bg = Image.new("RGB", img.size, _WHITE)
+        bg.paste(img, mask=img.getchannel("A"))
+        img = bg
+    elif img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)

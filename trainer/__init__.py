@@ -1,0 +1,1 @@
+"""Contrastive slide-molecule training (THREADS)."""
