@@ -1,7 +1,8 @@
 # threads-search: `make demo` and `make test` set everything up on a fresh machine.
 SHELL := /bin/bash
 PYTHON ?= python3.11
-DEPS_HASH := $(shell cat pyproject.toml requirements.lock | sha256sum | cut -c1-12)
+# The environment is keyed by the dependency lists only (pyproject's dependency sections + lock).
+DEPS_HASH := $(shell { sed -n '/^dependencies/,/^\[project.scripts\]/p' pyproject.toml; cat requirements.lock; } | sha256sum | cut -c1-12)
 VENV ?= $(HOME)/.cache/threads-search/venv-$(DEPS_HASH)
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo_out

@@ -10,9 +10,7 @@ from threads_search.synth import downsample, write_broken_slides, write_slide
 from threads_search.wsi import SlideError, load_mpp_csv, lookup_override, open_slide, resolve_mpp
 
 
-@pytest.mark.parametrize(
-    "fmt, vendor, factor", [("tiff", "generic-tiff", 2), ("svs", "aperio", 4)]
-)
+@pytest.mark.parametrize("fmt, vendor, factor", [("tiff", "generic-tiff", 2), ("svs", "aperio", 4)])
 def test_round_trip_levels_mpp_vendor(tmp_path, fmt, vendor, factor):
     rgb = smooth_image(3000, 2100, seed=1)
     path = write_slide(tmp_path / f"x.{fmt}", rgb, 0.25, fmt=fmt)
@@ -62,7 +60,9 @@ def test_patch_from_coarser_scanner_is_upsampled(tmp_path):
         assert patch.shape == (512, 512, 3)
         # 512 px @ 0.5 covers 256 µm = 256 px at 1.0 µm/px.
         ref = np.asarray(
-            __import__("PIL.Image", fromlist=["Image"]).fromarray(rgb[:256, :256]).resize((512, 512))
+            __import__("PIL.Image", fromlist=["Image"])
+            .fromarray(rgb[:256, :256])
+            .resize((512, 512))
         )
         assert np.abs(patch.astype(float) - ref).mean() < 5.0
 
@@ -118,7 +118,9 @@ def test_missing_resolution_and_override(tmp_path):
     path = write_slide(tmp_path / "nores.tiff", smooth_image(1024, 768), None)
     with pytest.raises(SlideError) as e:
         open_slide(path)
-    assert e.value.reason == "no-mpp" and "--mpp-csv" in str(e.value) and "nores.tiff" in str(e.value)
+    assert (
+        e.value.reason == "no-mpp" and "--mpp-csv" in str(e.value) and "nores.tiff" in str(e.value)
+    )
     with open_slide(path, mpp=0.5) as s:
         assert s.mpp == 0.5 and s.mpp_info.source == "override"
 

@@ -1,10 +1,160 @@
-"""The ``threads-search`` command line (Typer). Each command imports its implementation lazily."""
+"""threads-search: whole-slide image retrieval on a slide-molecule embedding space.
+
+Typical path: `features` (patch features per slide) → `train` (THREADS model) → `index` →
+`search` / `classify` / `ui`. `demo` runs it all on generated data.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode="rich")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(
+        Path("demo_out"), "--out", help="Folder for everything the demo writes."
+    ),
+    slides: int = typer.Option(4, "--slides", min=1, help="How many synthetic slides to write."),
+) -> None:
+    """Run the main job on generated data: a synthetic slide archive (TIFF + SVS, plus broken
+    files), tissue detection and the patch grid, printed as a per-slide table."""
+    from threads_search.demo import run_demo
+
+    out.mkdir(parents=True, exist_ok=True)
+    run_demo(out, n_slides=slides)
+
+
+@app.command()
+def features(
+    slides: list[Path] = typer.Argument(
+        None, help="Slide files and/or folders (searched recursively)."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="FEATURES_DIR to write (h5/, thumbnails/, contours/, status.parquet)."
+    ),
+    patch_encoder: str = typer.Option(
+        "hed-texture",
+        "--patch-encoder",
+        help="Registered encoder name (see `threads-search encoders`).",
+    ),
+    checkpoint: Path = typer.Option(
+        None,
+        "--checkpoint",
+        help="Local weights file for pretrained encoders (nothing is downloaded).",
+    ),
+    target_mpp: float = typer.Option(
+        None, "--target-mpp", help="Patch resolution in µm/px [default: the encoder's, 0.5 = 20x]."
+    ),
+    patch_size: int = typer.Option(
+        None, "--patch-size", help="Patch side in px at --target-mpp [default: the encoder's, 512]."
+    ),
+    mpp_csv: Path = typer.Option(
+        None, "--mpp-csv", help="CSV 'slide,mpp' overriding the files' resolution."
+    ),
+    mpp: float = typer.Option(
+        None, "--mpp", help="One µm/px for every slide (overrides the files)."
+    ),
+    min_tissue: float = typer.Option(
+        0.25, "--min-tissue", help="Keep patches with at least this tissue fraction."
+    ),
+    workers: int = typer.Option(
+        2, "--workers", min=0, help="Reader processes (0 = read in this process)."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | float16 features on disk."),
+    retry_failed: bool = typer.Option(
+        False, "--retry-failed", help="Redo slides that failed before."
+    ),
+    import_h5: Path = typer.Option(
+        None,
+        "--import-h5",
+        help="Adopt TRIDENT/CLAM h5 files from this folder instead of reading slides.",
+    ),
+    level0_mpp: float = typer.Option(
+        None, "--level0-mpp", help="With --import-h5: µm/px of the scans when the files lack it."
+    ),
+) -> None:
+    """Segment tissue, cut patches and encode them: one TRIDENT/CLAM-compatible h5 per slide.
+
+    Re-running skips slides already done with the same settings; a slide that cannot be read is
+    recorded as failed in status.parquet with its reason and the others complete. Exit code 1
+    when any slide failed.
+
+    Example: threads-search features slides/ --out feats/ --workers 2
+    """
+    from dataclasses import replace
+
+    from rich.console import Console
+
+    from threads_search.features import FeaturesConfigError, default_config
+    from threads_search.features.progress import FeaturesProgress
+    from threads_search.features.report import print_outcomes
+
+    console = Console(stderr=True)
+    if dtype not in ("float32", "float16"):
+        raise typer.BadParameter("use float32 or float16", param_hint="--dtype")
+    try:
+        cfg = default_config(
+            patch_encoder, patch_size, target_mpp, checkpoint=str(checkpoint) if checkpoint else None,
+            dtype=dtype, batch_size=batch_size, workers=workers, device=device,
+        )  # fmt: skip
+    except KeyError as e:
+        raise typer.BadParameter(str(e.args[0]), param_hint="--patch-encoder") from None
+    cfg.segment.grid = replace(cfg.segment.grid, min_tissue=min_tissue)
+    try:
+        if import_h5 is not None:
+            from threads_search.features.importer import ImportParams
+            from threads_search.features.importer import import_h5 as run_import
+
+            outcomes = run_import(import_h5, out, cfg, ImportParams(level0_mpp))
+        else:
+            if not slides:
+                raise typer.BadParameter("give slide files or folders (or --import-h5 DIR)")
+            from threads_search.features import extract_features
+
+            with FeaturesProgress(console) as progress:
+                outcomes = extract_features(slides, out, cfg, mpp_csv=mpp_csv, mpp=mpp,
+                                            retry_failed=retry_failed, progress=progress)  # fmt: skip
+    except (FeaturesConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    failed = print_outcomes(outcomes, console)
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def encoders() -> None:
+    """List the registered encoders (patch, slide, molecular) and what they expect."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from threads_search.models.patch import get_patch_encoder_spec, list_patch_encoders
+
+    table = Table(title="patch encoders")
+    for col in ("name", "dim", "patch px @ µm/px", "input px", "weights", "licence"):
+        table.add_column(col)
+    for name in list_patch_encoders():
+        s = get_patch_encoder_spec(name)
+        weights = ", ".join(s.checkpoint_files) if s.needs_checkpoint else "built in"
+        table.add_row(name, str(s.dim), f"{s.patch_size} @ {s.target_mpp}", str(s.input_size),
+                      weights, s.licence)  # fmt: skip
+    Console().print(table)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        from threads_search import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
 
 
 def main() -> None:

@@ -54,6 +54,7 @@ def write_slide(
     no resolution at all (for missing-resolution tests). The file appears atomically.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     h, w = rgb.shape[:2]
     jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}, "photometric": "rgb"}
@@ -63,7 +64,10 @@ def write_slide(
                 for i, (ds, img) in enumerate(_pyramid(rgb, 2, min_side)):
                     res = {}
                     if mpp is not None:
-                        res = {"resolution": (1e4 / (mpp * ds),) * 2, "resolutionunit": "CENTIMETER"}
+                        res = {
+                            "resolution": (1e4 / (mpp * ds),) * 2,
+                            "resolutionunit": "CENTIMETER",
+                        }
                     else:
                         res = {"resolution": None, "resolutionunit": None}
                     tw.write(img, tile=(tile, tile), subfiletype=1 if i else 0, metadata=None,
@@ -82,7 +86,7 @@ def write_slide(
                 thumb = np.asarray(Image.fromarray(rgb).reduce(max(1, max(h, w) // 768)))
                 tw.write(thumb, description=_APERIO + f"{w}x{h} -> {thumb.shape[1]}x{thumb.shape[0]}",
                          metadata=None, **jpeg)  # fmt: skip
-                for ds, img in levels[1:]:
+                for _, img in levels[1:]:
                     desc = _APERIO + f"{w}x{h} [0,0 {w}x{h}] -> {img.shape[1]}x{img.shape[0]}"
                     tw.write(img, tile=(tile, tile), description=desc, subfiletype=1,
                              metadata=None, **jpeg)  # fmt: skip

@@ -1,13 +1,10 @@
 """Slide reading: open (OpenSlide), resolve µm/px, tissue mask, patch grid, patch reader."""
 
+from threads_search.wsi.discover import SLIDE_EXTENSIONS, SlideRef, discover_slides
 from threads_search.wsi.errors import SlideError
 from threads_search.wsi.grid import GridParams, patch_grid
 from threads_search.wsi.mpp import MppInfo, load_mpp_csv, lookup_override, resolve_mpp
 from threads_search.wsi.slide import Slide, open_slide
-
-SLIDE_EXTENSIONS = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
-)  # fmt: skip
 
 __all__ = [
     "SLIDE_EXTENSIONS",
@@ -15,6 +12,8 @@ __all__ = [
     "MppInfo",
     "Slide",
     "SlideError",
+    "SlideRef",
+    "discover_slides",
     "load_mpp_csv",
     "lookup_override",
     "open_slide",

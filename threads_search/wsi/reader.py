@@ -53,7 +53,8 @@ class PatchDataset(Dataset):
         x, y = self.coords[i]
         patch = self._handle().read_patch(int(x), int(y), self.patch_size, self.target_mpp)
         out = self.transform(patch) if self.transform is not None else patch
-        return torch.from_numpy(np.ascontiguousarray(out)), torch.from_numpy(self.coords[i])
+        out = np.require(out, requirements=["C", "W"])  # PIL-backed arrays are read-only
+        return torch.from_numpy(out), torch.from_numpy(self.coords[i])
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -217,8 +217,8 @@ def _why_unreadable(path: Path) -> tuple[str, str]:
 
 
 def _rgba_to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode == "RGBA":
-        bg = Image.new("RGB", img.size, _WHITE)
+    if img.mode == "RGBA" and img.getchannel("A").getextrema()[0] < 255:
+        bg = Image.new("RGB", img.size, _WHITE)  # outside the slide or transparent: white
         bg.paste(img, mask=img.getchannel("A"))
         img = bg
     elif img.mode != "RGB":

@@ -18,7 +18,9 @@ def get_patch_encoder_spec(name: str) -> PatchEncoderSpec:
     return PATCH_ENCODERS.info(name)
 
 
-def create_patch_encoder(name: str, checkpoint=None, device: str = "auto", **kwargs) -> PatchEncoder:
+def create_patch_encoder(
+    name: str, checkpoint=None, device: str = "auto", **kwargs
+) -> PatchEncoder:
     """Build the encoder ``name``; pretrained ones load weights from the local ``checkpoint`` file."""
     _load_builtins()
     return PATCH_ENCODERS.create(name, checkpoint=checkpoint, device=device, **kwargs)

@@ -1,0 +1,261 @@
+"""The features stage: segment, patch and encode slides into a FEATURES_DIR (DESIGN.md layout).
+
+One bad slide is recorded as failed with its reason and the others complete; a re-run skips
+slides already done with the same config (``retry_failed`` redoes failures); every file
+appears atomically, so a run killed at any moment leaves nothing a re-run would trust wrongly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from threads_search.features.config import FeaturesConfig, load_config
+from threads_search.features.h5io import FeatureFileError, read_features, write_features
+from threads_search.features.status import StatusTable
+from threads_search.wsi import SlideError, discover_slides, load_mpp_csv, lookup_override
+from threads_search.wsi.reader import patch_loader
+from threads_search.wsi.segment import SlidePlan, plan_slide
+from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
+
+
+class FeaturesConfigError(ValueError):
+    """FEATURES_DIR was made with other settings than the ones asked for now."""
+
+
+@dataclass
+class SlideOutcome:
+    slide_id: str
+    path: str
+    state: str  # done | skipped | failed
+    error: str = ""
+    n_patches: int = 0
+    seconds: float = 0.0
+
+
+def h5_path(out_dir: Path, slide_id: str) -> Path:
+    return out_dir / "h5" / f"{slide_id}.h5"
+
+
+def check_config(out_dir: Path, config: FeaturesConfig) -> None:
+    """Refuse to mix features made with different settings in one folder."""
+    existing = load_config(out_dir)
+    if existing is None or existing.get("config_hash") == config.hash():
+        return
+    old = FeaturesConfig.from_dict(existing).output_key()
+    new = config.output_key()
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+    raise FeaturesConfigError(
+        f"{out_dir} holds features made with other settings ({'; '.join(diff)}). "
+        "Use another --out folder for these settings."
+    )
+
+
+def encode_plan(plan: SlidePlan, encoder, config: FeaturesConfig, on_batch: Callable | None = None):
+    """Features ``[N, D]`` float32 for ``plan.coords`` (same order)."""
+    grid = config.segment.grid
+    transform = encoder.encode_one if getattr(encoder, "cpu_per_patch", False) else None
+    loader = patch_loader(
+        plan.path, plan.coords, grid.patch_size, grid.target_mpp, mpp=plan.mpp,
+        batch_size=config.batch_size, workers=config.workers, transform=transform,
+    )  # fmt: skip
+    out = np.zeros((len(plan.coords), encoder.spec.dim), np.float32)
+    i = 0
+    for batch, _ in loader:
+        feats = batch.numpy() if transform is not None else encoder.encode(batch)
+        out[i : i + len(feats)] = feats
+        i += len(feats)
+        if on_batch is not None:
+            on_batch(len(feats))
+    if i != len(out):
+        raise RuntimeError(f"{plan.path}: read {i} of {len(out)} patches")
+    return out
+
+
+def _h5_attrs(plan: SlidePlan, config: FeaturesConfig) -> dict:
+    grid = config.segment.grid
+    return {
+        "patch_size": grid.patch_size,
+        "patch_size_level0": plan.patch_size_level0(grid),
+        "target_mpp": grid.target_mpp,
+        "level0_mpp": plan.mpp,
+        "level0_width": plan.summary["width"],
+        "level0_height": plan.summary["height"],
+        "encoder": config.patch_encoder,
+        "config_hash": config.hash(),
+        "tissue_area_mm2": plan.tissue.area_mm2,
+        "mpp_source": plan.summary["mpp_source"],
+    }
+
+
+def process_slide(ref, out_dir: Path, encoder, config, mpp=None, on_start=None, on_batch=None):
+    """Segment + encode one slide and write its h5, thumbnail and contours. Returns n patches."""
+    plan = plan_slide(ref.path, ref.slide_id, mpp=mpp, config=config.segment)
+    if on_start is not None:
+        on_start(len(plan.coords))
+    if len(plan.coords) == 0:
+        raise SlideError(ref.path, "no-tissue", "no tissue patches found (blank slide?)")
+    feats = encode_plan(plan, encoder, config, on_batch)
+    if config.dtype == "float16":
+        feats = feats.astype(np.float16)
+    write_thumbnail_jpeg(plan.thumb, plan.tissue, out_dir / "thumbnails" / f"{ref.slide_id}.jpg")
+    write_geojson(plan.tissue, ref.slide_id, out_dir / "contours" / f"{ref.slide_id}.geojson")
+    write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, _h5_attrs(plan, config))
+    return len(plan.coords)
+
+
+def _remove_orphans(out_dir: Path) -> None:
+    """Delete temporary files left by runs that were killed (their PID is gone)."""
+    for p in out_dir.rglob(".*.tmp*"):
+        m = re.search(r"\.tmp(\d+)$", p.name)
+        if m and not _pid_alive(int(m.group(1))):
+            p.unlink(missing_ok=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _adopt_existing(path: Path, config_hash: str) -> int | None:
+    """An h5 renamed into place before its status row was written (killed in between)."""
+    if not path.exists():
+        return None
+    try:
+        ff = read_features(path)
+    except FeatureFileError:
+        return None
+    return len(ff.coords) if ff.attrs.get("config_hash") == config_hash else None
+
+
+def extract_features(
+    inputs: list[str | Path],
+    out_dir: str | Path,
+    config: FeaturesConfig,
+    mpp_csv: str | Path | None = None,
+    mpp: float | None = None,
+    retry_failed: bool = False,
+    progress=None,
+    encoder=None,
+) -> list[SlideOutcome]:
+    """Run the features stage over files/folders ``inputs``. ``progress`` is a
+    ``FeaturesProgress``-like object (or None). Returns one outcome per slide."""
+    from threads_search.models.patch import create_patch_encoder
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_config(out, config)
+    _remove_orphans(out)
+    refs = discover_slides(inputs)
+    overrides = load_mpp_csv(mpp_csv) if mpp_csv else {}
+    status = StatusTable(out)
+    if encoder is None:
+        encoder = create_patch_encoder(
+            config.patch_encoder, checkpoint=config.checkpoint, device=config.device
+        )
+    config.save(out, {"encoder_spec": encoder.spec.to_dict()})
+    chash = config.hash()
+    outcomes = []
+    if progress:
+        progress.start_archive(len(refs))
+    for ref in refs:
+        prev = status.get(ref.slide_id)
+        h5 = h5_path(out, ref.slide_id)
+        if (
+            prev
+            and prev["config_hash"] == chash
+            and (
+                (prev["state"] == "done" and h5.exists())
+                or (prev["state"] == "failed" and not retry_failed)
+            )
+        ):
+            outcomes.append(SlideOutcome(ref.slide_id, str(ref.path), "skipped",
+                                         prev["error"] or "", int(prev["n_patches"] or 0)))  # fmt: skip
+            if progress:
+                progress.slide_done(ref.slide_id, "skipped")
+            continue
+        adopted = _adopt_existing(h5, chash)
+        if adopted is not None:
+            status.set(ref.slide_id, path=str(ref.path), state="done", error="",
+                       n_patches=adopted, seconds=0.0, config_hash=chash,
+                       finished=time.time())  # fmt: skip
+            outcomes.append(SlideOutcome(ref.slide_id, str(ref.path), "skipped", "", adopted))
+            continue
+        t0 = time.perf_counter()
+        slide_mpp = mpp if mpp is not None else lookup_override(overrides, ref.path, ref.slide_id)
+        try:
+            n = process_slide(
+                ref, out, encoder, config, slide_mpp,
+                on_start=(lambda n, r=ref: progress.start_slide(r.slide_id, n)) if progress else None,
+                on_batch=progress.advance if progress else None,
+            )  # fmt: skip
+            state, error = "done", ""
+        except SlideError as e:
+            n, state, error = 0, "failed", f"{e.reason}: {e.detail}"
+        except Exception as e:  # noqa: BLE001 - one bad slide never kills the batch
+            n, state, error = 0, "failed", f"error: {type(e).__name__}: {e}"
+            if os.environ.get("THREADS_SEARCH_DEBUG"):
+                traceback.print_exc()
+        dt = time.perf_counter() - t0
+        if state == "failed":
+            h5.unlink(missing_ok=True)  # a stale file from older settings must not be trusted
+        status.set(ref.slide_id, path=str(ref.path), state=state, error=error, n_patches=n,
+                   seconds=dt, config_hash=chash, finished=time.time())  # fmt: skip
+        outcomes.append(SlideOutcome(ref.slide_id, str(ref.path), state, error, n, dt))
+        if progress:
+            progress.slide_done(ref.slide_id, state, error)
+    return outcomes
+
+
+def encode_slide_file(
+    path: str | Path,
+    patch_encoder: str = "hed-texture",
+    checkpoint: str | None = None,
+    device: str = "auto",
+    mpp: float | None = None,
+    workers: int = 0,
+    config: FeaturesConfig | None = None,
+):
+    """Features ``[N, D]`` float32 and coords ``[N, 2]`` int64 for one slide file, nothing
+    written. Raises ``SlideError`` (including ``no-tissue``)."""
+    from threads_search.models.patch import create_patch_encoder
+
+    cfg = config or default_config(patch_encoder, checkpoint=checkpoint, device=device)
+    cfg.workers = workers
+    encoder = create_patch_encoder(cfg.patch_encoder, checkpoint=cfg.checkpoint, device=cfg.device)
+    plan = plan_slide(path, mpp=mpp, config=cfg.segment)
+    if len(plan.coords) == 0:
+        raise SlideError(path, "no-tissue", "no tissue patches found (blank slide?)")
+    return encode_plan(plan, encoder, cfg), plan.coords
+
+
+def default_config(
+    patch_encoder: str = "hed-texture",
+    patch_size: int | None = None,
+    target_mpp: float | None = None,
+    **kwargs,
+) -> FeaturesConfig:
+    """A config whose patch size and µm/px default to what ``patch_encoder`` expects."""
+    from threads_search.models.patch import get_patch_encoder_spec
+    from threads_search.wsi.grid import GridParams
+    from threads_search.wsi.segment import SegmentConfig
+
+    spec = get_patch_encoder_spec(patch_encoder)
+    grid = GridParams(
+        patch_size=patch_size or spec.patch_size, target_mpp=target_mpp or spec.target_mpp
+    )
+    return FeaturesConfig(patch_encoder=patch_encoder, segment=SegmentConfig(grid=grid), **kwargs)

@@ -1,0 +1,29 @@
+"""End-of-run summary of a features run."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_outcomes(outcomes, console: Console) -> int:
+    """Print counts and the failed slides with reasons; return the number failed."""
+    counts = Counter(o.state for o in outcomes)
+    patches = sum(o.n_patches for o in outcomes if o.state == "done")
+    seconds = sum(o.seconds for o in outcomes if o.state == "done")
+    rate = f", {patches / seconds:.1f} patches/s" if seconds > 0 else ""
+    console.print(
+        f"done {counts['done']}, skipped {counts['skipped']} (already done), "
+        f"failed {counts['failed']} — {patches} patches encoded{rate}"
+    )
+    failed = [o for o in outcomes if o.state == "failed"]
+    if failed:
+        table = Table(title="failed slides")
+        table.add_column("slide")
+        table.add_column("reason")
+        for o in failed:
+            table.add_row(o.slide_id, o.error)
+        console.print(table)
+    return len(failed)

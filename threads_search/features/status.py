@@ -1,0 +1,41 @@
+"""``status.parquet``: one row per slide (done | failed), rewritten atomically after each slide."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+
+STATUS_NAME = "status.parquet"
+COLUMNS = ["slide_id", "path", "state", "error", "n_patches", "seconds", "config_hash", "finished"]
+
+
+class StatusTable:
+    """Per-slide outcome of a features run, keyed by ``slide_id``."""
+
+    def __init__(self, features_dir: str | Path) -> None:
+        self.path = Path(features_dir) / STATUS_NAME
+        if self.path.exists():
+            df = pd.read_parquet(self.path)
+            self.rows = {r["slide_id"]: r for r in df.to_dict("records")}
+        else:
+            self.rows = {}
+
+    def get(self, slide_id: str) -> dict | None:
+        return self.rows.get(slide_id)
+
+    def set(self, slide_id: str, **row) -> None:
+        row = {c: row.get(c) for c in COLUMNS if c != "slide_id"}
+        self.rows[slide_id] = {"slide_id": slide_id, **row}
+        self.save()
+
+    def frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(list(self.rows.values()), columns=COLUMNS)
+        return df.sort_values("slide_id").reset_index(drop=True)
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        df = self.frame().astype({"n_patches": "Int64", "seconds": "float64"})
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, self.path)

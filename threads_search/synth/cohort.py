@@ -1,0 +1,313 @@
+"""A synthetic paired slide + molecular cohort with known ground truth.
+
+Each patient has a latent state: a categorical ``subtype`` (``subtype_A``...), continuous
+``programme_1..P`` (standard normal), a hospital ``site`` (``site_1``...; mild batch effect in
+every modality) and ``TP53_mutated`` (rate depends on the subtype). From it come an RNA profile
+(TPM-like), DNA mutations (MAF rows; see :mod:`threads_search.synth.cohort_molecular`), and slides,
+either as patch-feature bags (:func:`~threads_search.synth.cohort_features.write_feature_bags`)
+or as painted pyramidal TIFF/SVS files
+(:func:`~threads_search.synth.cohort_slides.write_slides`).
+
+Identifiers are TCGA-shaped, so pairing by the 12-character patient barcode works:
+patient ``SYNT-01-0001`` (``01`` = site), RNA sample ``SYNT-01-0001-01R``, DNA sample
+``SYNT-01-0001-01D``, slides ``SYNT-01-0001-DX1``, ``-DX2``... Patients are split into
+train/val/test (stratified by subtype), so every slide and sample of a patient is in one split.
+Everything is deterministic from ``seed``; independent parts draw from independent streams, so
+e.g. changing ``n_genes`` leaves the patients' latent states unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from threads_search.synth import cohort_molecular as mol
+
+FORMAT = "threads-search-synthetic-cohort"
+SPLITS = ("train", "val", "test")
+_STREAMS = {"latent": 1, "rna_roles": 2, "rna": 3, "dna": 4, "slides": 5}
+
+
+def subtype_names(n_subtypes: int) -> list[str]:
+    """``subtype_A``, ``subtype_B``... (``subtype_27``... past 26)."""
+    return [
+        f"subtype_{string.ascii_uppercase[k]}" if n_subtypes <= 26 else f"subtype_{k + 1:02d}"
+        for k in range(n_subtypes)
+    ]
+
+
+@dataclass
+class Cohort:
+    """A generated cohort. Frames:
+
+    - ``patients``: patient_id, subtype, subtype_index, programme_1..P, site, site_index,
+      TP53_mutated, split, has_rna, has_dna, n_slides (one row per patient)
+    - ``slides``: slide_id, patient_id, slide_index, signal_fraction (share of the slide's
+      tissue that is tumour and carries the signal), seed, subtype, site, split
+    - ``samples``: sample_id, patient_id, kind (rna|dna)
+    - ``rna``: sample_id + one TPM column per gene; ``maf``: MAF rows (silent ones included)
+    - ``pairs``: slide_id, sample_id, patient_id, kind — every slide × every molecular sample
+      of its patient (a both-modality patient with 2 slides has 4 rows)
+
+    ``truth``: gene roles (RNA modules per subtype, programme genes, ...), DNA panel, driver
+    genes and mutation rates. ``params``: the arguments of :func:`make_cohort`.
+    """
+
+    params: dict
+    patients: pd.DataFrame = field(repr=False)
+    slides: pd.DataFrame = field(repr=False)
+    samples: pd.DataFrame = field(repr=False)
+    rna: pd.DataFrame = field(repr=False)
+    maf: pd.DataFrame = field(repr=False)
+    pairs: pd.DataFrame = field(repr=False)
+    truth: dict = field(repr=False)
+
+    @property
+    def seed(self) -> int:
+        return int(self.params["seed"])
+
+    @property
+    def subtypes(self) -> list[str]:
+        return subtype_names(int(self.params["n_subtypes"]))
+
+    @property
+    def programmes(self) -> list[str]:
+        return [f"programme_{p + 1}" for p in range(int(self.params["n_programmes"]))]
+
+    @property
+    def metadata(self) -> pd.DataFrame:
+        """Patient-level metadata: patient_id, subtype, programme_*, site, TP53_mutated, split,
+        has_rna, has_dna, n_slides."""
+        return self.patients.drop(columns=["subtype_index", "site_index"])
+
+    def dna_matrix(self) -> pd.DataFrame:
+        """Binary DNA sample × panel gene frame (int8), silent rows dropped, every panel gene a
+        column (index ``sample_id``)."""
+        from threads_search.molecular import maf_to_matrix
+
+        m = maf_to_matrix(self.maf)
+        return m.reindex(columns=self.truth["panel"], fill_value=0).astype(np.int8)
+
+    def write(self, out_dir: str | Path, rna_format: str = "parquet") -> dict[str, Path]:
+        """Write ``rna.parquet`` (or ``rna.csv``), ``mutations.maf`` (tab-separated, one
+        ``#version`` line), ``pairs.csv``, ``metadata.csv`` (patient-level), ``slides.csv`` and
+        ``cohort.json`` (params + truth), each atomically; ``cohort.json`` comes last. Returns
+        the paths by name (rna, maf, pairs, metadata, slides, cohort)."""
+        if rna_format not in ("parquet", "csv"):
+            raise ValueError(f"rna_format must be 'parquet' or 'csv', got {rna_format!r}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {
+            "rna": out / f"rna.{rna_format}",
+            "maf": out / "mutations.maf",
+            "pairs": out / "pairs.csv",
+            "metadata": out / "metadata.csv",
+            "slides": out / "slides.csv",
+            "cohort": out / "cohort.json",
+        }
+
+        def atomic(path: Path, write) -> None:
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            try:
+                write(tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+        if rna_format == "parquet":
+            atomic(paths["rna"], lambda p: self.rna.to_parquet(p, index=False))
+        else:
+            atomic(paths["rna"], lambda p: self.rna.to_csv(p, index=False))
+
+        def maf(p: Path) -> None:
+            with open(p, "w", newline="") as f:
+                f.write("#version 2.4\n")
+                self.maf.to_csv(f, sep="\t", index=False)
+
+        atomic(paths["maf"], maf)
+        atomic(paths["pairs"], lambda p: self.pairs.to_csv(p, index=False))
+        atomic(paths["metadata"], lambda p: self.metadata.to_csv(p, index=False))
+        atomic(paths["slides"], lambda p: self.slides.to_csv(p, index=False))
+        doc = {"format": FORMAT, "params": self.params, "truth": self.truth}
+        atomic(paths["cohort"], lambda p: p.write_text(json.dumps(doc, indent=2)))
+        return paths
+
+
+def load_cohort(out_dir: str | Path) -> Cohort:
+    """Regenerate the cohort a :meth:`Cohort.write` folder was made from (its ``cohort.json``
+    parameters; generation is deterministic)."""
+    path = Path(out_dir) / "cohort.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no cohort.json in {out_dir} (not a synthetic cohort folder)")
+    doc = json.loads(path.read_text())
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {doc.get('format')!r} is not {FORMAT!r}")
+    params = dict(doc["params"])
+    for k in ("modality", "split", "signal_fraction", "slides_per_patient", "subtype_weights"):
+        if isinstance(params.get(k), list):
+            params[k] = tuple(params[k])
+    return make_cohort(**params)
+
+
+def _fractions(values, n: int, what: str) -> tuple[float, ...]:
+    v = tuple(float(x) for x in values)
+    if len(v) != n or min(v) < 0 or abs(sum(v) - 1.0) > 1e-6:
+        raise ValueError(f"{what} must be {n} non-negative fractions summing to 1, got {values}")
+    return v
+
+
+def _range(values, what: str, lo: float, hi: float) -> tuple[float, float]:
+    a, b = (values, values) if np.isscalar(values) else tuple(values)
+    if not lo <= a <= b <= hi:
+        raise ValueError(f"{what}={values}: need {lo} <= min <= max <= {hi}")
+    return float(a), float(b)
+
+
+def _stratified_split(subtype: np.ndarray, fractions, rng) -> np.ndarray:
+    """Per subtype, patients in random order get train/val/test by their position quantile."""
+    out = np.empty(len(subtype), dtype=object)
+    edges = np.cumsum(fractions)
+    for k in np.unique(subtype):
+        idx = np.flatnonzero(subtype == k)
+        idx = idx[rng.permutation(len(idx))]
+        q = (np.arange(len(idx)) + 0.5) / len(idx)
+        out[idx] = np.array(SPLITS, dtype=object)[np.minimum(np.searchsorted(edges, q), 2)]
+    return out
+
+
+def make_cohort(
+    n_patients: int = 150,
+    n_subtypes: int = 4,
+    n_programmes: int = 3,
+    n_genes: int = 300,
+    n_panel: int = 50,
+    slides_per_patient: int | tuple[int, int] = 1,
+    modality: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    signal_fraction: float | tuple[float, float] = (0.05, 0.3),
+    noise: float = 1.0,
+    n_sites: int = 3,
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    subtype_weights: tuple[float, ...] | None = None,
+    rna_effect: float = 1.5,
+    rna_noise: float = 0.5,
+    site_effect: float = 0.25,
+    seed: int = 0,
+) -> Cohort:
+    """Generate a cohort (see the module docstring).
+
+    ``modality``: fractions of patients with (RNA and DNA, RNA only, DNA only), counts rounded.
+    ``slides_per_patient``: a count or an inclusive (min, max) range drawn per patient.
+    ``signal_fraction``: (min, max) share of each slide's tissue carrying the tumour signal, drawn
+    per slide. ``noise``: patch-level noise of feature bags (difficulty; see
+    ``write_feature_bags``). ``rna_effect``/``rna_noise``: subtype module up-regulation and
+    per-gene noise, natural-log units. ``site_effect``: batch-effect scale. ``split``:
+    train/val/test fractions of patients. ``subtype_weights``: subtype prevalences (uniform)."""
+    if n_patients < 1 or n_subtypes < 2 or n_programmes < 0 or n_sites < 1:
+        raise ValueError(
+            f"need n_patients >= 1, n_subtypes >= 2, n_programmes >= 0, n_sites >= 1 (got "
+            f"{n_patients}, {n_subtypes}, {n_programmes}, {n_sites})"
+        )
+    if n_sites > 99:
+        raise ValueError(f"n_sites={n_sites}: at most 99 sites (two-digit site code)")
+    modality = _fractions(modality, 3, "modality (both, rna_only, dna_only)")
+    split = _fractions(split, 3, "split (train, val, test)")
+    weights = _fractions(
+        subtype_weights or [1.0 / n_subtypes] * n_subtypes, n_subtypes, "subtype_weights"
+    )
+    sig_lo, sig_hi = _range(signal_fraction, "signal_fraction", 0.0, 1.0)
+    spp_lo, spp_hi = _range(slides_per_patient, "slides_per_patient", 1, 99)
+    params = {
+        "n_patients": n_patients, "n_subtypes": n_subtypes, "n_programmes": n_programmes,
+        "n_genes": n_genes, "n_panel": n_panel, "slides_per_patient": [int(spp_lo), int(spp_hi)],
+        "modality": list(modality), "signal_fraction": [sig_lo, sig_hi], "noise": float(noise),
+        "n_sites": n_sites, "split": list(split), "subtype_weights": list(weights),
+        "rna_effect": rna_effect, "rna_noise": rna_noise, "site_effect": site_effect,
+        "seed": int(seed),
+    }  # fmt: skip
+
+    def stream(name: str) -> np.random.Generator:
+        return np.random.default_rng([int(seed), _STREAMS[name]])
+
+    # ---- latent state
+    rng = stream("latent")
+    subtype = rng.choice(n_subtypes, n_patients, p=weights)
+    progs = rng.standard_normal((n_patients, n_programmes))
+    site = rng.integers(0, n_sites, n_patients)
+    n_rna_only = round(modality[1] * n_patients)
+    n_dna_only = min(round(modality[2] * n_patients), n_patients - n_rna_only)
+    order = rng.permutation(n_patients)
+    has_rna = np.ones(n_patients, bool)
+    has_dna = np.ones(n_patients, bool)
+    has_dna[order[:n_rna_only]] = False
+    has_rna[order[n_rna_only : n_rna_only + n_dna_only]] = False
+    splits = _stratified_split(subtype, split, rng)
+    n_slides = rng.integers(int(spp_lo), int(spp_hi) + 1, n_patients)
+
+    rng_dna = stream("dna")
+    panel = mol.panel_genes(n_panel)
+    rates = mol.mutation_rates(panel, n_subtypes, rng_dna)
+    mutated = mol.draw_mutations(subtype, rates["rates"], rng_dna)
+
+    names = subtype_names(n_subtypes)
+    pids = [f"SYNT-{s + 1:02d}-{i + 1:04d}" for i, s in enumerate(site)]
+    patients = pd.DataFrame({"patient_id": pids, "subtype": [names[k] for k in subtype],
+                             "subtype_index": subtype})  # fmt: skip
+    for p in range(n_programmes):
+        patients[f"programme_{p + 1}"] = progs[:, p]
+    patients["site"] = [f"site_{s + 1}" for s in site]
+    patients["site_index"] = site
+    patients["TP53_mutated"] = mutated[:, 0]
+    patients["split"] = splits
+    patients["has_rna"] = has_rna
+    patients["has_dna"] = has_dna
+    patients["n_slides"] = n_slides
+
+    # ---- slides
+    rng_s = stream("slides")
+    rows = []
+    for i, pid in enumerate(pids):
+        for j in range(int(n_slides[i])):
+            rows.append({
+                "slide_id": f"{pid}-DX{j + 1}", "patient_id": pid, "slide_index": j,
+                "signal_fraction": float(rng_s.uniform(sig_lo, sig_hi)),
+                "seed": int(rng_s.integers(0, 2**31 - 1)), "subtype": names[subtype[i]],
+                "site": f"site_{site[i] + 1}", "split": splits[i],
+            })  # fmt: skip
+    slides = pd.DataFrame(rows)
+
+    # ---- molecular samples
+    rna_ids = [f"{pid}-01R" for pid in pids]
+    dna_ids = [f"{pid}-01D" for pid in pids]
+    samples = pd.DataFrame(
+        [(rna_ids[i], pid, "rna") for i, pid in enumerate(pids) if has_rna[i]]
+        + [(dna_ids[i], pid, "dna") for i, pid in enumerate(pids) if has_dna[i]],
+        columns=["sample_id", "patient_id", "kind"],
+    )
+    roles = mol.gene_roles(n_genes, n_subtypes, n_programmes, stream("rna_roles"))
+    rna = mol.make_rna(
+        patients[has_rna].reset_index(drop=True), [rna_ids[i] for i in np.flatnonzero(has_rna)],
+        roles, stream("rna"), effect=rna_effect, noise=rna_noise, site_effect=site_effect,
+    )  # fmt: skip
+    maf = mol.make_maf(mutated[has_dna], [dna_ids[i] for i in np.flatnonzero(has_dna)], panel,
+                       rng_dna)  # fmt: skip
+
+    pairs = slides[["slide_id", "patient_id"]].merge(samples, on="patient_id", how="inner")
+    pairs = pairs[["slide_id", "sample_id", "patient_id", "kind"]].reset_index(drop=True)
+
+    truth = {
+        "genes": roles["genes"],
+        "housekeeping": roles["housekeeping"],
+        "modules": dict(zip(names, roles["modules"], strict=True)),
+        "programme_genes": {f"programme_{p + 1}": g for p, g in enumerate(roles["programmes"])},
+        "p53_targets": roles["p53_targets"],
+        "panel": panel,
+        "drivers": dict(zip(names, rates["drivers"], strict=True)),
+        "mutation_rates": {n: rates["rates"][k].round(4).tolist() for k, n in enumerate(names)},
+    }
+    return Cohort(params, patients, slides, samples, rna, maf, pairs, truth)

@@ -1,0 +1,293 @@
+"""Tissue detection on a slide thumbnail, contours as QuPath-readable GeoJSON, thumbnail JPEGs.
+
+Algorithm (all radii in µm, converted with the thumbnail's µm/px): HSV; median-smoothed
+saturation thresholded by Otsu, clamped to ``[min_saturation, max_saturation]`` (a blank slide
+yields nothing; pale tissue beside strongly stained tissue is kept); black (dust, ink, folds,
+slide edges) and pen marks (green/cyan hues, strongly saturated blue) excluded; morphological
+close then open; holes up to ``max_hole_area_mm2`` filled; components under ``min_area_mm2``
+dropped. Contours are outer rings (plus hole rings) of each component in level-0 px.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage as ndi
+from skimage import draw, filters, measure, morphology
+
+
+@dataclass
+class TissueParams:
+    """Tissue detection settings (JSON-serialisable; saved with every artifact)."""
+
+    thumb_mpp: float = 8.0  # µm/px detection runs at; finer thumbnails are block-averaged to it
+    min_saturation: float = 0.05  # floor of the Otsu saturation threshold (0..1)
+    max_saturation: float = 0.15  # ceiling of the Otsu threshold, keeps pale tissue
+    black_value: float = 0.15  # HSV value below this is black (ink, dust, folds, edges)
+    median_um: float = 24.0  # median filter width on saturation
+    close_um: float = 32.0  # closing radius (bridges gaps inside tissue)
+    open_um: float = 16.0  # opening radius (removes specks and thin threads)
+    max_hole_area_mm2: float = 0.5  # enclosed holes up to this area are filled (0: none)
+    min_area_mm2: float = 0.02  # smaller components are dropped
+    exclude_pen: bool = True  # drop green/cyan/blue marker ink
+    pen_dilate_um: float = 16.0  # pen mask grown by this radius (ink rims)
+    simplify_px: float = 0.5  # polygon simplification tolerance, in mask px
+
+
+@dataclass
+class TissueResult:
+    """Tissue mask and outlines. Mask pixel (i, j) covers the level-0 region
+    ``[j*s, (j+1)*s) x [i*s, (i+1)*s)`` with ``s = mask_mpp / level0_mpp``. ``contours``: outer
+    rings, each float ``[K, 2]`` (x, y) level-0 px, closed (first row == last row);
+    ``holes[k]``: the hole rings of ``contours[k]``; ``threshold``: saturation threshold used."""
+
+    mask: np.ndarray = field(repr=False)
+    mask_mpp: float
+    level0_mpp: float
+    area_mm2: float
+    contours: list[np.ndarray] = field(default_factory=list, repr=False)
+    holes: list[list[np.ndarray]] = field(default_factory=list, repr=False)
+    threshold: float = 0.0
+
+
+def detect_tissue(
+    thumb_rgb: np.ndarray,
+    thumb_mpp: float,
+    level0_mpp: float,
+    params: TissueParams | None = None,
+    level0_size: tuple[int, int] | None = None,
+) -> TissueResult:
+    """Detect tissue on ``thumb_rgb`` (uint8 ``[h, w, 3|4]`` at ``thumb_mpp`` µm/px, covering the
+    slide from level-0 (0, 0)); the mask is at ``thumb_mpp`` times the integer block factor.
+    ``level0_size`` (width, height): contours are clipped to it (else to the mask's extent)."""
+    p = params or TissueParams()
+    rgb = np.asarray(thumb_rgb)
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
+        raise ValueError(f"thumbnail must be uint8 [h, w, 3|4], got {rgb.dtype} {rgb.shape}")
+    if thumb_mpp <= 0 or level0_mpp <= 0:
+        raise ValueError(f"thumb_mpp {thumb_mpp} and level0_mpp {level0_mpp} must be > 0")
+    factor = max(1, int(p.thumb_mpp / thumb_mpp + 1e-6))
+    rgb = _block_mean(rgb[..., :3], factor)
+    mpp = thumb_mpp * factor
+    px_per_mm2 = (1000.0 / mpp) ** 2
+
+    hsv = _hsv(rgb)
+    sat = ndi.median_filter(hsv[..., 1], size=_odd(p.median_um / mpp))
+    bad = hsv[..., 2] < p.black_value
+    if p.exclude_pen:
+        bad |= _dilate(_pen_mask(hsv, p.min_saturation), _radius(p.pen_dilate_um, mpp))
+    thr = _threshold(sat[~bad], p)
+    mask = (sat > thr) & ~bad
+    if mask.any():
+        if (r := _radius(p.close_um, mpp)) > 0:
+            mask = ndi.binary_closing(np.pad(mask, r), morphology.disk(r))[r:-r, r:-r]
+        if (r := _radius(p.open_um, mpp)) > 0:
+            mask = ndi.binary_opening(mask, morphology.disk(r))
+        mask = _fill_small_holes(mask, p.max_hole_area_mm2 * px_per_mm2)
+        mask = _drop_small(mask, p.min_area_mm2 * px_per_mm2)
+    scale = mpp / level0_mpp
+    h0, w0 = mask.shape[0] * scale, mask.shape[1] * scale
+    if level0_size is not None:
+        w0, h0 = min(w0, level0_size[0]), min(h0, level0_size[1])
+    outers, holes = _rings(mask, scale, p.simplify_px, (w0, h0))
+    area = float(mask.sum()) / px_per_mm2
+    return TissueResult(mask, float(mpp), float(level0_mpp), area, outers, holes, float(thr))
+
+
+def contours_to_geojson(result: TissueResult, slide_id: str) -> dict:
+    """GeoJSON FeatureCollection, one QuPath annotation (classification "Tissue") per component;
+    Polygon coordinates in level-0 px, exterior ring first, then its holes."""
+    features = []
+    for k, outer in enumerate(result.contours):
+        rings = [outer, *(result.holes[k] if k < len(result.holes) else [])]
+        fid = uuid.uuid5(uuid.NAMESPACE_URL, f"threads-search/{slide_id}/tissue/{k}")
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(fid),
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [np.round(r, 2).tolist() for r in rings],
+                },
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"Tissue {k + 1}",
+                    "classification": {"name": "Tissue", "color": [0, 200, 0]},
+                    "isLocked": False,
+                    "slide_id": slide_id,
+                },
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(result: TissueResult, slide_id: str, path: str | Path) -> Path:
+    """Write ``contours_to_geojson`` to ``path`` atomically (temporary name, then rename)."""
+    data = json.dumps(contours_to_geojson(result, slide_id)).encode()
+    return _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def draw_contours(
+    thumb_rgb: np.ndarray, result: TissueResult, thumb_mpp: float | None = None
+) -> np.ndarray:
+    """Copy of ``thumb_rgb`` with the outer and hole rings drawn in green, 2 px wide.
+    ``thumb_mpp`` defaults to the value implied by the widths of the thumbnail and the mask."""
+    out = np.array(thumb_rgb[..., :3], dtype=np.uint8, copy=True)
+    h, w = out.shape[:2]
+    if thumb_mpp is None:
+        thumb_mpp = result.mask_mpp * result.mask.shape[1] / max(w, 1)
+    to_thumb = result.level0_mpp / thumb_mpp
+    lines = np.zeros((h, w), bool)
+    rings = [*result.contours, *(r for hs in result.holes for r in hs)]
+    for ring in rings:
+        xy = ring * to_thumb - 0.5
+        rr, cc = draw.polygon_perimeter(xy[:, 1], xy[:, 0], shape=(h, w), clip=False)
+        ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
+        lines[rr[ok], cc[ok]] = True
+    lines = ndi.binary_dilation(lines, np.ones((2, 2), bool))
+    out[lines] = (0, 200, 0)
+    return out
+
+
+def write_thumbnail_jpeg(
+    thumb_rgb: np.ndarray, result: TissueResult, path: str | Path, max_side: int = 1024
+) -> Path:
+    """Write the thumbnail (longest side at most ``max_side``) with contours drawn, as JPEG,
+    atomically."""
+    img = Image.fromarray(np.asarray(thumb_rgb)[..., :3])
+    if max(img.size) > max_side:
+        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    drawn = Image.fromarray(draw_contours(np.asarray(img), result))
+    return _atomic_write(Path(path), lambda f: drawn.save(f, format="JPEG", quality=85))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _atomic_write(path: Path, write) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _block_mean(rgb: np.ndarray, f: int) -> np.ndarray:
+    """Average ``f`` x ``f`` blocks (edge blocks padded by replication) → uint8 RGB."""
+    if f == 1:
+        return rgb
+    h, w = -(-rgb.shape[0] // f) * f, -(-rgb.shape[1] // f) * f
+    padded = np.pad(rgb, ((0, h - rgb.shape[0]), (0, w - rgb.shape[1]), (0, 0)), mode="edge")
+    blocks = padded.reshape(h // f, f, w // f, f, 3).mean(axis=(1, 3))
+    return np.clip(blocks + 0.5, 0, 255).astype(np.uint8)
+
+
+def _hsv(rgb: np.ndarray) -> np.ndarray:
+    """float32 ``[h, w, 3]``: hue in degrees [0, 360), saturation and value in [0, 1]."""
+    x = rgb.astype(np.float32) / 255.0
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    v = x.max(-1)
+    delta = v - x.min(-1)
+    s = np.where(v > 0, delta / np.maximum(v, 1e-6), 0.0)
+    d = np.maximum(delta, 1e-6)
+    hue = np.where(v == r, (g - b) / d, np.where(v == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
+    hue = np.where(delta > 0, (hue * 60.0) % 360.0, 0.0)
+    return np.stack([hue, s, v], -1).astype(np.float32)
+
+
+def _pen_mask(hsv: np.ndarray, min_sat: float) -> np.ndarray:
+    """Marker ink: green/cyan hues (never H&E), or strongly saturated blue."""
+    hue, sat = hsv[..., 0], hsv[..., 1]
+    green_cyan = (hue >= 70) & (hue < 195) & (sat > max(min_sat, 0.1))
+    blue = (hue >= 195) & (hue < 235) & (sat > 0.35)
+    return green_cyan | blue
+
+
+def _threshold(values: np.ndarray, p: TissueParams) -> float:
+    if values.size < 2 or np.ptp(values) < 1e-6:
+        return float(p.min_saturation)
+    otsu = float(filters.threshold_otsu(values, nbins=256))
+    return float(np.clip(otsu, p.min_saturation, max(p.max_saturation, p.min_saturation)))
+
+
+def _radius(um: float, mpp: float) -> int:
+    return max(0, int(round(um / mpp)))
+
+
+def _odd(px: float) -> int:
+    n = max(1, int(round(px)))
+    return n if n % 2 else n + 1
+
+
+def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    return ndi.binary_dilation(mask, morphology.disk(r)) if r > 0 and mask.any() else mask
+
+
+def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
+    if max_px <= 0:
+        return mask
+    holes, n = ndi.label(ndi.binary_fill_holes(mask) & ~mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(holes.ravel())
+    small = sizes <= max_px
+    small[0] = False
+    return mask | small[holes]
+
+
+def _drop_small(mask: np.ndarray, min_px: float) -> np.ndarray:
+    labels, n = ndi.label(mask)
+    if n == 0:
+        return mask
+    keep = np.bincount(labels.ravel()) >= max(min_px, 1)
+    keep[0] = False
+    return keep[labels]
+
+
+def _rings(mask: np.ndarray, scale: float, tol: float, bounds: tuple[float, float]):
+    """Outer rings and their hole rings per 4-connected component, in level-0 px clipped to
+    ``bounds`` (width, height)."""
+    labels, _ = ndi.label(mask)
+    outers, holes = [], []
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
+        sub = np.pad(labels[sl] == k, 1).astype(np.float32)
+        rings = measure.find_contours(sub, 0.5, fully_connected="low")
+        rings = [_to_level0(r, sl, scale, tol, bounds) for r in rings]
+        areas = [_signed_area(r) for r in rings]
+        i_out = int(np.argmax(np.abs(areas)))
+        outers.append(_orient(rings[i_out], areas[i_out], positive=True))
+        holes.append(
+            [_orient(r, a, False) for i, (r, a) in enumerate(zip(rings, areas, strict=True))
+             if i != i_out and len(r) >= 4]
+        )  # fmt: skip
+    return outers, holes
+
+
+def _to_level0(ring_rc, sl, scale, tol, bounds) -> np.ndarray:
+    """find_contours (row, col) in the padded sub-mask → closed (x, y) level-0 ring."""
+    ring_rc = measure.approximate_polygon(ring_rc, tol) if tol > 0 else ring_rc
+    x = (ring_rc[:, 1] - 1 + sl[1].start + 0.5) * scale
+    y = (ring_rc[:, 0] - 1 + sl[0].start + 0.5) * scale
+    xy = np.stack([np.clip(x, 0, bounds[0]), np.clip(y, 0, bounds[1])], 1)
+    if len(xy) and not np.array_equal(xy[0], xy[-1]):
+        xy = np.vstack([xy, xy[:1]])
+    return xy
+
+
+def _signed_area(xy: np.ndarray) -> float:
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
+
+
+def _orient(xy: np.ndarray, area: float, positive: bool) -> np.ndarray:
+    return xy if (area > 0) == positive else xy[::-1].copy()
