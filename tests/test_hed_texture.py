@@ -17,7 +17,6 @@ from threads_search.models.patch.hed_texture import (
     DIM,
     FEATURE_LAYOUT,
     SPEC,
-    hed_texture_features,
 )
 from threads_search.synth.paint import TISSUE_CLASSES, Morphology, paint_tissue
 
@@ -98,8 +97,9 @@ def test_finite_on_any_input(encoder, kind):
         "black": lambda: np.zeros((512, 512, 3), np.uint8),
         "noise": lambda: rng.integers(0, 256, (512, 512, 3), dtype=np.uint8),
         "red": lambda: np.tile(np.array([255, 0, 0], np.uint8), (512, 512, 1)),
-        "grey-ramp": lambda: np.repeat(np.linspace(0, 255, 512, dtype=np.uint8), 512 * 3)
-        .reshape(512, 512, 3),
+        "grey-ramp": lambda: np.repeat(np.linspace(0, 255, 512, dtype=np.uint8), 512 * 3).reshape(
+            512, 512, 3
+        ),
         "tiny": lambda: rng.integers(0, 256, (8, 8, 3), dtype=np.uint8),
         "non-square": lambda: rng.integers(0, 256, (300, 200, 3), dtype=np.uint8),
         "float": lambda: rng.uniform(-20, 300, (256, 256, 3)),

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import numpy as np
 import pytest
+from PIL import Image
 from scipy import ndimage as ndi
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
@@ -140,6 +142,16 @@ def test_classes_separable_by_simple_patch_features():
     assert acc > 0.9
 
 
+def test_jpeg_friendly():
+    """No pixel-level noise: JPEG q80 keeps > 32 dB PSNR and compresses > 10x."""
+    p = paint_tissue(1024, 768, mpp=0.5, seed=2, tissue_fraction=0.6)
+    buf = io.BytesIO()
+    Image.fromarray(p.rgb).save(buf, format="JPEG", quality=80)
+    back = np.asarray(Image.open(io.BytesIO(buf.getvalue()))).astype(float)
+    psnr = 10 * np.log10(255**2 / ((back - p.rgb) ** 2).mean())
+    assert psnr > 32 and p.rgb.nbytes / len(buf.getvalue()) > 10
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -148,6 +160,8 @@ def test_classes_separable_by_simple_patch_features():
         {"mpp": 0.0},
         {"morphology": Morphology(gland_fraction=1.5)},
         {"morphology": Morphology(nuclear_size_um=0)},
+        {"morphology": Morphology(pleomorphism=-0.1)},
+        {"morphology": Morphology(haematoxylin_intensity=0)},
     ],
 )
 def test_bad_arguments_raise(kwargs):

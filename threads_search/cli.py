@@ -127,6 +127,20 @@ def features(
     raise typer.Exit(1 if failed else 0)
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def train(ctx: typer.Context) -> None:
+    """Train the THREADS slide-molecule model (InfoNCE) from a FEATURES_DIR and RNA/DNA profiles.
+
+    Run `threads-search train --help` for every option.
+    """
+    from trainer.cli import main as train_main
+
+    raise typer.Exit(train_main(list(ctx.args)))
+
+
 @app.command()
 def encoders() -> None:
     """List the registered encoders (patch, slide, molecular) and what they expect."""

@@ -16,7 +16,9 @@ class Registry(Generic[T]):
         self._factories: dict[str, Callable[..., T]] = {}
         self._info: dict[str, Any] = {}
 
-    def register(self, name: str, info: Any = None) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def register(
+        self, name: str, info: Any = None
+    ) -> Callable[[Callable[..., T]], Callable[..., T]]:
         """Decorator: register ``factory`` under ``name`` with optional static ``info``."""
 
         def deco(factory: Callable[..., T]) -> Callable[..., T]:

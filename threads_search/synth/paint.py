@@ -30,6 +30,7 @@ _FINE_UM = 4.0  # grid spacing of fibre-waviness and stain-variation fields
 _STRIP_PX = 1 << 18  # pixels rendered at once (small temporaries stay in cache)
 # nuclei per 1000 µm² by class (tumour is scaled by Morphology.nuclear_density)
 _DENSITY = {STROMA: 1.1, TUMOUR: 5.0, GLAND: 1.1, FAT: 0.25}
+_POSITIVE = ("nuclear_density", "nuclear_size_um", "eosin_intensity", "haematoxylin_intensity")
 
 
 @dataclass
@@ -47,15 +48,13 @@ class Morphology:
     pleomorphism: float = 0.25  # log-normal spread of tumour nuclear size
 
     def validate(self) -> None:
-        for name in ("gland_fraction", "tumour_fraction", "fat_fraction"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"Morphology.{name}={v} must be in [0, 1]")
-        for name in ("nuclear_density", "nuclear_size_um", "eosin_intensity"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"Morphology.{name} must be > 0")
-        if self.haematoxylin_intensity <= 0 or self.pleomorphism < 0:
-            raise ValueError("Morphology.haematoxylin_intensity must be > 0, pleomorphism >= 0")
+        """Raise ``ValueError`` naming the first field out of range."""
+        for name, v in vars(self).items():
+            frac = name.endswith("_fraction")
+            if (frac and not 0.0 <= v <= 1.0) or (name == "pleomorphism" and v < 0):
+                raise ValueError(f"Morphology.{name}={v} must be {'in [0, 1]' if frac else '>= 0'}")
+            if name in _POSITIVE and v <= 0:
+                raise ValueError(f"Morphology.{name}={v} must be > 0")
 
 
 @dataclass
@@ -140,7 +139,7 @@ def paint_tissue(
     rgb = _to_rgb(hmap, emap, m.stain_hue)
     del hmap, emap
     pen = _pen_stroke(rng, rgb, coarse_tissue, cs) if pen_marks else None
-    centres = nuclei[:, [0, 1, 7]].astype(np.float32)  # x, y, class
+    centres = nuclei[:, [0, 1, 6]].astype(np.float32)  # x, y, class
     return PaintedTissue(rgb, class_map > 0, class_map, float(mpp), centres, pen)
 
 
@@ -300,30 +299,36 @@ def _paint_glands(rng, class_map, hmap, emap, mpp, m: Morphology):
     keep = class_map[cy.astype(np.intp), cx.astype(np.intp)] == GLAND
     rings = []
     nuc = m.nuclear_size_um
+    lumen_e, epi_e = _quant(0.05 * m.eosin_intensity), _quant(0.42 * m.eosin_intensity)
+    epi_h = _quant(0.10 * m.haematoxylin_intensity)
     for x, y in zip(cx[keep], cy[keep], strict=True):
         rl, t = rng.uniform(14.0, 30.0), rng.uniform(10.0, 14.0)
-        a2, a3, p2, p3 = rng.uniform(0, 0.12), rng.uniform(0, 0.08), *rng.uniform(0, 6.3, 2)
+        a2, a3 = np.float32(rng.uniform(0, 0.12)), np.float32(rng.uniform(0, 0.08))
+        p2, p3 = rng.uniform(0, 6.3, 2).astype(np.float32)
         rad = int(np.ceil((rl * 1.25 + t + 2.0) / mpp))
         ys = slice(max(0, int(y) - rad), min(height, int(y) + rad + 1))
         xs = slice(max(0, int(x) - rad), min(width, int(x) + rad + 1))
-        yy, xx = np.mgrid[ys, xs]
-        dx, dy = (xx + 0.5 - x) * mpp, (yy + 0.5 - y) * mpp
-        phi = np.arctan2(dy, dx)
-        lumen_r = rl * (1 + a2 * np.cos(2 * phi + p2) + a3 * np.cos(3 * phi + p3))
-        r = np.hypot(dx, dy)
+        dx = ((np.arange(xs.start, xs.stop, dtype=np.float32) + 0.5 - x) * mpp)[None, :]
+        dy = ((np.arange(ys.start, ys.stop, dtype=np.float32) + 0.5 - y) * mpp)[:, None]
+        r = np.sqrt(dx * dx + dy * dy) + np.float32(1e-6)
+        c1, s1 = dx / r, dy / r  # cos, sin of the polar angle; no trig per pixel
+        c2, s2 = c1 * c1 - s1 * s1, 2 * c1 * s1
+        c3, s3 = c1 * (4 * c1 * c1 - 3), s1 * (3 - 4 * s1 * s1)
+        lumen_r = rl * (
+            1 + a2 * (c2 * np.cos(p2) - s2 * np.sin(p2)) + a3 * (c3 * np.cos(p3) - s3 * np.sin(p3))
+        )
         own = class_map[ys, xs] == GLAND
         lum, epi = own & (r < lumen_r), own & (r >= lumen_r) & (r < lumen_r + t)
         part[ys, xs][lum], part[ys, xs][epi] = 1, 2
-        emap[ys, xs][lum], hmap[ys, xs][lum] = _quant(0.05 * m.eosin_intensity), 0
-        emap[ys, xs][epi] = _quant(0.42 * m.eosin_intensity)
-        hmap[ys, xs][epi] = _quant(0.10 * m.haematoxylin_intensity)
+        emap[ys, xs][lum], hmap[ys, xs][lum] = lumen_e, 0
+        emap[ys, xs][epi], hmap[ys, xs][epi] = epi_e, epi_h
         n = max(6, int(2 * np.pi * (rl + 0.55 * t) / (nuc * 1.15)))
         ang = (np.arange(n) + rng.uniform(-0.2, 0.2, n)) * (2 * np.pi / n)
         rr = rl * (1 + a2 * np.cos(2 * ang + p2) + a3 * np.cos(3 * ang + p3)) + 0.55 * t
         major = np.full(n, 0.5 * nuc * 1.3 / mpp)
         rows = [x + rr * np.cos(ang) / mpp, y + rr * np.sin(ang) / mpp, major, major * 0.55, ang]
-        rings.append(np.stack([*rows, np.full(n, 0.95), np.zeros(n), np.full(n, GLAND)], 1))
-    ring = np.concatenate(rings) if rings else np.zeros((0, 8))
+        rings.append(np.stack([*rows, np.full(n, 0.95), np.full(n, GLAND)], 1))
+    ring = np.concatenate(rings) if rings else np.zeros((0, 7))
     inb = (ring[:, 0] >= 0) & (ring[:, 0] < width) & (ring[:, 1] >= 0) & (ring[:, 1] < height)
     ring = ring[inb]
     own = class_map[ring[:, 1].astype(np.intp), ring[:, 0].astype(np.intp)] == GLAND
@@ -332,7 +337,7 @@ def _paint_glands(rng, class_map, hmap, emap, mpp, m: Morphology):
 
 def _place_nuclei(rng, class_map, gland_part, mpp, m: Morphology, phase, fs, theta0):
     """Nuclei on a jittered grid thinned by class density. Rows: x, y (px), major and minor
-    semi-axes (px), angle (rad), intensity (concentration), unused, class."""
+    semi-axes (px), angle (rad), intensity (concentration), class."""
     height, width = class_map.shape
     dens = dict(_DENSITY)
     dens[TUMOUR] *= m.nuclear_density
@@ -369,7 +374,7 @@ def _place_nuclei(rng, class_map, gland_part, mpp, m: Morphology, phase, fs, the
     inten[tum] = rng.uniform(0.95, 1.1, n)[tum]
     fat = cls == FAT
     major[fat], minor[fat], inten[fat] = r0 * 1.2, r0 * 0.35, 0.8
-    return np.stack([x, y, major, minor, ang, inten, np.zeros(n), cls.astype(float)], 1)
+    return np.stack([x, y, major, minor, ang, inten, cls.astype(float)], 1)
 
 
 def _stamp(hmap, nuclei, tissue, budget: int = 4_000_000) -> None:
@@ -410,9 +415,7 @@ def _lut(stain_hue: float) -> np.ndarray:
     """uint8 ``[65536, 3]``: RGB for (haematoxylin, eosin) uint8 concentration pairs."""
     s = float(np.clip(stain_hue, -1.5, 1.5))
     h_od = np.clip(_H_OD + s * np.array([0.15, 0.0, -0.10]), 0.02, None)
-    e_od = np.clip(
-        _E_OD + s * np.array([0.0, 0.0, -0.06]) + max(-s, 0) * np.array([0, 0, 0.1]), 0.02, None
-    )
+    e_od = np.clip(_E_OD + np.array([0.0, 0.0, -0.06 * s + 0.1 * max(-s, 0.0)]), 0.02, None)
     conc = np.arange(256) * (_CONC_MAX / 255.0)
     od = conc[:, None, None] * h_od + conc[None, :, None] * e_od
     return np.clip(_BG_RGB * np.exp(-od) + 0.5, 0, 255).astype(np.uint8).reshape(-1, 3)
@@ -449,10 +452,8 @@ def _pen_stroke(rng, rgb, coarse_tissue, cs) -> np.ndarray:
     nj = np.clip(np.rint(xx / cs).astype(np.intp), 0, far.shape[1] - 1)
     alpha *= far[ni, nj]
     colour = np.array([25.0, 135.0, 70.0]) if rng.random() < 0.5 else np.array([35.0, 70.0, 175.0])
-    box = rgb[y0:y1, x0:x1].astype(np.float32)
-    rgb[y0:y1, x0:x1] = (box * (1 - alpha[..., None]) + colour * alpha[..., None] + 0.5).astype(
-        np.uint8
-    )
+    box, alpha = rgb[y0:y1, x0:x1].astype(np.float32), alpha[..., None]
+    rgb[y0:y1, x0:x1] = (box * (1 - alpha) + colour * alpha + 0.5).astype(np.uint8)
     mask = np.zeros((height, width), bool)
-    mask[y0:y1, x0:x1] = alpha > 0
+    mask[y0:y1, x0:x1] = alpha[..., 0] > 0
     return mask

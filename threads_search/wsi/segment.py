@@ -58,7 +58,7 @@ def plan_slide(
     cfg = config or SegmentConfig()
     with open_slide(path, mpp=mpp) as slide:
         thumb, thumb_mpp = slide.thumbnail(cfg.tissue.thumb_mpp)
-        tissue = detect_tissue(thumb, thumb_mpp, slide.mpp, cfg.tissue)
+        tissue = detect_tissue(thumb, thumb_mpp, slide.mpp, cfg.tissue, slide.dimensions)
         coords = patch_grid(tissue.mask, tissue.mask_mpp, slide.mpp, slide.dimensions, cfg.grid)
         summary = slide.summary()
     return SlidePlan(

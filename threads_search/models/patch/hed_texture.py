@@ -81,6 +81,7 @@ _AREA_BINS_UM2 = np.array([8.0, 16.0, 32.0, 64.0, 128.0])  # 6 bins: <8, 8-16, .
 _GLCM_LEVELS = 16
 _GABOR_PERIODS = (4.0, 8.0, 16.0, 32.0)
 _GABOR_ORIENTS = 6
+_N_RADIAL, _N_ANGLE = 24, 24  # polar bins of the power spectrum
 
 FEATURE_SIZES: tuple[tuple[str, int], ...] = (
     ("background", 2),
@@ -135,27 +136,24 @@ def _resize(patch: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(im.resize((size, size), filt))
 
 
-def _half(x: np.ndarray) -> np.ndarray:
-    """2x2 block mean of a float ``[H, W]`` array with even H, W."""
-    return (x[0::2, 0::2] + x[1::2, 0::2] + x[0::2, 1::2] + x[1::2, 1::2]) * 0.25
-
-
-def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, std, skewness (0 where the spread is nil, clipped to ±10) of the rows of ``x``."""
-    mean = x.mean(axis=1)
-    d = x - mean[:, None]
-    var = (d * d).mean(axis=1)
-    std = np.sqrt(var)
-    m3 = (d * d * d).mean(axis=1)
-    skew = np.where(std > 1e-3, m3 / np.maximum(std, 1e-3) ** 3, 0.0)
-    return mean, std, np.clip(skew, -10, 10)
+def _hist_moments(hist: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Mean, std, skewness (0 where the spread is nil, clipped to ±10) of each row of counts
+    ``hist [k, B]`` over bin values ``values`` (``[B]`` or ``[k, B]``) → ``[3, k]``."""
+    n = np.maximum(hist.sum(axis=1), 1.0)
+    mean = (hist * values).sum(axis=1) / n
+    d = values - mean[:, None]
+    hd2 = hist * d * d
+    std = np.sqrt(hd2.sum(axis=1) / n)
+    skew = (hd2 * d).sum(axis=1) / n / np.maximum(std, 1e-3) ** 3
+    return np.stack([mean, std, np.where(std > 1e-3, np.clip(skew, -10, 10), 0.0)])
 
 
 def _hist_quantiles(counts: np.ndarray, qs) -> np.ndarray:
-    """Quantiles (fractions ``qs``) of values binned on the fine OD grid, as bin centres."""
-    cum = np.cumsum(counts)
-    idx = np.searchsorted(cum, np.asarray(qs) * cum[-1], side="left")
-    return _FINE_CENTRES[np.clip(idx, 0, _FINE_BINS - 1)]
+    """Quantiles (fractions ``qs``) per row of counts ``[k, _FINE_BINS]`` on the fine OD grid,
+    as bin centres → ``[k, len(qs)]``."""
+    cum = np.cumsum(counts, axis=1)
+    below = cum[:, :, None] < np.asarray(qs)[None, None, :] * cum[:, -1:, None]
+    return _FINE_CENTRES[np.minimum(below.sum(axis=1), _FINE_BINS - 1)]
 
 
 @lru_cache(maxsize=1)
@@ -167,19 +165,24 @@ def _lbp_lut() -> np.ndarray:
     return np.where(transitions <= 2, bits.sum(axis=1), 9).astype(np.intp)
 
 
-_LBP_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
-
-
 def _lbp_hist(img: np.ndarray, stride: int = 1) -> np.ndarray:
-    """10-bin riu2 LBP histogram (8 neighbours at radius 1, square) of a 2-D array, over every
-    ``stride``-th centre pixel in both axes."""
+    """10-bin riu2 LBP histogram (8 neighbours at radius 1, square) of a 2-D array, over the
+    centre pixels of every ``stride``-th row (all columns but the first and last).
+
+    The rows above, at and below the centres are flattened so that every comparison runs over
+    one contiguous 1-D array (neighbour x±1 is flat index ±1); codes of the first and last
+    column, whose neighbours would wrap to the adjacent row, are dropped before counting."""
     h, w = img.shape
-    s = stride
-    c = img[1 : h - 1 : s, 1 : w - 1 : s]
+    up, mid, down = (np.ascontiguousarray(img[k : h - 2 + k : stride]).ravel() for k in range(3))
+    c = mid[1:-1]
     code = np.zeros(c.shape, np.uint8)
-    for k, (dy, dx) in enumerate(_LBP_OFFSETS):
-        ge = img[1 + dy : h - 1 + dy : s, 1 + dx : w - 1 + dx : s] >= c
+    # Neighbours in circular order: UL, U, UR, R, DR, D, DL, L.
+    for k, (row, dx) in enumerate(
+        ((up, -1), (up, 0), (up, 1), (mid, 1), (down, 1), (down, 0), (down, -1), (mid, -1))
+    ):
+        ge = row[1 + dx : len(row) - 1 + dx] >= c
         code |= ge.view(np.uint8) << np.uint8(k)
+    code = np.concatenate([code, code[:2]]).reshape(-1, w)[:, :-2]  # centres of columns 1..w-2
     per_code = np.bincount(code.ravel(), minlength=256)
     return np.bincount(_lbp_lut(), weights=per_code, minlength=10) / code.size
 
@@ -220,38 +223,62 @@ def _glcm_features(q: np.ndarray, stride: int = 1) -> np.ndarray:
     return np.concatenate([props.T.ravel(), [contrast[:4].max() - contrast[:4].min()]])
 
 
-def _freq_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Radius (cycles/px) and angle of the ``rfft2`` grid of a ``size``² image."""
+@lru_cache(maxsize=4)
+def _polar_bins(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Polar binning of the ``rfft2`` grid of a ``size``² image: per frequency the bin index
+    (``_N_RADIAL`` log-spaced radii from 1/size cycles/px, x ``_N_ANGLE`` orientations mod pi;
+    the DC term goes to an extra last bin), and per bin its count, centre radius and angle."""
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
-    return np.sqrt(fx**2 + fy**2), np.arctan2(fy, fx)
+    r = np.sqrt(fx**2 + fy**2)
+    edges = np.geomspace(1.0 / size, 0.5, _N_RADIAL + 1)
+    r_bin = np.clip(np.searchsorted(edges, r, side="right") - 1, 0, _N_RADIAL - 1)
+    theta = np.mod(np.arctan2(fy, fx), np.pi)
+    t_bin = np.minimum((theta / (np.pi / _N_ANGLE)).astype(np.intp), _N_ANGLE - 1)
+    idx = np.where(r > 0, r_bin * _N_ANGLE + t_bin, _N_RADIAL * _N_ANGLE).ravel()
+    counts = np.bincount(idx, minlength=_N_RADIAL * _N_ANGLE + 1)[:-1].astype(np.float64)
+    r_c = np.repeat(np.sqrt(edges[:-1] * edges[1:]), _N_ANGLE)
+    t_c = np.tile((np.arange(_N_ANGLE) + 0.5) * np.pi / _N_ANGLE, _N_RADIAL)
+    return idx, counts, r_c, t_c
 
 
 @lru_cache(maxsize=4)
 def _gabor_bank(size: int) -> np.ndarray:
-    """Log-Gabor squared gains, each summing to 1, on the rfft2 grid: ``[24, size*(size//2+1)]``."""
-    r, theta = _freq_grid(size)
-    logr = np.log(np.maximum(r, 1e-9))
+    """Log-Gabor squared gains on the polar bins, each filter summing to 1 over the frequency
+    grid: ``[len(_GABOR_PERIODS) * _GABOR_ORIENTS, _N_RADIAL * _N_ANGLE]``."""
+    _, counts, r_c, t_c = _polar_bins(size)
     sigma_r, sigma_t = 0.35, np.pi / _GABOR_ORIENTS / 2
     bank = []
     for period in _GABOR_PERIODS:
-        radial = np.exp(-((logr - np.log(1.0 / period)) ** 2) / (2 * sigma_r**2))
-        radial[0, 0] = 0.0
+        radial = np.exp(-((np.log(r_c * period)) ** 2) / (2 * sigma_r**2))
         for k in range(_GABOR_ORIENTS):
-            dt = np.angle(np.exp(2j * (theta - np.pi * k / _GABOR_ORIENTS))) / 2  # mod pi
+            dt = np.angle(np.exp(2j * (t_c - np.pi * k / _GABOR_ORIENTS))) / 2  # mod pi
             g2 = (radial * np.exp(-(dt**2) / (2 * sigma_t**2))) ** 2
-            bank.append(g2 / g2.sum())
-    return np.array(bank, np.float32).reshape(len(bank), -1)
+            bank.append(g2 / max(g2 @ counts, _EPS))
+    return np.array(bank)
 
 
-@lru_cache(maxsize=4)
-def _radial_bank(size: int, n_bands: int = 8) -> np.ndarray:
-    """Mean over each of ``n_bands`` log-spaced radial bands of the rfft2 grid: ``[n_bands, F]``."""
-    r, _ = _freq_grid(size)
-    edges = np.geomspace(1.0 / size, 0.5, n_bands + 1)
-    edges[-1] = 1.0  # the corners (r up to 0.71) go to the last band
-    bank = [((r >= lo) & (r < hi)).astype(np.float32) for lo, hi in zip(edges[:-1], edges[1:])]
-    return np.array([b / max(b.sum(), 1.0) for b in bank], np.float32).reshape(n_bands, -1)
+def _polar_power(img: np.ndarray) -> np.ndarray:
+    """Power spectrum (``|FFT|² / n``) of a Hann-windowed, mean-removed square image, summed
+    per polar bin (see ``_polar_bins``): ``[_N_RADIAL * _N_ANGLE]``."""
+    x = img.astype(np.float32)
+    x = (x - x.mean()) * _hann(img.shape[0])
+    f = scipy.fft.rfft2(x)
+    power = (f.real * f.real + f.imag * f.imag).ravel()
+    idx = _polar_bins(img.shape[0])[0]
+    return np.bincount(idx, weights=power, minlength=_N_RADIAL * _N_ANGLE + 1)[:-1] / x.size
+
+
+def _log10(x) -> np.ndarray:
+    """``log10`` of a power, mapped by ``/3 + 1`` to about [-1, 2] (floor 1e-7)."""
+    return np.log10(np.asarray(x) + 1e-7) / 3 + 1
+
+
+def _radial_spectrum(img: np.ndarray, n_bands: int = 8) -> np.ndarray:
+    """Mean power in ``n_bands`` log-spaced radial bands (see ``_polar_power``), ``_log10``-ed."""
+    _, counts, _, _ = _polar_bins(img.shape[0])
+    pooled = _polar_power(img).reshape(n_bands, -1).sum(axis=1)
+    return _log10(pooled / np.maximum(counts.reshape(n_bands, -1).sum(axis=1), 1.0))
 
 
 @lru_cache(maxsize=4)
@@ -260,26 +287,22 @@ def _hann(size: int) -> np.ndarray:
     return np.outer(w, w)
 
 
-def _log_power(bank: np.ndarray, img: np.ndarray) -> np.ndarray:
-    """``log10`` of the band powers ``bank @ |FFT|²`` of a Hann-windowed, mean-removed image,
-    mapped by ``/3 + 1`` to about [-1, 2]."""
-    x = (img - img.mean()) * _hann(img.shape[0])
-    f = scipy.fft.rfft2(x)
-    power = ((f.real * f.real + f.imag * f.imag) / x.size).ravel()
-    return np.log10(bank @ power + 1e-7) / 3 + 1
-
-
 def _texture(grey8: np.ndarray, h8: np.ndarray, stride: int) -> np.ndarray:
     """58 texture features of one scale (see the module docstring) from uint8 ``[S, S]`` grey
     and quantised H (OD x 128) planes; LBP and GLCM sample every ``stride``-th pixel."""
-    grey = grey8.astype(np.float32) * np.float32(1 / 255)
-    gx = grey[:-1, 1:] - grey[:-1, :-1]
-    gy = grey[1:, :-1] - grey[:-1, :-1]
-    gmag = np.sqrt(gx * gx + gy * gy)
-    grad = [gmag.mean() * 10, gmag.std() * 10, np.count_nonzero(gmag > 0.1) / gmag.size]
-    gabor = _log_power(_gabor_bank(grey.shape[0]), grey)
+    size = grey8.shape[0]
+    pooled = _polar_power(grey8 * np.float32(1 / 255))
+    _, counts, r_c, t_c = _polar_bins(size)
+    total = max(pooled.sum(), 1e-12)
+    grad2 = (pooled * (2 * np.pi * r_c) ** 2).sum()  # mean squared gradient (Parseval)
+    centroid = (pooled * np.log2(r_c * size)).sum() / total / np.log2(size)
+    per_angle = pooled.reshape(_N_RADIAL, _N_ANGLE).sum(axis=0)
+    aniso = per_angle.max() / max(per_angle.mean(), 1e-12) if total > 1e-10 else 1.0
+    spectral = [_log10(grad2), centroid, np.log2(aniso)]
+    gabor = _log10(_gabor_bank(size) @ pooled)
     lbp = [_lbp_hist(grey8, stride), _lbp_hist(h8, stride)]
-    return np.concatenate([*lbp, _glcm_features(grey8 >> 4, 2 * stride), grad, gabor])
+    glcm = _glcm_features(grey8 >> 4, 2 * stride)
+    return np.concatenate([*lbp, glcm, spectral, gabor])
 
 
 def _size_stats(areas: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:
@@ -303,13 +326,13 @@ def _nuclei(h: np.ndarray, e: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     f_lo, f_hi = np.zeros(17), np.zeros(17)
     if n_lo == 0:
         return np.concatenate([f_lo, f_hi])
-    hi = h > _NUC_THRESHOLDS[1]  # inside ``lo`` wherever it matters (weights below)
+    hi = h > _NUC_THRESHOLDS[1]
     hi &= lo
     n_hi = int(np.count_nonzero(hi))
-    labels, n = ndimage.label(lo)
+    labels, n = ndimage.label(lo, output=np.intp)
     lab = labels.ravel()
     areas = np.bincount(lab, minlength=n + 1)[1:] * px_area
-    cores = np.bincount(lab, weights=hi.ravel(), minlength=n + 1)[1:] * px_area
+    cores = np.bincount(lab[hi.ravel()], minlength=n + 1)[1:] * px_area  # hi area per component
     keep = areas >= _NUC_MIN_AREA_UM2
     areas, cores = areas[keep], cores[keep]
     cores = cores[cores >= _CORE_MIN_AREA_UM2]
@@ -318,10 +341,11 @@ def _nuclei(h: np.ndarray, e: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     f_lo[0], f_lo[1] = n_lo / lo.size, n_lo / max(n_tissue, 1)
     f_lo[2] = np.log1p(len(areas) / tissue_um2 * 1000.0)
     _size_stats(areas, _AREA_BINS_UM2, f_lo[3:14])
-    f_lo[14] = float(h.ravel() @ lo.ravel().astype(np.float32)) / n_lo
+    hf, lof = h.ravel(), lo.ravel().astype(np.float32)
+    f_lo[14] = float(hf @ lof) / n_lo
     outside = n_tissue - n_lo
     if outside > 0:
-        f_lo[15] = float(e.ravel() @ (tissue & ~lo).ravel().astype(np.float32)) / outside
+        f_lo[15] = float(e.ravel() @ (tissue ^ lo).ravel().astype(np.float32)) / outside
     f_lo[16] = 1.0 - np.count_nonzero(_interior(lo)) / n_lo
 
     f_hi[0], f_hi[1] = n_hi / hi.size, n_hi / max(n_tissue, 1)
@@ -329,7 +353,7 @@ def _nuclei(h: np.ndarray, e: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     f_hi[3] = len(cores) / max(len(areas), 1)
     _size_stats(cores, _AREA_BINS_UM2 / 4, f_hi[4:15])
     if n_hi:
-        f_hi[15] = float(h.ravel() @ hi.ravel().astype(np.float32)) / n_hi
+        f_hi[15] = float(hf @ hi.ravel().astype(np.float32)) / n_hi
     f_hi[16] = n_hi / n_lo
     return np.concatenate([f_lo, f_hi])
 
@@ -355,18 +379,37 @@ def _h8(h: np.ndarray) -> np.ndarray:
     return np.clip(h * 128.0, 0, 255).astype(np.uint8)
 
 
-def _colour(planes8: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fill the colour slices of ``f`` from uint8 planes ``[3, N]``; returns (od, hed, white)."""
+_BYTE_VALUES = np.array(  # bin values of the R, G, B, OD(R, G, B), S, V histograms
+    [*[np.arange(256) / 255] * 3, *[_OD_LUT.astype(np.float64)] * 3, *[np.arange(256) / 255] * 2]
+)
+_CHANNEL_OFFSET = (np.arange(3, dtype=np.uint16) * 256)[:, None]
+
+
+def _colour(planes8: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the colour slices of ``f`` from uint8 planes ``[3, N]``; returns (hed [3, N] float32
+    rows H, E, D; white [N] bool). Moments of R, G, B, OD, S and V come from exact 256-bin
+    histograms; stain moments, quantiles and histograms from one 0.01-OD-bin histogram."""
     L = FEATURE_LAYOUT
-    od = np.take(_OD_LUT, planes8)  # [3, N]
-    hed = _HED_FROM_RGB.T @ od  # [3, N] rows H, E, D
+    n = planes8.shape[1]
+    hed = _HED_FROM_RGB.T @ np.take(_OD_LUT, planes8)  # [3, N]
     r8, g8, b8 = planes8
     lo8 = np.minimum(np.minimum(r8, g8), b8)
     hi8 = np.maximum(np.maximum(r8, g8), b8)
     white = lo8 > 215
-    n_tissue = int(planes8.shape[1] - np.count_nonzero(white))
-    f[L["background"]] = np.count_nonzero(white) / white.size, np.count_nonzero(hi8 < 30) / white.size
-    f[L["od_rgb"]] = np.concatenate([od.mean(axis=1), od.std(axis=1)])
+    n_tissue = n - int(np.count_nonzero(white))
+    f[L["background"]] = (n - n_tissue) / n, np.count_nonzero(hi8 < 30) / n
+    # S = (max - min) / max and V = max, both on a 0..255 scale.
+    s8 = ((hi8 - lo8).astype(np.uint16) * 255 // np.maximum(hi8, 1)).astype(np.uint16)
+    chans = np.concatenate(
+        [planes8 + _CHANNEL_OFFSET, (s8 + np.uint16(768))[None], (hi8 + np.uint16(1024))[None]]
+    )
+    hist = np.bincount(chans.ravel(), minlength=5 * 256).reshape(5, 256)
+    m = _hist_moments(hist[[0, 1, 2, 0, 1, 2, 3, 4]].astype(np.float64), _BYTE_VALUES)
+    f[L["rgb_moments"]] = m[:, :3].ravel()  # R, G, B mean, then std, then skewness
+    f[L["od_rgb"]] = m[:2, 3:6].ravel()
+    alpha = m[0, 0] - 0.5 * (m[0, 1] + m[0, 2])  # mean hexagonal chroma vector
+    beta = 0.8660254 * (m[0, 1] - m[0, 2])
+    f[L["hsv_moments"]] = np.concatenate([[alpha * 2, beta * 2], m[:, 6:].ravel()])
 
     # Stain quantiles, tissue moments and histograms from one fine histogram (0.01 OD bins).
     fine = ((hed - _FINE_LO) * (1.0 / _FINE_STEP)).astype(np.int32)
@@ -374,24 +417,14 @@ def _colour(planes8: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     fine += (np.arange(3, dtype=np.int32) * _FINE_BINS)[:, None]
     fine += white.astype(np.int32) * np.int32(3 * _FINE_BINS)
     counts = np.bincount(fine.ravel(), minlength=6 * _FINE_BINS).reshape(2, 3, _FINE_BINS)
-    c_all, c_tis = counts.sum(axis=0), counts[0].astype(np.float64)
-    hed_mean, hed_std = hed.mean(axis=1), hed.std(axis=1)
-    qs = (0.05, 0.25, 0.5, 0.75, 0.95)
-    stats = [[hed_mean[c], hed_std[c], *_hist_quantiles(c_all[c], qs)] for c in range(3)]
-    f[L["hed_stats"]] = np.ravel(stats)
-
-    rgb = planes8.astype(np.float32) * np.float32(1 / 255)
-    f[L["rgb_moments"]] = np.concatenate(_moments(rgb))
-    rgb_mean = f[L["rgb_moments"]][:3]
-    alpha_mean = rgb_mean[0] - 0.5 * (rgb_mean[1] + rgb_mean[2])
-    beta_mean = 0.8660254 * (rgb_mean[1] - rgb_mean[2])
-    hi = hi8.astype(np.float32)
-    sv = np.stack([(hi - lo8) / np.maximum(hi, 1.0), hi * np.float32(1 / 255)])
-    f[L["hsv_moments"]] = np.concatenate([[alpha_mean * 2, beta_mean * 2], *_moments(sv)])
+    c_tis, c_all = counts[0].astype(np.float64), counts.sum(axis=0).astype(np.float64)
+    sm = _hist_moments(np.concatenate([c_tis, c_all]), _FINE_CENTRES)  # [3, 6]
+    hed_mean = _HED_FROM_RGB.T @ m[0, 3:6]  # exact: deconvolution is linear in OD
+    quant = _hist_quantiles(c_all, (0.05, 0.25, 0.5, 0.75, 0.95))
+    f[L["hed_stats"]] = np.concatenate([hed_mean[:, None], sm[1, 3:, None], quant], 1).ravel()
     if n_tissue == 0:
-        return od, hed, white
-    t_mean = c_tis @ _FINE_CENTRES / n_tissue
-    t_std = np.sqrt(np.maximum(c_tis @ _FINE_CENTRES**2 / n_tissue - t_mean**2, 0.0))
+        return hed, white
+    t_mean, t_std = sm[0, :3], sm[1, :3]
     f[L["hed_tissue"]] = np.concatenate([t_mean, t_std])
     hists = [np.bincount(_FINE_TO_HIST[c], weights=c_tis[c], minlength=8) for c in range(3)]
     f[L["hed_hist"]] = np.concatenate(hists) / n_tissue
@@ -403,10 +436,11 @@ def _colour(planes8: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     f[L["hue_hist"]] = np.bincount(octant, minlength=16)[:8] / n_tissue
     hs, es = max(t_mean[0], 0.0), max(t_mean[1], 0.0)
     f[L["stain_balance"].start] = hs / (hs + es) if hs + es > _EPS else 0.5
-    cov = float((hed[0] * hed[1]) @ (~white).astype(np.float32)) / n_tissue - t_mean[0] * t_mean[1]
+    he = float((hed[0] * hed[1]) @ (~white).astype(np.float32)) / n_tissue
     sd = t_std[0] * t_std[1]
+    cov = he - t_mean[0] * t_mean[1]
     f[L["stain_balance"].start + 1] = np.clip(cov / sd, -1, 1) if sd > 1e-6 else 0.0
-    return od, hed, white
+    return hed, white
 
 
 def hed_texture_features(patch: np.ndarray) -> np.ndarray:
@@ -431,13 +465,13 @@ def hed_texture_features(patch: np.ndarray) -> np.ndarray:
 
     # Coarse scale (2 µm/px): colour statistics, texture, stain spectra, heterogeneity.
     planes8_c = np.asarray(Image.fromarray(img).reduce(2)).reshape(C * C, 3).T.copy()
-    od, hed, white = _colour(planes8_c, f)
+    hed, white = _colour(planes8_c, f)
     h_c, e_c = hed[0].reshape(C, C), hed[1].reshape(C, C)
     f[L["texture_coarse"]] = _texture(_grey8(planes8_c).reshape(C, C), _h8(h_c), 1)
-    f[L["h_spectrum"]] = _log_power(_radial_bank(C), h_c)
-    f[L["e_spectrum"]] = _log_power(_radial_bank(C), e_c)
+    f[L["h_spectrum"]] = _radial_spectrum(h_c)
+    f[L["e_spectrum"]] = _radial_spectrum(e_c)
     b = C // 16
-    planes = np.stack([hed[0], hed[1], od.mean(axis=0), white.astype(np.float32)])
+    planes = np.stack([hed[0], hed[1], hed[0] + hed[1], white.astype(np.float32)])
     blocks = planes.reshape(4, 16, b, 16, b).sum(axis=2).sum(axis=-1) / (b * b)
     f[L["heterogeneity"]] = blocks.reshape(4, -1).std(axis=1)
 

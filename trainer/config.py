@@ -1,0 +1,48 @@
+"""Training configuration, saved into the model bundle and the training state."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Paths are strings (JSON-ready)."""
+
+    features: str = ""
+    pairs: str = ""
+    out: str = ""
+    rna: str | None = None
+    dna: str | None = None
+    rna_units: str = "tpm"
+    metadata: str | None = None  # optional table with a patient-level ``split`` column
+    pair_by: str = "sample"  # sample | patient (TCGA barcodes by their first 12 characters)
+    bag_by: str = "patient"  # patient: a patient's slides form one bag | slide
+    val_fraction: float = 0.15  # used when no split column is given
+    slide_encoder: str = "threads"
+    slide_config: dict = field(default_factory=dict)
+    rna_config: dict = field(default_factory=dict)
+    dna_config: dict = field(default_factory=dict)
+    epochs: int = 20
+    batch_size: int = 32
+    max_patches: int = 2048  # patches sampled per bag per step (all at validation)
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    accum_steps: int = 1
+    temperature: float = 0.07
+    select_metric: str = "val_mean_recall"  # or val_rankme
+    patience: int = 10  # epochs without improvement before early stopping (0 = never)
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads (0 = leave as is)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,196 @@
+"""Training data: patch-feature bags joined to RNA and/or DNA profiles through the pairs table.
+
+Each item is one bag (a patient's slides by default, or one slide with ``bag_by="slide"``) with
+the RNA sample and/or DNA sample paired to it. Items with only RNA or only DNA are kept: the loss
+is computed per available modality.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from threads_search.features.h5io import read_features
+from threads_search.molecular import RnaNormalizer, multi_hot
+from threads_search.molecular.dna import read_dna
+from threads_search.molecular.rna import read_rna_matrix
+from threads_search.molecular.tables import read_metadata, read_pairs
+from trainer.config import TrainConfig
+
+
+class TrainingDataError(ValueError):
+    """The inputs cannot form a training set; the message says what to fix."""
+
+
+def _few(ids, n: int = 5) -> str:
+    ids = sorted(map(str, ids))
+    return ", ".join(ids[:n]) + (f" … ({len(ids)} in all)" if len(ids) > n else "")
+
+
+@dataclass
+class Item:
+    """One training bag: ``slides`` (slide ids), molecular samples (None where absent)."""
+
+    key: str
+    patient_id: str
+    slides: list[str]
+    rna: str | None
+    dna: str | None
+    split: str = "train"
+
+
+@dataclass
+class TrainingData:
+    items: list[Item]
+    bags: dict[str, np.ndarray] = field(repr=False)  # slide_id -> float32 [N, D]
+    rna: dict[str, np.ndarray] = field(repr=False)  # sample_id -> z-scored float32 [G]
+    dna: dict[str, np.ndarray] = field(repr=False)  # sample_id -> multi-hot float32 [P]
+    normalizer: RnaNormalizer | None
+    genes_dna: list[str] | None
+    patch_encoder: dict
+
+    def split(self, name: str) -> list[Item]:
+        return [it for it in self.items if it.split == name]
+
+    def bag(self, item: Item) -> np.ndarray:
+        parts = [self.bags[s] for s in item.slides]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _features_info(features_dir: Path) -> tuple[dict, list[str]]:
+    """The patch-encoder description and the slide ids with finished features."""
+    cfg_path = features_dir / "config.json"
+    if not cfg_path.exists():
+        raise TrainingDataError(f"{features_dir} is not a FEATURES_DIR: no config.json")
+    cfg = json.loads(cfg_path.read_text())
+    status = features_dir / "status.parquet"
+    if status.exists():
+        st = pd.read_parquet(status)
+        done = st.loc[st.state == "done", "slide_id"].astype(str).tolist()
+    else:
+        done = [p.stem for p in (features_dir / "h5").glob("*.h5")]
+    grid = cfg.get("segment", {}).get("grid", {})
+    pe = {
+        "name": cfg.get("patch_encoder"),
+        "dim": (cfg.get("encoder_spec") or {}).get("dim") or cfg.get("feature_dim"),
+        "patch_size": grid.get("patch_size", 512),
+        "target_mpp": grid.get("target_mpp", 0.5),
+    }
+    return pe, done
+
+
+def _load_bags(features_dir: Path, slide_ids: list[str], pe: dict) -> dict[str, np.ndarray]:
+    bags: dict[str, np.ndarray] = {}
+    encoders: dict[str, list[str]] = {}
+    for sid in slide_ids:
+        ff = read_features(features_dir / "h5" / f"{sid}.h5")
+        name = ff.attrs.get("encoder", pe["name"])
+        encoders.setdefault(f"{name} ({ff.features.shape[1]}-d)", []).append(sid)
+        bags[sid] = np.ascontiguousarray(ff.features, dtype=np.float32)
+    if len(encoders) > 1:
+        detail = "; ".join(f"{k}: {_few(v, 3)}" for k, v in encoders.items())
+        raise TrainingDataError(f"features of mixed encoders in {features_dir}: {detail}")
+    dim = next(iter(bags.values())).shape[1]
+    if pe["dim"] is None:
+        pe["dim"] = dim
+    elif pe["dim"] != dim:
+        raise TrainingDataError(f"{features_dir}: config says {pe['dim']}-d, h5 hold {dim}-d")
+    return bags
+
+
+def _assign_splits(items: list[Item], cfg: TrainConfig) -> None:
+    split_of: dict[str, str] = {}
+    if cfg.metadata:
+        meta = read_metadata(cfg.metadata)
+        if "split" in meta.columns and "patient_id" in meta.columns:
+            split_of = dict(zip(meta["patient_id"], meta["split"].astype(str), strict=True))
+    patients = sorted({it.patient_id for it in items})
+    if not split_of:
+        rng = np.random.default_rng(cfg.seed)
+        n_val = max(1, round(cfg.val_fraction * len(patients))) if len(patients) > 2 else 0
+        val = set(rng.permutation(patients)[:n_val].tolist())
+        split_of = {p: "val" if p in val else "train" for p in patients}
+    for it in items:
+        it.split = split_of.get(it.patient_id, "train")
+
+
+def load_training_data(cfg: TrainConfig) -> TrainingData:
+    """Read features, pairs and profiles; fit RNA normalisation on the training split."""
+    if not cfg.rna and not cfg.dna:
+        raise TrainingDataError("give --rna and/or --dna: there is nothing to align slides to")
+    fdir = Path(cfg.features)
+    pe, done = _features_info(fdir)
+    pairs = read_pairs(cfg.pairs, pair_by=cfg.pair_by)
+    rna_m = read_rna_matrix(cfg.rna, units=cfg.rna_units) if cfg.rna else None
+    dna_m = read_dna(cfg.dna) if cfg.dna else None
+    rna_ids = set(rna_m.samples) if rna_m is not None else set()
+    dna_ids = set(dna_m.index.astype(str)) if dna_m is not None else set()
+    ok = pairs[pairs.slide_id.isin(set(done)) & pairs.sample_id.isin(rna_ids | dna_ids)]
+    if ok.empty:
+        raise TrainingDataError(
+            "no pairs matched: no pair links a slide with features to a sample with a profile.\n"
+            f"  pairs slide ids: {_few(pairs.slide_id.unique())}\n"
+            f"  slides with features in {fdir}: {_few(done)}\n"
+            f"  pairs sample ids: {_few(pairs.sample_id.unique())}\n"
+            f"  profile sample ids: {_few(rna_ids | dna_ids)}"
+        )
+    ok = ok.assign(patient_id=ok.patient_id.fillna(ok.sample_id))
+    key_col = "patient_id" if cfg.bag_by == "patient" else "slide_id"
+    items = []
+    for key, grp in ok.groupby(key_col, sort=True):
+        samples = sorted(grp.sample_id.unique())
+        rna = next((s for s in samples if s in rna_ids), None)
+        dna = next((s for s in samples if s in dna_ids), None)
+        items.append(
+            Item(str(key), str(grp.patient_id.iloc[0]), sorted(grp.slide_id.unique()), rna, dna)
+        )
+    _assign_splits(items, cfg)
+    items = [it for it in items if it.split in ("train", "val")]
+    train = [it for it in items if it.split == "train"]
+    if not train:
+        raise TrainingDataError("no training items after the split")
+    bags = _load_bags(fdir, sorted({s for it in items for s in it.slides}), pe)
+    normalizer, rna = None, {}
+    if rna_m is not None:
+        log = rna_m.log_values()
+        train_ids = sorted({it.rna for it in train if it.rna})
+        if not train_ids or log.shape[1] == 0:
+            raise TrainingDataError("gene vocabulary empty: no RNA profile in the training split")
+        normalizer = RnaNormalizer.fit(log.loc[train_ids], units=cfg.rna_units)
+        used = sorted({it.rna for it in items if it.rna})
+        z = normalizer.transform(log.loc[used], "RNA matrix")
+        rna = dict(zip(used, z.astype(np.float32), strict=True))
+    genes_dna, dna = None, {}
+    if dna_m is not None:
+        train_ids = sorted({it.dna for it in train if it.dna})
+        panel = dna_m.loc[train_ids]
+        genes_dna = sorted(str(g) for g in panel.columns[panel.to_numpy().any(axis=0)])
+        if not genes_dna:
+            raise TrainingDataError("gene vocabulary empty: no mutated gene in the training DNA")
+        used = sorted({it.dna for it in items if it.dna})
+        x = multi_hot(dna_m.loc[used], genes_dna, "DNA")
+        dna = dict(zip(used, x, strict=True))
+    return TrainingData(items, bags, rna, dna, normalizer, genes_dna, pe)
+
+
+def collate(bags: list[np.ndarray], max_patches: int, rng: np.random.Generator | None):
+    """Pad bags to one tensor. ``rng`` samples up to ``max_patches`` per bag (None: all).
+    Returns features float32 ``[B, N, D]`` and mask bool ``[B, N]``."""
+    import torch
+
+    chosen = []
+    for bag in bags:
+        if rng is not None and len(bag) > max_patches:
+            bag = bag[np.sort(rng.choice(len(bag), max_patches, replace=False))]
+        chosen.append(bag)
+    n = max(len(b) for b in chosen)
+    feats = np.zeros((len(chosen), n, chosen[0].shape[1]), np.float32)
+    mask = np.zeros((len(chosen), n), bool)
+    for i, b in enumerate(chosen):
+        feats[i, : len(b)] = b
+        mask[i, : len(b)] = True
+    return torch.from_numpy(feats), torch.from_numpy(mask)
