@@ -62,3 +62,32 @@ def archive(tmp_path_factory):
     root = tmp_path_factory.mktemp("archive")
     slides = make_archive(root, n_slides=3, width=2048, height=1536, broken=True)
     return root, slides
+
+
+def make_bundle(out, patch_encoder: dict, rna_genes=None, dna_genes=None, seed: int = 0):
+    """A small untrained model bundle (deterministic from ``seed``) for pipeline tests."""
+    import pandas as pd
+    import torch
+
+    from threads_search.models.bundle import build_model, save_model
+    from threads_search.molecular import RnaNormalizer
+
+    torch.manual_seed(seed)
+    norm = None
+    if rna_genes:
+        log = pd.DataFrame(np.random.default_rng(seed).normal(size=(8, len(rna_genes))),
+                           columns=rna_genes)  # fmt: skip
+        norm = RnaNormalizer.fit(log, units="log")
+    model = build_model(patch_encoder, slide_config={"head_dim": 64, "attn_dim": 32},
+                        normalizer=norm, genes_dna=dna_genes)  # fmt: skip
+    save_model(model, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def hed_bundle(tmp_path_factory):
+    """Untrained bundle expecting ``hed-texture`` features (512 px @ 0.5 µm/px)."""
+    from threads_search.models.patch import get_patch_encoder_spec
+
+    spec = get_patch_encoder_spec("hed-texture")
+    return make_bundle(tmp_path_factory.mktemp("hed_bundle") / "model", spec.to_dict())

@@ -142,6 +142,84 @@ def train(ctx: typer.Context) -> None:
 
 
 @app.command()
+def index(
+    inputs: list[Path] = typer.Argument(..., help="Slide files/folders and/or FEATURES_DIRs."),
+    model: Path = typer.Option(..., "--model", help="MODEL_DIR from `threads-search train`."),
+    out: Path = typer.Option(..., "--out", help="INDEX_DIR to create or update."),
+    features_dir: Path = typer.Option(
+        None, "--features-dir", help="Where slide features go [default: INDEX_DIR/features]."
+    ),
+    metadata: Path = typer.Option(
+        None,
+        "--metadata",
+        help="CSV/Parquet with slide_id / sample_id / patient_id + columns to filter on.",
+    ),
+    pairs: Path = typer.Option(
+        None,
+        "--pairs",
+        help="slide_id, sample_id[, patient_id]: links slides and samples to patients.",
+    ),
+    pair_by: str = typer.Option("sample", "--pair-by", help="sample | patient (TCGA barcodes)."),
+    rna: Path = typer.Option(None, "--rna", help="RNA matrix to embed and index."),
+    rna_units: str = typer.Option("tpm", "--rna-units", help="tpm | counts | log"),
+    dna: Path = typer.Option(
+        None, "--dna", help="MAF or binary mutation matrix to embed and index."
+    ),
+    mpp_csv: Path = typer.Option(
+        None, "--mpp-csv", help="CSV 'slide,mpp' overriding the files' resolution."
+    ),
+    remove: list[str] = typer.Option(
+        None, "--remove", help="Slide ids to remove (repeat the flag)."
+    ),
+    prune: bool = typer.Option(False, "--prune", help="Remove slides whose file has vanished."),
+    index_type: str = typer.Option("auto", "--index-type", help="auto | flat | hnsw | ivf | ivfpq"),
+    memory_budget_gb: float = typer.Option(
+        None, "--memory-budget-gb", help="RAM for the vector index; beyond it IVF-PQ is chosen."
+    ),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="Patch-encoder weights for pretrained encoders."
+    ),
+    workers: int = typer.Option(
+        2, "--workers", min=0, help="Reader processes for the features stage."
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+) -> None:
+    """Embed slides (running the features stage for slide files) and molecular profiles, and
+    write FAISS indexes + Parquet tables + a DuckDB catalog into INDEX_DIR.
+
+    Incremental: re-running embeds only new or changed slides; an interrupted run leaves the
+    previous index intact and is finished by running the same command again.
+
+    Example: threads-search index slides/ --model model/ --out idx/ --metadata clinical.csv
+    """
+    from rich.console import Console
+
+    from indexer.build import run_index
+    from indexer.config import IndexConfig
+    from indexer.report import IndexProgress, print_summary
+    from threads_search.index.store import IndexLockedError
+
+    console = Console(stderr=True)
+    s = lambda p: str(p) if p else None  # noqa: E731
+    cfg = IndexConfig(
+        inputs=[str(p) for p in inputs], model=str(model), out=str(out), features_dir=s(features_dir),
+        metadata=s(metadata), pairs=s(pairs), pair_by=pair_by, rna=s(rna), rna_units=rna_units,
+        dna=s(dna), mpp_csv=s(mpp_csv), remove=list(remove or []), prune=prune,
+        index_type=index_type, memory_budget_gb=memory_budget_gb, workers=workers,
+        batch_size=batch_size, device=device, checkpoint=s(checkpoint),
+    )  # fmt: skip
+    try:
+        with IndexProgress(console) as progress:
+            summary = run_index(cfg, progress=progress)
+    except (IndexLockedError, FileNotFoundError, ValueError, KeyError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    print_summary(summary, console)
+    raise typer.Exit(1 if summary.failed else 0)
+
+
+@app.command()
 def encoders() -> None:
     """List the registered encoders (patch, slide, molecular) and what they expect."""
     from rich.console import Console

@@ -44,25 +44,22 @@ def segment_archive(slides_dir: Path, out_dir: Path, console: Console) -> list[d
 
 def print_segmentation(rows: list[dict], console: Console) -> None:
     table = Table(title="Slides: tissue and 512 px @ 0.5 µm/px patch grid")
-    for col in (
-        "slide",
-        "vendor",
-        "size (px)",
-        "levels",
-        "µm/px (source)",
-        "tissue mm²",
-        "patches",
-    ):
-        table.add_column(
-            col, justify="right" if col in ("levels", "tissue mm²", "patches") else "left"
-        )
+    right = ("levels", "tissue mm²", "patches")
+    for col in ("slide", "vendor", "size (px)", "levels", "µm/px (source)", "tissue mm²", "patches"):
+        table.add_column(col, justify="right" if col in right else "left")
     for r in rows:
         if r["state"] == "done":
             table.add_row(r["slide_id"], r["vendor"], r["size"], str(r["levels"]), r["mpp"],
                           f"{r['tissue_mm2']:.2f}", str(r["patches"]))  # fmt: skip
-        else:
-            table.add_row(r["slide_id"], f"[red]failed[/red]: {r['error']}", "", "", "", "", "")
     console.print(table)
+    failed = [r for r in rows if r["state"] != "done"]
+    if failed:
+        bad = Table(title="Slides that could not be used")
+        bad.add_column("slide", no_wrap=True)
+        bad.add_column("reason")
+        for r in failed:
+            bad.add_row(r["slide_id"], r["error"])
+        console.print(bad)
 
 
 def run_demo(out: Path, n_slides: int = 4, console: Console | None = None) -> list[dict]:

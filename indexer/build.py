@@ -1,0 +1,316 @@
+"""``threads-search index``: slides or FEATURES_DIRs + profiles → a committed index generation.
+
+Incremental and resumable: each slide's embedding is a work record keyed by the source
+fingerprint and the model hash, so a re-run embeds only new or changed slides, and a run killed
+at any moment leaves the previous generation readable and is finished by running it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from indexer import metadata as md
+from indexer.config import IndexConfig
+from indexer.molecular import embed_profiles, merge_molecular
+from indexer.records import (
+    SlideRecord,
+    fingerprint,
+    list_records,
+    read_meta,
+    read_record,
+    record_path,
+    remove_orphan_temps,
+    write_record,
+)
+from threads_search.index import store
+from threads_search.index.writer import write_generation
+
+
+@dataclass
+class IndexSummary:
+    indexed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
+    n_patches: int = 0
+    embed_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    committed: bool = False
+    manifest: dict = field(default_factory=dict)
+    unmatched_metadata: int = 0
+
+
+def model_hash(model_dir: Path) -> str:
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        with open(model_dir / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def install_model(index_dir: Path, model_dir: Path, mhash: str) -> str:
+    """Copy the bundle to ``INDEX_DIR/models/<hash>`` once (atomic folder rename)."""
+    rel = f"models/{mhash}"
+    dest = index_dir / rel
+    if not (dest / "config.json").exists():
+        tmp = index_dir / "models" / f".{mhash}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in model_dir.iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                shutil.copy2(f, tmp / f.name)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
+    return rel
+
+
+def _is_features_dir(p: Path) -> bool:
+    return p.is_dir() and (p / "config.json").exists() and (p / "h5").is_dir()
+
+
+def _feature_sources(fdir: Path, only: set[str] | None = None) -> dict[str, dict]:
+    """slide_id → {h5, path, thumbnail} for finished slides of a FEATURES_DIR."""
+    st_path = fdir / "status.parquet"
+    st = pd.read_parquet(st_path) if st_path.exists() else None
+    out = {}
+    if st is not None:
+        done = st[st.state == "done"]
+        rows = zip(done.slide_id.astype(str), done.path.astype(str), strict=True)
+    else:
+        rows = ((p.stem, "") for p in (fdir / "h5").glob("*.h5"))
+    for sid, path in rows:
+        if only is not None and sid not in only:
+            continue
+        h5 = fdir / "h5" / f"{sid}.h5"
+        if h5.exists():
+            thumb = fdir / "thumbnails" / f"{sid}.jpg"
+            out[sid] = {"h5": h5, "path": path, "thumbnail": thumb if thumb.exists() else None}
+    return out
+
+
+def _run_features(cfg: IndexConfig, slides: list[Path], model, fdir: Path, progress):
+    from threads_search.features import default_config, extract_features
+
+    pe = model.patch_encoder
+    fcfg = default_config(pe["name"], pe["patch_size"], pe["target_mpp"], checkpoint=cfg.checkpoint,
+                          workers=cfg.workers, batch_size=cfg.batch_size, device=cfg.device)  # fmt: skip
+    outcomes = extract_features(slides, fdir, fcfg, mpp_csv=cfg.mpp_csv, progress=progress)
+    failed = {o.slide_id: o.error for o in outcomes if o.state == "failed"}
+    ids = {o.slide_id for o in outcomes if o.state != "failed"}
+    return _feature_sources(fdir, ids), failed
+
+
+def _embed(model, sid: str, src: dict, fp: dict, mhash: str) -> SlideRecord:
+    emb, att = model.embed_slide(src["h5"], return_attention=True)
+    from threads_search.features.h5io import read_features
+
+    ff = read_features(src["h5"])
+    a = ff.attrs
+    row = {
+        "slide_id": sid, "path": src["path"], "mpp": a.get("level0_mpp"),
+        "width": a.get("level0_width"), "height": a.get("level0_height"),
+        "n_patches": len(ff.coords), "tissue_area_mm2": a.get("tissue_area_mm2"),
+    }  # fmt: skip
+    att = np.zeros((0, len(ff.coords)), np.float32) if att is None else att
+    thumb = str(src["thumbnail"]) if src.get("thumbnail") else None
+    meta = {"fingerprint": fp, "model_hash": mhash, "row": row, "thumbnail": thumb}
+    return SlideRecord(sid, emb, ff.coords, att, meta)
+
+
+def _source_fingerprint(src: dict) -> dict:
+    p = Path(src["path"]) if src["path"] else None
+    target = p if p is not None and p.exists() else src["h5"]
+    return {"of": str(target), **fingerprint(target)}
+
+
+def _attention_frame(rec: SlideRecord) -> pd.DataFrame:
+    d = {"x": rec.coords[:, 0], "y": rec.coords[:, 1]}
+    if rec.attention.size:
+        d["score"] = rec.attention.mean(axis=0)
+        for h, s in enumerate(rec.attention):
+            d[f"score_h{h}"] = s
+    return pd.DataFrame(d)
+
+
+def _assemble(cfg, index_dir: Path, mhash: str, model_rel: str, summary, meta, pairs, new_mol):
+    recs = {sid: read_record(p, sid) for sid, p in sorted(list_records(index_dir).items())}
+    cols = ["slide_id", "path", "mpp", "width", "height", "n_patches", "tissue_area_mm2"]
+    slides = pd.DataFrame([r.meta["row"] for r in recs.values()], columns=cols)
+    slide_pat, sample_pat = md.patients_from_pairs(pairs)
+    slides["patient_id"] = None
+    slides = md.fill_patients(slides, "slide_id", slide_pat, meta)
+    slides = slides[["slide_id", "path", "patient_id", *cols[2:]]]
+    slides["tissue_area_mm2"] = pd.to_numeric(slides["tissue_area_mm2"], errors="coerce")
+    slides, used = md.join(slides, "slide_id", meta)
+    emb = np.stack([r.embedding for r in recs.values()]) if recs else np.zeros((0, 1), np.float32)
+    mol_t, mol_e = merge_molecular(index_dir, mhash, *new_mol)
+    if mol_t is not None:
+        mol_t = md.fill_patients(mol_t.drop(columns=["model_hash"]), "sample_id", sample_pat, meta)
+        mol_t, used_m = md.join(mol_t, "sample_id", meta)
+        used |= used_m
+    if meta is not None:
+        summary.unmatched_metadata = len(meta) - len(used)
+    attention = {sid: _attention_frame(r) for sid, r in recs.items()}
+    thumbs = {sid: Path(r.meta["thumbnail"]) for sid, r in recs.items()
+              if r.meta.get("thumbnail") and Path(r.meta["thumbnail"]).exists()}  # fmt: skip
+    budget = int(cfg.memory_budget_gb * 2**30) if cfg.memory_budget_gb else None
+    manifest = {"model": {"dir": model_rel, "hash": mhash, "source": str(cfg.model)},
+                "config": cfg.to_dict(), "versions": _versions(),
+                "unmatched_metadata_rows": summary.unmatched_metadata}  # fmt: skip
+    return write_generation(index_dir, slides, emb, mol_t, mol_e, attention, thumbs, manifest,
+                            index_type=cfg.index_type, memory_budget=budget)  # fmt: skip
+
+
+def _versions() -> dict:
+    from threads_search.features.config import versions
+
+    v = versions()
+    import faiss
+
+    v["faiss"] = faiss.__version__
+    return v
+
+
+def _keep_work_inputs(index_dir: Path, cfg: IndexConfig):
+    """Metadata and pairs persist across incremental runs: a new file replaces the old copy."""
+    from threads_search.molecular.tables import read_metadata, read_pairs
+
+    work = index_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, path, reader in (("metadata", cfg.metadata, read_metadata),
+                               ("pairs", cfg.pairs, lambda p: read_pairs(p, cfg.pair_by))):  # fmt: skip
+        dest = work / f"{name}.parquet"
+        if path:
+            df = reader(path)
+            tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+            df.to_parquet(tmp, index=False)
+            os.replace(tmp, dest)
+            out.append(df)
+        else:
+            out.append(pd.read_parquet(dest) if dest.exists() else None)
+    return out
+
+
+def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
+    """Build or update the index at ``cfg.out``. Raises ``IndexLockedError`` when another
+    writer is active; per-slide failures are collected in the summary."""
+    from threads_search.models.bundle import load_model
+
+    t0 = time.perf_counter()
+    index_dir = Path(cfg.out)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    summary = IndexSummary()
+    with store.IndexLock(index_dir, command=f"threads-search index → {index_dir}"):
+        store.remove_uncommitted(index_dir)
+        remove_orphan_temps(index_dir)
+        model_dir = Path(cfg.model)
+        if not (model_dir / "config.json").exists():
+            raise FileNotFoundError(f"--model {model_dir}: no model bundle (config.json missing)")
+        mhash = model_hash(model_dir)
+        model_rel = install_model(index_dir, model_dir, mhash)
+        model = load_model(
+            index_dir / model_rel, device=cfg.device if cfg.device != "auto" else "cpu"
+        )
+        meta, pairs = _keep_work_inputs(index_dir, cfg)
+        sources, failed = _collect_sources(cfg, index_dir, model, progress)
+        summary.failed.update(failed)
+        existing = list_records(index_dir)
+        summary.removed = _removals(cfg, index_dir, existing, sources)
+        todo = []
+        for sid, src in sorted(sources.items()):
+            fp = _source_fingerprint(src)
+            old = read_meta(existing[sid]) if sid in existing else None
+            if old and old.get("fingerprint") == fp and old.get("model_hash") == mhash:
+                summary.skipped.append(sid)
+            else:
+                todo.append((sid, src, fp))
+        stale = [s for s, p in list_records(index_dir).items()
+                 if s not in sources and (read_meta(p) or {}).get("model_hash") != mhash]  # fmt: skip
+        for sid in stale:  # indexed with another model and not given again: re-embed if possible
+            record_path(index_dir, sid).unlink(missing_ok=True)
+            summary.removed.append(sid)
+        if progress:
+            progress.start_embedding(len(todo))
+        for sid, src, fp in todo:
+            t1 = time.perf_counter()
+            try:
+                rec = _embed(model, sid, src, fp, mhash)
+                write_record(index_dir, rec)
+                summary.indexed.append(sid)
+                summary.n_patches += len(rec.coords)
+            except Exception as e:  # noqa: BLE001 - one bad slide never kills the batch
+                summary.failed[sid] = f"{type(e).__name__}: {e}"
+            summary.embed_seconds += time.perf_counter() - t1
+            if progress:
+                progress.embedded(sid)
+        new_mol = embed_profiles(model, cfg.rna, cfg.rna_units, cfg.dna)
+        changed = bool(summary.indexed or summary.removed or cfg.rna or cfg.dna or cfg.metadata
+                       or cfg.pairs or not (index_dir / store.INDEX_JSON).exists())  # fmt: skip
+        if changed:
+            summary.manifest = _assemble(
+                cfg, index_dir, mhash, model_rel, summary, meta, pairs, new_mol
+            )
+            summary.committed = True
+        else:
+            summary.manifest = store.read_manifest(index_dir)
+    summary.wall_seconds = time.perf_counter() - t0
+    return summary
+
+
+def _collect_sources(cfg: IndexConfig, index_dir: Path, model, progress):
+    """slide_id → source for every slide given in this run (running the features stage for
+    slide files); plus failures of the features stage."""
+    sources: dict[str, dict] = {}
+    failed: dict[str, str] = {}
+    slides = []
+    for item in cfg.inputs:
+        p = Path(item)
+        if _is_features_dir(p):
+            _check_encoder(p, model)
+            sources.update(_feature_sources(p))
+        else:
+            slides.append(p)
+    if slides:
+        fdir = Path(cfg.features_dir) if cfg.features_dir else index_dir / "features"
+        got, bad = _run_features(cfg, slides, model, fdir, progress)
+        sources.update(got)
+        failed.update(bad)
+    return sources, failed
+
+
+def _check_encoder(fdir: Path, model) -> None:
+    cfg = json.loads((fdir / "config.json").read_text())
+    have, want = cfg.get("patch_encoder"), model.patch_encoder["name"]
+    if have != want:
+        raise ValueError(
+            f"{fdir} holds {have!r} features but the model expects patch encoder {want!r}"
+        )
+
+
+def _removals(cfg: IndexConfig, index_dir: Path, existing: dict, sources: dict) -> list[str]:
+    removed = []
+    for sid in cfg.remove:
+        if sid in existing:
+            existing[sid].unlink(missing_ok=True)
+            removed.append(sid)
+    if cfg.prune:
+        for sid, path in existing.items():
+            if sid in removed or sid in sources:
+                continue
+            meta = read_meta(path) or {}
+            of = (meta.get("fingerprint") or {}).get("of")
+            if of and not Path(of).exists():
+                path.unlink(missing_ok=True)
+                removed.append(sid)
+    return removed

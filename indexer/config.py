@@ -1,0 +1,32 @@
+"""Settings of an index run (saved in ``index.json``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class IndexConfig:
+    inputs: list[str] = field(default_factory=list)  # slide files/folders or FEATURES_DIRs
+    model: str = ""
+    out: str = ""
+    features_dir: str | None = None  # default: INDEX_DIR/features
+    metadata: str | None = None
+    pairs: str | None = None
+    pair_by: str = "sample"
+    rna: str | None = None
+    rna_units: str = "tpm"
+    dna: str | None = None
+    mpp_csv: str | None = None
+    remove: list[str] = field(default_factory=list)
+    prune: bool = False
+    index_type: str = "auto"
+    memory_budget_gb: float | None = None
+    workers: int = 2
+    batch_size: int = 32
+    device: str = "auto"
+    checkpoint: str | None = None  # pretrained patch-encoder weights
+    engine: str = "local"  # local | ray
+
+    def to_dict(self) -> dict:
+        return asdict(self)

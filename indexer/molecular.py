@@ -1,0 +1,66 @@
+"""Embed RNA and DNA profiles with the model; merged into ``work/molecular.parquet``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from indexer.records import WORK
+from threads_search.index.writer import read_embeddings, write_embeddings
+from threads_search.molecular.dna import read_dna
+from threads_search.molecular.rna import read_rna_matrix
+
+MOLECULAR_WORK = "molecular.parquet"
+
+
+def embed_profiles(model, rna: str | None, rna_units: str, dna: str | None):
+    """(table sample_id/kind/patient_id, embeddings ``[M, E]``) for the given files."""
+    frames, embs = [], []
+    if rna:
+        if model.rna is None:
+            raise ValueError(f"--rna {rna}: the model bundle has no RNA encoder")
+        m = read_rna_matrix(rna, units=rna_units)
+        embs.append(model.embed_rna(m.log_values(), units="log"))
+        pid = m.metadata["patient_id"] if "patient_id" in m.metadata.columns else None
+        frames.append(pd.DataFrame({"sample_id": m.samples, "kind": "rna",
+                                    "patient_id": None if pid is None else pid.to_numpy()}))  # fmt: skip
+    if dna:
+        if model.dna is None:
+            raise ValueError(f"--dna {dna}: the model bundle has no DNA encoder")
+        mat = read_dna(dna)
+        embs.append(model.embed_dna(mat.reset_index()))
+        frames.append(pd.DataFrame({"sample_id": mat.index.astype(str), "kind": "dna",
+                                    "patient_id": None}))  # fmt: skip
+    if not frames:
+        return None, None
+    table = pd.concat(frames, ignore_index=True)
+    return table, np.concatenate(embs).astype(np.float32)
+
+
+def merge_molecular(index_dir: Path, model_hash: str, table, emb):
+    """Merge new embeddings into the work table (same sample_id + kind replaced); entries made
+    by another model are dropped. Returns the full (table, embeddings) or (None, None)."""
+    path = Path(index_dir) / WORK / MOLECULAR_WORK
+    old_t, old_e = (None, None)
+    if path.exists():
+        old_t, old_e = read_embeddings(path)
+        keep = (old_t["model_hash"] == model_hash).to_numpy()
+        old_t, old_e = old_t[keep].reset_index(drop=True), old_e[keep]
+    if table is not None:
+        table = table.assign(model_hash=model_hash)
+        if old_t is not None and len(old_t):
+            new_keys = set(zip(table.sample_id, table.kind, strict=True))
+            keep = np.array(
+                [k not in new_keys for k in zip(old_t.sample_id, old_t.kind, strict=True)]
+            )
+            table = pd.concat([old_t[keep], table], ignore_index=True)
+            emb = np.concatenate([old_e[keep], emb])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        write_embeddings(tmp, table, emb)
+        os.replace(tmp, path)
+        return table, emb
+    return (old_t, old_e) if old_t is not None and len(old_t) else (None, None)

@@ -1,0 +1,52 @@
+"""Progress and the end-of-run summary of ``threads-search index``."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from threads_search.features.progress import FeaturesProgress
+
+
+class IndexProgress(FeaturesProgress):
+    """The features bars, then one bar for slide embedding."""
+
+    embed = None
+
+    def start_embedding(self, n: int) -> None:
+        self.embed = self.bars.add_task("embedding slides", total=n, rate="")
+
+    def embedded(self, slide_id: str) -> None:
+        if self.embed is not None:
+            self.bars.advance(self.embed, 1)
+
+
+def print_summary(s, console: Console) -> None:
+    m = s.manifest
+    faiss = (m.get("slides") or {}).get("faiss") or {}
+    rate = s.n_patches / s.embed_seconds if s.embed_seconds > 0 else 0.0
+    console.print(
+        f"indexed {len(s.indexed)}, unchanged {len(s.skipped)}, failed {len(s.failed)}, "
+        f"removed {len(s.removed)} — {s.n_patches} patches embedded ({rate:.0f} patches/s), "
+        f"wall {s.wall_seconds:.1f} s"
+    )
+    counts = m.get("counts", {})
+    if counts:
+        recall = faiss.get("recall_at_k")
+        console.print(
+            f"index: {counts.get('slides', 0)} slides, {counts.get('molecular', 0)} molecular "
+            f"samples; FAISS {faiss.get('type', '-')} "
+            + (f"(recall@10 {recall:.3f})" if recall is not None else "")
+            + ("" if s.committed else " (nothing changed: previous generation kept)")
+        )
+    if s.unmatched_metadata:
+        console.print(
+            f"[yellow]{s.unmatched_metadata} metadata row(s) matched no slide or sample[/yellow]"
+        )
+    if s.failed:
+        t = Table(title="failed")
+        t.add_column("slide", no_wrap=True)
+        t.add_column("reason")
+        for sid, why in sorted(s.failed.items()):
+            t.add_row(sid, why)
+        console.print(t)

@@ -1,0 +1,143 @@
+"""Write one complete index generation (tables, FAISS files, catalog) and commit it.
+
+Row ``i`` of ``slides.parquet`` / ``slide_embeddings.parquet`` is FAISS id ``i`` of
+``faiss/slides.index``; likewise for the molecular tables and ``faiss/molecular.index``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from threads_search.index import store
+from threads_search.index.autotune import build_index
+from threads_search.index.vectors import save_index
+
+SLIDE_COLUMNS = ["slide_id", "path", "patient_id", "mpp", "width", "height", "n_patches",
+                 "tissue_area_mm2"]  # fmt: skip
+MOLECULAR_COLUMNS = ["sample_id", "patient_id", "kind"]
+
+
+def write_embeddings(path: Path, ids: pd.DataFrame, emb: np.ndarray) -> None:
+    """Parquet with the id columns of ``ids`` and ``embedding`` as fixed-size list<float32>."""
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    table = pa.Table.from_pandas(ids.reset_index(drop=True), preserve_index=False)
+    dim = emb.shape[1] if emb.ndim == 2 else 0
+    flat = pa.array(emb.reshape(-1), type=pa.float32())
+    col = (
+        pa.FixedSizeListArray.from_arrays(flat, dim)
+        if dim
+        else pa.array([], pa.list_(pa.float32()))
+    )
+    pq.write_table(table.append_column("embedding", col), path)
+
+
+def read_embeddings(path: str | Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Inverse of ``write_embeddings``: (id columns, float32 ``[N, E]``)."""
+    table = pq.read_table(path)
+    col = table.column("embedding").combine_chunks()
+    n = len(col)
+    dim = col.type.list_size if n else 0
+    emb = col.values.to_numpy(zero_copy_only=False).reshape(n, dim).astype(np.float32, copy=False)
+    return table.drop(["embedding"]).to_pandas(), emb
+
+
+def _catalog(gen: Path, has_molecular: bool) -> None:
+    """``catalog.duckdb``: views over the generation's Parquet tables, paths relative to it
+    (open with ``SET file_search_path`` to the generation folder)."""
+    con = duckdb.connect(str(gen / store.CATALOG))
+    try:
+        con.execute(f"SET file_search_path = '{gen.as_posix()}'")
+        views = {"slides": store.SLIDES, "slide_embeddings": store.SLIDE_EMB}
+        if has_molecular:
+            views.update(molecular=store.MOLECULAR, molecular_embeddings=store.MOLECULAR_EMB)
+        for name, file in views.items():
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{file}')")
+    finally:
+        con.close()
+
+
+def _faiss(vectors: np.ndarray, path: Path, index_type: str, memory_budget: int | None) -> dict:
+    kw = {"memory_budget": memory_budget} if memory_budget else {}
+    index, info = build_index(vectors, index_type=index_type, **kw)
+    save_index(index, path)
+    return info
+
+
+def write_generation(
+    index_dir: str | Path,
+    slides: pd.DataFrame,
+    slide_emb: np.ndarray,
+    molecular: pd.DataFrame | None = None,
+    molecular_emb: np.ndarray | None = None,
+    attention: dict[str, pd.DataFrame] | None = None,
+    thumbnails: dict[str, Path] | None = None,
+    manifest: dict | None = None,
+    index_type: str = "auto",
+    memory_budget: int | None = None,
+) -> dict:
+    """Write and commit a generation. ``slides`` rows align with ``slide_emb`` ``[N, E]``;
+    ``molecular`` rows with ``molecular_emb`` ``[M, E]``; ``attention``: slide_id → frame
+    (x, y, score[, score_h<k>]) in level-0 px; ``thumbnails``: slide_id → JPEG path to copy.
+    Returns the committed manifest."""
+    t0 = time.perf_counter()
+    root = Path(index_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    gen = store.new_generation(root)
+    try:
+        return _write(root, gen, t0, slides, slide_emb, molecular, molecular_emb, attention,
+                      thumbnails, manifest, index_type, memory_budget)  # fmt: skip
+    except BaseException:
+        shutil.rmtree(gen, ignore_errors=True)  # never committed: nobody can be reading it
+        raise
+
+
+def _write(root, gen, t0, slides, slide_emb, molecular, molecular_emb, attention, thumbnails,
+           manifest, index_type, memory_budget) -> dict:  # fmt: skip
+    order = np.argsort(slides["slide_id"].to_numpy(), kind="stable")
+    slides = slides.iloc[order].reset_index(drop=True)
+    slide_emb = np.asarray(slide_emb, np.float32)[order]
+    slides.to_parquet(gen / store.SLIDES, index=False)
+    write_embeddings(gen / store.SLIDE_EMB, slides[["slide_id"]], slide_emb)
+    info = {"slides": {"count": len(slides), "dim": int(slide_emb.shape[1]) if len(slides) else 0}}
+    if len(slides):
+        info["slides"]["faiss"] = _faiss(
+            slide_emb, gen / store.FAISS_SLIDES, index_type, memory_budget
+        )
+    has_mol = molecular is not None and len(molecular) > 0
+    if has_mol:
+        mo = np.lexsort((molecular["kind"].to_numpy(), molecular["sample_id"].to_numpy()))
+        molecular = molecular.iloc[mo].reset_index(drop=True)
+        molecular_emb = np.asarray(molecular_emb, np.float32)[mo]
+        molecular.to_parquet(gen / store.MOLECULAR, index=False)
+        write_embeddings(gen / store.MOLECULAR_EMB, molecular[["sample_id", "kind"]], molecular_emb)
+        kinds = molecular["kind"].value_counts().to_dict()
+        info["molecular"] = {"count": len(molecular), "by_kind": kinds,
+                             "faiss": _faiss(molecular_emb, gen / store.FAISS_MOLECULAR, "flat", None)}  # fmt: skip
+    (gen / store.ATTENTION).mkdir()
+    for sid, frame in (attention or {}).items():
+        dest = gen / store.ATTENTION / f"{sid}.parquet"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_parquet(dest, index=False)
+    (gen / store.THUMBNAILS).mkdir()
+    for sid, src in (thumbnails or {}).items():
+        dest = gen / store.THUMBNAILS / f"{sid}.jpg"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dest)  # same file system: no copy
+        except OSError:
+            shutil.copyfile(src, dest)
+    _catalog(gen, has_mol)
+    full = {**(manifest or {}), "counts": {"slides": len(slides),
+            "molecular": len(molecular) if has_mol else 0}, **info,
+            "write_seconds": time.perf_counter() - t0,
+            "committed": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    return store.commit(root, gen, full)

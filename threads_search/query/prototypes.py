@@ -1,0 +1,107 @@
+"""Zero-shot classification by class prototypes ("molecular prompting", THREADS paper).
+
+A class prototype is the mean of the L2-normalised embeddings of that class's samples,
+re-normalised; a slide is assigned to the nearest prototype (L2 distance on normalised vectors,
+i.e. the highest cosine). Scores are cosines in [-1, 1].
+
+Leave-one-out: when a scored slide is itself one of the prototype samples (``prototypes="slide"``),
+its own embedding is removed from its class's prototype before scoring against that class
+(prototype = mean of the other n - 1 members); a class left with no other member gets score NaN
+for that slide.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from threads_search.index.vectors import normalize
+
+
+class SmallClassWarning(UserWarning):
+    """Classes with fewer than ``min_samples`` prototype samples were left out."""
+
+
+@dataclass
+class Prototypes:
+    """``classes`` (sorted), ``sums`` float64 ``[C, E]`` of normalised member embeddings,
+    ``counts`` ``[C]``, ``class_sizes`` (every labelled class, before exclusion) and ``excluded``
+    (class → size, below ``min_samples``)."""
+
+    classes: list
+    sums: np.ndarray
+    counts: np.ndarray
+    class_sizes: dict = field(default_factory=dict)
+    excluded: dict = field(default_factory=dict)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Normalised prototypes float32 ``[C, E]``."""
+        return normalize(self.sums / self.counts[:, None])
+
+
+def build_prototypes(
+    vectors: np.ndarray, labels: pd.Series, min_samples: int, what: str = "samples"
+) -> Prototypes:
+    """Prototypes from normalised ``vectors`` ``[n, E]`` and their ``labels`` (no nulls).
+    Classes with fewer than ``min_samples`` members are excluded with a
+    :class:`SmallClassWarning`; none left → ValueError."""
+    labels = pd.Series(labels).reset_index(drop=True)
+    sizes = labels.value_counts(sort=False)
+    sizes = {_py(c): int(n) for c, n in sorted(sizes.items(), key=lambda t: str(t[0]))}
+    excluded = {c: n for c, n in sizes.items() if n < min_samples}
+    kept = [c for c in sizes if c not in excluded]
+    if excluded:
+        warnings.warn(
+            SmallClassWarning(
+                f"classes with fewer than {min_samples} {what} left out: "
+                + ", ".join(f"{c} ({n})" for c, n in excluded.items())
+            ),
+            stacklevel=3,
+        )
+    if not kept:
+        raise ValueError(
+            f"no class has at least {min_samples} {what} (class sizes: {sizes}); "
+            "lower min_samples or index more labelled samples"
+        )
+    codes = pd.Categorical(labels.map(_py), categories=kept).codes
+    sums = np.zeros((len(kept), vectors.shape[1]), np.float64)
+    ok = codes >= 0
+    np.add.at(sums, codes[ok], vectors[ok].astype(np.float64))
+    counts = np.bincount(codes[ok], minlength=len(kept)).astype(np.float64)
+    return Prototypes(kept, sums, counts, sizes, excluded)
+
+
+def score(x: np.ndarray, protos: Prototypes, own_class: np.ndarray | None = None) -> np.ndarray:
+    """Cosine scores float64 ``[n, C]`` of normalised ``x`` ``[n, E]`` against ``protos``.
+    ``own_class`` ``[n]`` (class index, -1 = none): leave-one-out for those rows (module
+    docstring)."""
+    scores = x.astype(np.float64) @ protos.vectors.T.astype(np.float64)
+    if own_class is None:
+        return scores
+    rows = np.flatnonzero(own_class >= 0)
+    if rows.size:
+        c = own_class[rows]
+        loo = protos.sums[c] - x[rows].astype(np.float64)
+        norm = np.linalg.norm(loo, axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            s = np.einsum("ij,ij->i", x[rows].astype(np.float64), loo) / norm
+        s[(protos.counts[c] <= 1) | (norm <= 1e-12)] = np.nan
+        scores[rows, c] = s
+    return scores
+
+
+def predict(scores: np.ndarray, classes: list) -> list:
+    """The class of the highest score per row (NaN ignored; all NaN → None)."""
+    filled = np.where(np.isnan(scores), -np.inf, scores)
+    best = filled.argmax(axis=1)
+    none = np.isneginf(filled.max(axis=1)) if scores.shape[1] else np.ones(len(scores), bool)
+    return [None if n else classes[b] for b, n in zip(best, none, strict=True)]
+
+
+def _py(v):
+    """numpy scalars → Python scalars (JSON-friendly class names)."""
+    return v.item() if isinstance(v, np.generic) else v
