@@ -1,9 +1,10 @@
 """Per-patch cost of CPU patch encoders against the cost of reading the patch, in the same run.
 
 A synthetic H&E image (``paint_tissue``, 0.5 µm/px) is written as a JPEG-tiled TIFF (256 px tiles);
-the same 512 px tissue patches are read with a bare OpenSlide ``read_region`` loop and encoded by
-each ``cpu_per_patch`` encoder, single-threaded, alternating rounds so both see the same machine
-load. Reported: ms/patch (best round) and the encode/read ratio (the features stage needs <= 1).
+512 px tissue patches are read with OpenSlide ``read_region`` and each is encoded right away by
+every ``cpu_per_patch`` encoder, single-threaded, so reading and encoding see the same machine
+load. Reported: ms/patch (best round) and the encode/read time ratio (median over rounds; the
+features stage needs <= 1).
 
 usage: python bench/encoders_micro.py [--patches 200] [--rounds 5] [--encoders hed-texture]
 Prints a table and writes bench/results/encoders_micro.json.
@@ -62,23 +63,19 @@ def tissue_coords(mask: np.ndarray, n: int, seed: int) -> np.ndarray:
     return np.array(out, np.int64)
 
 
-def read_all(path: Path, coords: np.ndarray) -> tuple[float, list[np.ndarray]]:
-    osr = openslide.OpenSlide(str(path))
-    t = time.perf_counter()
-    patches = [
-        np.asarray(osr.read_region((int(x), int(y)), 0, (PATCH, PATCH)).convert("RGB"))
-        for x, y in coords
-    ]
-    dt = time.perf_counter() - t
-    osr.close()
-    return dt, patches
-
-
-def encode_all(encoder, patches: list[np.ndarray]) -> float:
-    t = time.perf_counter()
-    for p in patches:
-        encoder.encode_one(p)
-    return time.perf_counter() - t
+def interleaved_round(osr, coords: np.ndarray, encoders: dict) -> dict[str, float]:
+    """Read each patch, then encode it with every encoder, timing each step: both see the same
+    machine load. Returns total seconds per step name."""
+    totals = {"read": 0.0, **{name: 0.0 for name in encoders}}
+    for x, y in coords:
+        t = time.perf_counter()
+        patch = np.asarray(osr.read_region((int(x), int(y)), 0, (PATCH, PATCH)).convert("RGB"))
+        totals["read"] += time.perf_counter() - t
+        for name, enc in encoders.items():
+            t = time.perf_counter()
+            enc.encode_one(patch)
+            totals[name] += time.perf_counter() - t
+    return totals
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,20 +98,17 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "micro.tiff"
         coords = tissue_coords(write_tiff(path, args.size, seed=3), args.patches, seed=0)
-        _, patches = read_all(path, coords)  # warm the page cache
-        for enc in encoders.values():
-            enc.encode_one(patches[0])  # warm caches (filter banks)
-        reads, encs = [], {name: [] for name in encoders}
-        for _ in range(args.rounds):
-            reads.append(read_all(path, coords)[0])
-            for name, enc in encoders.items():
-                encs[name].append(encode_all(enc, patches))
+        osr = openslide.OpenSlide(str(path))
+        interleaved_round(osr, coords[:20], encoders)  # warm the page cache and filter banks
+        rounds = [interleaved_round(osr, coords, encoders) for _ in range(args.rounds)]
+        osr.close()
     n = len(coords)
-    read_ms = min(reads) / n * 1e3
+    read_ms = min(r["read"] for r in rounds) / n * 1e3
     rows = [{"step": "read_region 512 px (JPEG TIFF)", "ms/patch": read_ms, "x read": 1.0}]
-    for name, ts in encs.items():
-        ms = min(ts) / n * 1e3
-        rows.append({"step": f"encode_one {name}", "ms/patch": ms, "x read": ms / read_ms})
+    for name in encoders:
+        ms = min(r[name] for r in rounds) / n * 1e3
+        ratio = float(np.median([r[name] / r["read"] for r in rounds]))
+        rows.append({"step": f"encode_one {name}", "ms/patch": ms, "x read": ratio})
     print_table(f"{n} tissue patches, 512 px @ 0.5 µm/px, single thread", rows)
     out = write_results("encoders_micro", {"args": vars(args), "rows": rows})
     print(f"wrote {out}")

@@ -147,6 +147,25 @@ def test_haematoxylin_stain_ordering(encoder):
     assert blue[L["nuclei_lo"]][1] > 0.9 and pink[L["nuclei_lo"]][1] == 0.0
 
 
+def test_nuclear_proxy_tracks_painted_nuclei(encoder):
+    """Across 256 µm fields of a painted image, the nuclear mask fraction ranks the fields like
+    the painter's true nucleus counts do."""
+    from scipy.stats import spearmanr
+
+    p = paint_tissue(1024, 1024, mpp=1.0, seed=0, tissue_fraction=0.7)
+    counts, patches = [], []
+    for top in range(0, 1024 - 256 + 1, 128):
+        for left in range(0, 1024 - 256 + 1, 128):
+            if (p.class_map[top : top + 256, left : left + 256] > 0).mean() < 0.9:
+                continue
+            x, y = p.nuclei[:, 0], p.nuclei[:, 1]
+            counts.append(((x >= left) & (x < left + 256) & (y >= top) & (y < top + 256)).sum())
+            patches.append(p.rgb[top : top + 256, left : left + 256])
+    assert len(counts) >= 10
+    mask_fraction = encoder.encode(np.stack(patches))[:, L["nuclei_lo"].start]
+    assert spearmanr(counts, mask_fraction)[0] > 0.8
+
+
 def test_real_he_tile(encoder, real_dir):
     tile = np.asarray(Image.open(real_dir / "he_tile_240.png").convert("RGB"))
     f = encoder.encode_one(tile)

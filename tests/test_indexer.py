@@ -145,9 +145,11 @@ def test_incremental_add_change_remove_prune(tmp_path, hed_bundle):
 def test_lock_refuses_a_second_writer(tmp_path, bags):
     root, _, model = bags
     out = tmp_path / "idx"
-    with IndexLock(out, command="test holder"):
-        with pytest.raises(IndexLockedError, match=f"pid {os.getpid()}.*test holder"):
-            run_index(IndexConfig(inputs=[str(root / "feats")], model=str(model), out=str(out)))
+    with (
+        IndexLock(out, command="test holder"),
+        pytest.raises(IndexLockedError, match=f"pid {os.getpid()}.*test holder"),
+    ):
+        run_index(IndexConfig(inputs=[str(root / "feats")], model=str(model), out=str(out)))
     # A stale lock (dead pid) is taken over.
     (out / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname().nodename}))
     assert len(run_index(IndexConfig(inputs=[str(root / "feats")], model=str(model),

@@ -7,3 +7,18 @@ Data flow (folders follow it): ``wsi`` (slide reading, tissue, patch grid) → `
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load_model", "open_index", "save_model"]
+
+
+def __getattr__(name: str):
+    # Lazy: `import threads_search` stays cheap (no torch/faiss until they are used).
+    if name in ("load_model", "save_model"):
+        from threads_search.models import bundle
+
+        return getattr(bundle, name)
+    if name == "open_index":
+        from threads_search.query import open_index
+
+        return open_index
+    raise AttributeError(f"module 'threads_search' has no attribute {name!r}")

@@ -66,6 +66,12 @@ class PatchDataset(Dataset):
 def _worker_init(_: int) -> None:
     # Each worker is one reader: no intra-op thread pools competing for the cores.
     torch.set_num_threads(1)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)  # BLAS/OpenMP pools inherited from the parent
+    except ImportError:  # pragma: no cover - scikit-learn brings it
+        pass
 
 
 def patch_loader(

@@ -3,8 +3,9 @@
 A patch (uint8 ``[H, W, 3]``, nominally 512 px at 0.5 µm/px, i.e. 256 µm of tissue; other sizes
 are resized, so µm below assume that field) is box-filtered to ``input_size`` = 256 px, the
 *fine* scale (1 µm/px), and to 128 px, the *coarse* scale (2 µm/px). numpy/scipy/PIL only, one
-thread, deterministic, finite for any input, about 5 ms per 512 px patch on one core. Stains
-are from Ruifrok colour deconvolution (optical density, log10). "Tissue" is min(R, G, B) <= 215.
+thread, no BLAS on large arrays, deterministic, finite for any input; a 512 px patch costs about
+as long as reading it from a JPEG-tiled TIFF (``bench/encoders_micro.py``). Stains are from
+Ruifrok colour deconvolution (optical density, log10). "Tissue" is min(R, G, B) <= 215.
 Layout of the 256-d float32 vector (``FEATURE_LAYOUT`` maps each name to its slice):
 
 ==============  ====  ====================================================================
@@ -23,7 +24,7 @@ stain_balance   2     H / (H + E) of tissue means; H-E correlation over tissue
 nuclei_lo       17    fine scale, mask H > 0.35 in tissue, components >= 4 µm²: mask
                       fraction of all and of tissue pixels, log1p(components per 1000 µm²
                       tissue), log area mean/4, std/2, p25, p50, p90 (/4), area histogram
-                      (<8, 8-16, .., >=128 µm²), mean H in mask, mean E in tissue outside it,
+                      (<8, 8-16, .., >=128 µm²), mean H in mask, mean H in tissue outside it,
                       boundary fraction of the mask
 nuclei_hi       17    dark cores, H > 0.65, per component above: core fraction of all and of
                       tissue pixels, log1p(cored components (core >= 2 µm²) per 1000 µm²),
@@ -171,7 +172,7 @@ def _texture(grey8: np.ndarray, h8: np.ndarray, stride: int) -> np.ndarray:
     and quantised H (OD x 128) planes; LBP samples every ``2 * stride``-th row, GLCM every
     ``4 * stride``-th."""
     size = grey8.shape[0]
-    pooled = polar_power(grey8 * np.float32(1 / 255))
+    pooled = polar_power(grey8, 1 / 255)
     _, counts, r_c, t_c, _ = polar_bins(size)
     total = max(pooled.sum(), 1e-12)
     grad2 = (pooled * (2 * np.pi * r_c) ** 2).sum()  # mean squared gradient (Parseval)
@@ -180,9 +181,9 @@ def _texture(grey8: np.ndarray, h8: np.ndarray, stride: int) -> np.ndarray:
     aniso = per_angle.max() / max(per_angle.mean(), 1e-12) if total > 1e-10 else 1.0
     spectral = [scaled_log10(grad2), centroid, np.log2(aniso)]
     gabor = scaled_log10(gabor_bank(size) @ pooled)
-    lbp = [lbp_hist(grey8, 2 * stride), lbp_hist(h8, 2 * stride)]
+    lbp = lbp_hist(np.stack([grey8, h8]), 2 * stride).ravel()  # grey, then H
     glcm = glcm_features(grey8 >> 4, 4 * stride)
-    return np.concatenate([*lbp, glcm, spectral, gabor])
+    return np.concatenate([lbp, glcm, spectral, gabor])
 
 
 def _size_stats(areas: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:
@@ -195,9 +196,9 @@ def _size_stats(areas: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:
     out[5:11] = np.bincount(np.searchsorted(edges, areas, "right"), minlength=6) / len(areas)
 
 
-def _nuclei(h: np.ndarray, e: np.ndarray, tissue: np.ndarray) -> np.ndarray:
+def _nuclei(h: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     """34 nuclear proxies (17 per threshold, see the module docstring) from ``[S, S]`` planes at
-    ``_UM_PER_PX`` µm/px: H and E (OD), tissue (bool). One labelling of the low-threshold mask;
+    ``_UM_PER_PX`` µm/px: H (OD), tissue (bool). One labelling of the low-threshold mask;
     high-threshold "cores" are counted per low-threshold component."""
     px_area = _UM_PER_PX**2
     n_tissue = int(np.count_nonzero(tissue))
@@ -226,7 +227,7 @@ def _nuclei(h: np.ndarray, e: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     outside = n_tissue - n_lo
     if outside > 0:
         outside_f = (tissue ^ lo).ravel().astype(np.float32)  # lo lies inside tissue
-        f_lo[15] = float(np.einsum("i,i->", e.ravel(), outside_f)) / outside
+        f_lo[15] = float(np.einsum("i,i->", hf, outside_f)) / outside
     f_lo[16] = 1.0 - np.count_nonzero(_interior(lo)) / n_lo
 
     f_hi[0], f_hi[1] = n_hi / hi.size, n_hi / max(n_tissue, 1)
@@ -259,6 +260,17 @@ def _deconvolve(planes8: np.ndarray, n_stains: int) -> np.ndarray:
     """uint8 RGB planes ``[3, N]`` → stain optical densities ``[n_stains, N]`` (rows H, E, D).
     ``einsum`` rather than ``@``: no BLAS call, so no BLAS threads in reader worker processes."""
     return np.einsum("sc,cn->sn", _HED_FROM_RGB[:, :n_stains].T, np.take(_OD_LUT, planes8))
+
+
+_H_LUT = np.outer(_HED_FROM_RGB[:, 0], _OD_LUT)  # [3, 256]: H contribution of R, G, B values
+
+
+def _haematoxylin(planes8: np.ndarray) -> np.ndarray:
+    """uint8 RGB planes ``[3, N]`` → H optical density ``[N]``, by per-channel lookup tables."""
+    h = np.take(_H_LUT[0], planes8[0])
+    h += np.take(_H_LUT[1], planes8[1])
+    h += np.take(_H_LUT[2], planes8[2])
+    return h
 
 
 def _h8(h: np.ndarray) -> np.ndarray:
@@ -342,10 +354,9 @@ def hed_texture_features(patch: np.ndarray) -> np.ndarray:
     # Fine scale (1 µm/px): nuclei and texture need only grey, H, E and the tissue mask.
     img = np.ascontiguousarray(_resize(patch, S))
     planes8 = img.reshape(S * S, 3).T.copy()  # [3, N]
-    he = _deconvolve(planes8, 2)  # [2, N] rows H, E
-    h_img, e_img = he[0].reshape(S, S), he[1].reshape(S, S)
+    h_img = _haematoxylin(planes8).reshape(S, S)
     tissue = (np.minimum(np.minimum(planes8[0], planes8[1]), planes8[2]) <= 215).reshape(S, S)
-    f[L["nuclei_lo"].start : L["nuclei_hi"].stop] = _nuclei(h_img, e_img, tissue)
+    f[L["nuclei_lo"].start : L["nuclei_hi"].stop] = _nuclei(h_img, tissue)
     f[L["texture_fine"]] = _texture(_grey8(planes8).reshape(S, S), _h8(h_img), 2)
 
     # Coarse scale (2 µm/px): colour statistics, texture, stain spectra, heterogeneity.

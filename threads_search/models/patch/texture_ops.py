@@ -23,22 +23,26 @@ N_RADIAL, N_ANGLE = 24, 24  # polar bins of the power spectrum
 
 @lru_cache(maxsize=1)
 def _lbp_lut() -> np.ndarray:
-    """Code (8 bits) → rotation-invariant uniform label 0..9 (riu2)."""
+    """One-hot ``[256, 10]``: 8-bit code → rotation-invariant uniform label 0..9 (riu2)."""
     codes = np.arange(256)
     bits = (codes[:, None] >> np.arange(8)) & 1
     transitions = (bits != np.roll(bits, 1, axis=1)).sum(axis=1)
-    return np.where(transitions <= 2, bits.sum(axis=1), 9).astype(np.intp)
+    label = np.where(transitions <= 2, bits.sum(axis=1), 9)
+    return (label[:, None] == np.arange(10)).astype(np.float64)
 
 
-def lbp_hist(img: np.ndarray, stride: int = 1) -> np.ndarray:
-    """10-bin riu2 LBP histogram (8 neighbours at radius 1, square) of a 2-D array, over the
-    centre pixels of every ``stride``-th row (all columns but the first and last).
+def lbp_hist(imgs: np.ndarray, stride: int = 1) -> np.ndarray:
+    """10-bin riu2 LBP histograms (8 neighbours at radius 1, square) of a stack of 2-D arrays
+    ``[k, h, w]`` → ``[k, 10]``, over the centre pixels of every ``stride``-th row (all columns
+    but the first and last).
 
     The rows above, at and below the centres are flattened so that every comparison runs over
     one contiguous 1-D array (neighbour x±1 is flat index ±1); codes of the first and last
     column, whose neighbours would wrap to the adjacent row, are dropped before counting."""
-    h, w = img.shape
-    up, mid, down = (np.ascontiguousarray(img[k : h - 2 + k : stride]).ravel() for k in range(3))
+    k_img, h, w = imgs.shape
+    up, mid, down = (
+        np.ascontiguousarray(imgs[:, k : h - 2 + k : stride]).ravel() for k in range(3)
+    )
     c = mid[1:-1]
     code = np.zeros(c.shape, np.uint8)
     ge = np.empty(c.shape, bool)
@@ -50,9 +54,12 @@ def lbp_hist(img: np.ndarray, stride: int = 1) -> np.ndarray:
         np.greater_equal(row[1 + dx : len(row) - 1 + dx], c, out=ge)
         np.left_shift(ge.view(np.uint8), k, out=bit)
         code |= bit
-    code = np.concatenate([code, code[:2]]).reshape(-1, w)[:, :-2]  # centres of columns 1..w-2
-    per_code = np.bincount(code.ravel(), minlength=256)
-    return np.bincount(_lbp_lut(), weights=per_code, minlength=10) / code.size
+    code = np.concatenate([code, code[:2]]).reshape(k_img, -1, w)[:, :, :-2]  # columns 1..w-2
+    per_code = np.bincount((code + _IMAGE_OFFSET[:k_img]).ravel(), minlength=256 * k_img)
+    return per_code.reshape(k_img, 256) @ _lbp_lut() / (code.size // k_img)
+
+
+_IMAGE_OFFSET = (np.arange(8, dtype=np.uint16) * 256)[:, None, None]
 
 
 _GLCM_I, _GLCM_J = (g.ravel().astype(np.float64) for g in np.indices((16, 16)))
@@ -65,7 +72,8 @@ _GLCM_OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, 2), (2, 2), (2, 0), (2, -2
 
 
 def glcm_features(q: np.ndarray, stride: int = 1) -> np.ndarray:
-    """GLCM of uint8 levels ``q`` (< 16): 5 props at d = 1, 2 (mean of 4 angles) + anisotropy.
+    """GLCM of uint8 levels ``q`` (< 16, even width): 5 props at d = 1, 2 (mean of 4 angles) and
+    the contrast anisotropy (max - min over the 4 angles at d = 1) → ``[11]``.
 
     Pairs start on every ``stride``-th row, every other column (a sample: the props are
     averages). As in ``lbp_hist``, rows are flattened (zero-padded by 2) so each offset is one
@@ -130,16 +138,17 @@ def gabor_bank(size: int) -> np.ndarray:
     return np.array(bank)
 
 
-def polar_power(img: np.ndarray) -> np.ndarray:
-    """Power spectrum (``|FFT|² / n``) of a Hann-windowed, mean-removed square image, summed
-    per polar bin (see ``polar_bins``): ``[N_RADIAL * N_ANGLE]``."""
+def polar_power(img: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Power spectrum (``|FFT|² / n``) of the Hann-windowed, mean-removed square image
+    ``img * scale``, summed per polar bin (see ``polar_bins``): ``[N_RADIAL * N_ANGLE]``."""
     x = img.astype(np.float32)
     x -= x.mean()
     x *= _hann(img.shape[0])
     sq = scipy.fft.rfft2(x).view(np.float32).ravel()  # interleaved real, imaginary parts
     sq *= sq
     idx2 = polar_bins(img.shape[0])[4]
-    return np.bincount(idx2, weights=sq, minlength=N_RADIAL * N_ANGLE + 1)[:-1] / x.size
+    pooled = np.bincount(idx2, weights=sq, minlength=N_RADIAL * N_ANGLE + 1)[:-1]
+    return pooled * (scale * scale / x.size)
 
 
 def scaled_log10(x) -> np.ndarray:
