@@ -18,14 +18,16 @@ def demo(
     out: Path = typer.Option(
         Path("demo_out"), "--out", help="Folder for everything the demo writes."
     ),
-    slides: int = typer.Option(4, "--slides", min=1, help="How many synthetic slides to write."),
+    patients: int = typer.Option(40, "--patients", min=8, help="Patients in the synthetic cohort."),
+    epochs: int = typer.Option(25, "--epochs", min=1, help="Training epochs."),
 ) -> None:
-    """Run the main job on generated data: a synthetic slide archive (TIFF + SVS, plus broken
-    files), tissue detection and the patch grid, printed as a per-slide table."""
+    """Run the whole path on generated data: a synthetic paired cohort (painted slides, RNA,
+    DNA, plus broken files) → features → train → index → slide search, molecule→slide search and
+    zero-shot classification, printed as tables. Takes a few minutes on 2 cores."""
     from threads_search.demo import run_demo
 
     out.mkdir(parents=True, exist_ok=True)
-    run_demo(out, n_slides=slides)
+    run_demo(out, n_patients=patients, epochs=epochs)
 
 
 @app.command()
@@ -184,6 +186,18 @@ def index(
     ),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    engine: str = typer.Option(
+        "local", "--engine", help="local | ray (slides distributed on a Ray cluster)."
+    ),
+    ray_address: str = typer.Option(
+        None, "--ray-address", help="Ray head HOST:PORT [default: a local Ray on this machine]."
+    ),
+    gpus_per_worker: float = typer.Option(
+        None, "--gpus-per-worker", min=0, help="GPUs per encoder actor [default: 1 if any]."
+    ),
+    cpus_per_reader: float = typer.Option(
+        1.0, "--cpus-per-reader", min=0.01, help="CPUs per patch-reading task (Ray)."
+    ),
 ) -> None:
     """Embed slides (running the features stage for slide files) and molecular profiles, and
     write FAISS indexes + Parquet tables + a DuckDB catalog into INDEX_DIR.
@@ -207,7 +221,8 @@ def index(
         metadata=s(metadata), pairs=s(pairs), pair_by=pair_by, rna=s(rna), rna_units=rna_units,
         dna=s(dna), mpp_csv=s(mpp_csv), remove=list(remove or []), prune=prune,
         index_type=index_type, memory_budget_gb=memory_budget_gb, workers=workers,
-        batch_size=batch_size, device=device, checkpoint=s(checkpoint),
+        batch_size=batch_size, device=device, checkpoint=s(checkpoint), engine=engine,
+        ray_address=ray_address, gpus_per_worker=gpus_per_worker, cpus_per_reader=cpus_per_reader,
     )  # fmt: skip
     try:
         with IndexProgress(console) as progress:

@@ -1,80 +1,107 @@
-"""``threads-search demo``: the main job on generated data, start to end."""
+"""``threads-search demo``: the whole path on generated data — a synthetic paired cohort of
+painted slides (plus deliberately broken files) → features → train → index → searches and a
+molecular-prompting classification, printed as tables."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from threads_search.synth import make_archive, write_broken_slides
-from threads_search.wsi import SlideError, discover_slides
-from threads_search.wsi.segment import plan_slide
-from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
+SHOW = ["rank", "score", "slide_id", "patient_id", "subtype", "TP53_mutated", "site"]
 
 
-def segment_archive(slides_dir: Path, out_dir: Path, console: Console) -> list[dict]:
-    """Tissue detection + patch grid for every slide under ``slides_dir``; thumbnails and
-    GeoJSON contours go to ``out_dir``. One row per slide; failures are rows too."""
-    from rich.progress import track
-
-    rows = []
-    refs = discover_slides([slides_dir])
-    for ref in track(refs, description="segmenting", console=console, transient=True):
-        try:
-            plan = plan_slide(ref.path, ref.slide_id)
-        except SlideError as e:
-            rows.append(
-                {"slide_id": ref.slide_id, "state": "failed", "error": f"{e.reason}: {e.detail}"}
-            )
-            continue
-        write_thumbnail_jpeg(
-            plan.thumb, plan.tissue, out_dir / "thumbnails" / f"{ref.slide_id}.jpg"
-        )
-        write_geojson(plan.tissue, ref.slide_id, out_dir / "contours" / f"{ref.slide_id}.geojson")
-        s = plan.summary
-        rows.append({
-            "slide_id": ref.slide_id, "state": "done", "vendor": s["vendor"],
-            "size": f"{s['width']}x{s['height']}", "levels": s["level_count"],
-            "mpp": f"{s['mpp']:.3g} ({s['mpp_source']})", "tissue_mm2": plan.tissue.area_mm2,
-            "patches": len(plan.coords),
-        })  # fmt: skip
-    return rows
+def _table(df: pd.DataFrame, title: str, cols: list[str], console: Console) -> None:
+    t = Table(title=title)
+    cols = [c for c in cols if c in df.columns]
+    for c in cols:
+        t.add_column(c, justify="right" if c in ("rank", "score") else "left")
+    for _, r in df[cols].iterrows():
+        t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
+    console.print(t)
 
 
-def print_segmentation(rows: list[dict], console: Console) -> None:
-    table = Table(title="Slides: tissue and 512 px @ 0.5 µm/px patch grid")
-    right = ("levels", "tissue mm²", "patches")
-    for col in ("slide", "vendor", "size (px)", "levels", "µm/px (source)", "tissue mm²", "patches"):
-        table.add_column(col, justify="right" if col in right else "left")
-    for r in rows:
-        if r["state"] == "done":
-            table.add_row(r["slide_id"], r["vendor"], r["size"], str(r["levels"]), r["mpp"],
-                          f"{r['tissue_mm2']:.2f}", str(r["patches"]))  # fmt: skip
-    console.print(table)
-    failed = [r for r in rows if r["state"] != "done"]
-    if failed:
-        bad = Table(title="Slides that could not be used")
-        bad.add_column("slide", no_wrap=True)
-        bad.add_column("reason")
-        for r in failed:
-            bad.add_row(r["slide_id"], r["error"])
-        console.print(bad)
-
-
-def run_demo(out: Path, n_slides: int = 4, console: Console | None = None) -> list[dict]:
-    """Write a small synthetic archive (plus deliberately broken files) and segment it."""
-    console = console or Console()
-    slides_dir = out / "slides"
-    console.print(f"[bold]1/2[/bold] writing {n_slides} synthetic slides to {slides_dir}")
-    make_archive(slides_dir, n_slides=n_slides, width=4096, height=3072, mpp=0.25, seed=7)
-    write_broken_slides(slides_dir / "broken")
-    console.print("[bold]2/2[/bold] tissue detection and patch grid")
-    rows = segment_archive(slides_dir, out / "segmentation", console)
-    print_segmentation(rows, console)
-    ok = sum(r["state"] == "done" for r in rows)
+def _features_table(out: Path, console: Console) -> None:
+    st = pd.read_parquet(out / "features" / "status.parquet")
+    done = st[st.state == "done"]
     console.print(
-        f"{ok} slides segmented, {len(rows) - ok} failed as expected (the broken/ files are "
-        f"deliberately unreadable). Thumbnails and QuPath GeoJSON: {out / 'segmentation'}"
+        f"features: {len(done)} slides, {int(done.n_patches.sum())} patches "
+        f"(512 px @ 0.5 µm/px, hed-texture); {int((st.state == 'failed').sum())} failed:"
     )
-    return rows
+    bad = Table(title="slides that could not be used (deliberately broken files)")
+    bad.add_column("slide", no_wrap=True)
+    bad.add_column("reason")
+    for _, r in st[st.state == "failed"].iterrows():
+        bad.add_row(r.slide_id, r.error)
+    console.print(bad)
+
+
+def run_demo(out: Path, n_patients: int = 40, epochs: int = 25, console: Console | None = None):
+    """Run every stage into ``out`` (slides/, cohort/, features/, model/, index/)."""
+    from indexer.build import run_index
+    from indexer.config import IndexConfig
+    from threads_search.features import default_config, extract_features
+    from threads_search.synth import make_cohort, write_broken_slides, write_slides
+    from trainer.cli import main as train_main
+
+    console = console or Console()
+    t0 = time.perf_counter()
+    step = lambda i, text: console.print(f"\n[bold]{i}/5[/bold] {text}")  # noqa: E731
+    step(1, f"synthetic paired cohort: {n_patients} patients, painted slides + RNA + DNA")
+    cohort = make_cohort(n_patients=n_patients, seed=7, modality=(1.0, 0.0, 0.0))
+    paths = cohort.write(out / "cohort")
+    write_slides(cohort, out / "slides", width=1536, height=1536, workers=2)
+    broken = write_broken_slides(out / "slides" / "broken")
+    console.print(
+        f"wrote {len(cohort.slides)} slides and {len(broken)} broken files to {out / 'slides'}"
+    )
+
+    step(2, "features: tissue detection, patch grid, hed-texture encoding")
+    cfg = default_config("hed-texture", workers=2)
+    extract_features([out / "slides"], out / "features", cfg)
+    _features_table(out, console)
+
+    step(3, f"train the THREADS model ({epochs} epochs, small widths for a CPU demo)")
+    rc = train_main(["--features", str(out / "features"), "--pairs", str(paths["pairs"]),
+                     "--rna", str(paths["rna"]), "--dna", str(paths["maf"]), "--metadata",
+                     str(paths["metadata"]), "--out", str(out / "model"), "--epochs", str(epochs),
+                     "--batch-size", "8", "--head-dim", "128", "--attn-dim", "64", "--lr", "1e-3",
+                     "--patience", "0", "--quiet"])  # fmt: skip
+    if rc != 0:
+        raise RuntimeError("training failed")
+
+    step(4, "index slides and molecular profiles (FAISS + Parquet + DuckDB)")
+    s = run_index(IndexConfig(inputs=[str(out / "features")], model=str(out / "model"),
+                              out=str(out / "index"), metadata=str(paths["metadata"]),
+                              pairs=str(paths["pairs"]), rna=str(paths["rna"]),
+                              dna=str(paths["maf"])))  # fmt: skip
+    from indexer.report import print_summary
+
+    print_summary(s, console)
+
+    step(5, "search and classify through the Python API")
+    import threads_search as ts
+
+    index = ts.open_index(out / "index")
+    slides = index.slides
+    query = slides.slide_id.iloc[0]
+    res = index.search_slides(query, k=5)
+    _table(res, f"slides most similar to {query} (subtype {slides.subtype.iloc[0]})", SHOW, console)
+    rna = index.molecular[index.molecular.kind == "rna"]
+    sample = rna.sample_id.iloc[0]
+    res = index.search_by_molecule(rna=sample, k=5)
+    _table(res, f"slides matching the RNA profile {sample} (patient {rna.patient_id.iloc[0]})",
+           SHOW, console)  # fmt: skip
+    test = slides[slides.split == "test"].slide_id.tolist()
+    pred = index.classify("subtype", prototypes="molecular", slides=test)
+    acc = float((pred.predicted == pred.subtype).mean()) if "subtype" in pred else float("nan")
+    _table(pred.head(8), f"molecular prompting (zero-shot subtype) on {len(test)} held-out "
+           f"slides: accuracy {acc:.2f}", ["slide_id", "subtype", "predicted"], console)  # fmt: skip
+    console.print(
+        f"\ndone in {time.perf_counter() - t0:.0f} s. Explore it in the browser:\n"
+        f"  threads-search ui {out / 'index'}"
+    )
+    return {"accuracy": acc, "index": out / "index"}

@@ -20,6 +20,7 @@ import numpy as np
 
 IP = faiss.METRIC_INNER_PRODUCT
 SUBSET_EXACT_MAX = 50_000  # filtered search brute-forces subsets up to this many vectors
+SMALL_BATCH = 20  # FAISS's BLAS threshold: fewer queries on a flat index go through NumPy
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
@@ -132,7 +133,26 @@ def search(
         for name, value in (params or {}).items():
             space.set_index_parameter(index, name, int(value))
         return _finish(*index.search(q, k))
+    if len(q) < SMALL_BATCH and isinstance(faiss.downcast_index(index), faiss.IndexFlat):
+        return _flat_small_batch(index, q, k)
     return _finish(*index.search(q, k, params=search_parameters(index, params)))
+
+
+def _flat_small_batch(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact search of a few queries on a CPU flat index via one BLAS product over a zero-copy
+    view of its storage: FAISS scans one query on one thread below its BLAS threshold, NumPy's
+    matrix-vector product uses every core (about 2x faster on 2 cores at 100k x 1024)."""
+    n, d = int(index.ntotal), int(index.d)
+    xb = faiss.rev_swig_ptr(faiss.downcast_index(index).get_xb(), n * d).reshape(n, d)
+    sims = q @ xb.T  # [Q, N]
+    top = (
+        np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        if k < n
+        else np.tile(np.arange(n), (len(q), 1))
+    )
+    scores = np.take_along_axis(sims, top, 1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return _finish(np.take_along_axis(scores, order, 1), np.take_along_axis(top, order, 1))
 
 
 def drop_padding(scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +171,10 @@ def subset_vectors(
         return normalize(vectors[ids])
     if index_kind(index) not in ("flat", "hnsw", "ivf"):
         return None
-    return np.ascontiguousarray(index.reconstruct_batch(ids), dtype=np.float32)
+    try:  # an IVF index built elsewhere may lack the direct map
+        return np.ascontiguousarray(index.reconstruct_batch(ids), dtype=np.float32)
+    except RuntimeError:
+        return None
 
 
 def search_subset(
@@ -180,10 +203,17 @@ def search_subset(
     if k <= 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
     kind = index_kind(index)
-    if allowed.size <= exact_max and kind != "flat" or kind == "other":
+    if allowed.size <= exact_max or kind == "other":
         sub = subset_vectors(index, allowed, vectors)
         if sub is not None:
             return _exact_over(q, sub, allowed, k)
+    from threads_search.index.gpu import is_gpu_index
+
+    if is_gpu_index(index):
+        raise ValueError(
+            "filtered search on a GPU index needs the caller's `vectors` (FAISS GPU indexes "
+            "take no ID selectors); search the CPU index instead"
+        )
     sel = faiss.IDSelectorBatch(allowed)
     widened = dict(params or {})
     frac = allowed.size / max(index.ntotal, 1)
