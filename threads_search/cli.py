@@ -253,6 +253,30 @@ def encoders() -> None:
     Console().print(table)
 
 
+@app.command()
+def ui(
+    index_dir: Path = typer.Argument(..., help="INDEX_DIR written by `threads-search index`."),
+    port: int = typer.Option(None, "--port", help="Port [default: 8501, or a free one if taken]."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind; keep loopback unless you mean to share it."
+    ),
+) -> None:
+    """Open the Streamlit app for pathologists on an index (archive, slide search with attention
+    heatmaps, side-by-side viewer, molecular search, molecular prompting, index info)."""
+    from ui.launch import launch
+
+    raise typer.Exit(launch(index_dir, host=host, port=port) or 0)
+
+
+def _register_query_commands() -> None:
+    from threads_search.query.commands import register
+
+    register(app)
+
+
+_register_query_commands()
+
+
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),

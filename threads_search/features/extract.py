@@ -105,16 +105,29 @@ def process_slide(ref, out_dir: Path, encoder, config, mpp=None, on_start=None, 
     feats = encode_plan(plan, encoder, config, on_batch)
     if config.dtype == "float16":
         feats = feats.astype(np.float16)
-    write_thumbnail_jpeg(plan.thumb, plan.tissue, out_dir / "thumbnails" / f"{ref.slide_id}.jpg")
+    write_thumbnail_jpeg(_display_thumb(plan, mpp), plan.tissue,
+                         out_dir / "thumbnails" / f"{ref.slide_id}.jpg")  # fmt: skip
     write_geojson(plan.tissue, ref.slide_id, out_dir / "contours" / f"{ref.slide_id}.geojson")
     write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, _h5_attrs(plan, config))
     return len(plan.coords)
 
 
+def _display_thumb(plan: SlidePlan, mpp: float | None, side: int = 1024) -> np.ndarray:
+    """The detection thumbnail (~8 µm/px), or a finer one for small slides so that the stored
+    thumbnail is about ``side`` px on its longest side."""
+    if max(plan.thumb.shape[:2]) >= side // 2:
+        return plan.thumb
+    from threads_search.wsi import open_slide
+
+    with open_slide(plan.path, mpp=mpp) as s:
+        target = max(s.mpp, max(s.dimensions) * s.mpp / side)
+        return s.thumbnail(target)[0]
+
+
 def _remove_orphans(out_dir: Path) -> None:
     """Delete temporary files left by runs that were killed (their PID is gone)."""
     for p in out_dir.rglob(".*.tmp*"):
-        m = re.search(r"\.tmp(\d+)$", p.name)
+        m = re.search(r"\.tmp(\d+)$", p.name) or re.search(r"\.(\d+)\.tmp$", p.name)
         if m and not _pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
 
@@ -229,12 +242,16 @@ def encode_slide_file(
     mpp: float | None = None,
     workers: int = 0,
     config: FeaturesConfig | None = None,
+    patch_size: int | None = None,
+    target_mpp: float | None = None,
 ):
     """Features ``[N, D]`` float32 and coords ``[N, 2]`` int64 for one slide file, nothing
     written. Raises ``SlideError`` (including ``no-tissue``)."""
     from threads_search.models.patch import create_patch_encoder
 
-    cfg = config or default_config(patch_encoder, checkpoint=checkpoint, device=device)
+    cfg = config or default_config(
+        patch_encoder, patch_size, target_mpp, checkpoint=checkpoint, device=device
+    )
     cfg.workers = workers
     encoder = create_patch_encoder(cfg.patch_encoder, checkpoint=cfg.checkpoint, device=cfg.device)
     plan = plan_slide(path, mpp=mpp, config=cfg.segment)

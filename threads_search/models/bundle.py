@@ -135,9 +135,11 @@ class ThreadsModel(nn.Module):
             else:
                 from threads_search.features import encode_slide_file
 
+                pe = self.patch_encoder  # patches exactly as the model's features were made
                 feats, _ = encode_slide_file(
-                    path, self.patch_encoder["name"], checkpoint=checkpoint, device=device
-                )
+                    path, pe["name"], checkpoint=checkpoint, device=device,
+                    patch_size=pe["patch_size"], target_mpp=pe["target_mpp"],
+                )  # fmt: skip
             source = str(path)
         else:
             feats, source = x, "features"

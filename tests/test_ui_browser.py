@@ -1,0 +1,204 @@
+"""The UI in a real headless Chromium (Playwright driving Debian's /usr/bin/chromium): the app
+is started with ``ui.launch.start`` on a free 127.0.0.1 port against the fixture index
+(tests/ui_fixtures.py); a slide search (heatmap shown), the side-by-side viewer (a Deep Zoom
+tile loads), a molecular search (the paired slide first), a classification and a corrupt
+upload (a readable error, the app goes on) run through the page. Screenshots go to the test's
+output folder (and to docs/ when ``UI_DOCS_SCREENSHOTS=1``). A missing browser fails loudly.
+Afterwards no server process, port or upload folder is left."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from PIL import Image
+from ui_fixtures import ui_index  # noqa: F401  (session fixture shared with the logic tests)
+
+import threads_search as ts
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]  # fmt: skip
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+TIMEOUT_MS = 90_000
+
+
+def _closed(url: str) -> bool:
+    parts = urlsplit(url)
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex((parts.hostname, parts.port)) != 0
+
+
+def _upload_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("threads-search-ui-*"))
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ui_screenshots")
+
+
+@pytest.fixture(scope="module")
+def server(ui_index, tmp_path_factory):  # noqa: F811
+    from ui.launch import start
+
+    before = _upload_dirs()
+    log = tmp_path_factory.mktemp("ui_server") / "server.log"
+    with open(log, "w") as f:
+        srv = start(ui_index.index_dir, host="127.0.0.1", port=None, log=f)
+    assert srv.url.startswith("http://127.0.0.1:")
+    state = {"tile_urls": set()}
+    yield srv, state
+    srv.stop()
+    assert srv.process.poll() is not None, "the UI server is still running"
+    for url in {srv.url} | state["tile_urls"]:
+        assert _closed(url), f"{url} still answers after the UI stopped"
+    assert _upload_dirs() <= before, "upload folders left behind"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install it (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed (pip install playwright)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    srv, _ = server
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1100})
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    pg.goto(srv.url)
+    pg.get_by_role("heading", name="Slide search").wait_for()
+    yield pg
+    ctx.close()
+
+
+def _section(page, name: str) -> None:
+    page.locator('[data-testid="stSidebar"]').get_by_text(name, exact=True).click()
+
+
+def _shot(page, shots: Path, name: str, docs: bool = False) -> Path:
+    out = shots / name
+    page.screenshot(path=str(out))
+    assert out.stat().st_size > 10_000
+    if docs and os.environ.get("UI_DOCS_SCREENSHOTS") == "1":  # refresh the README pictures
+        DOCS.mkdir(exist_ok=True)
+        img = Image.open(out).convert("RGB").quantize(256, Image.Quantize.MEDIANCUT)
+        img.save(DOCS / name, optimize=True)
+    return out
+
+
+def test_slide_search_heatmap_and_side_by_side_viewer(page, server, ui_index, shots):  # noqa: F811
+    srv, state = server
+    index = ts.open_index(ui_index.index_dir)
+    query = index.slides["slide_id"].iat[0]  # the default query slide
+    want = index.search_slides(query, k=10)
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.get_by_text("Top match:").wait_for()
+    top = page.get_by_text("Top match:").inner_text()
+    assert want["slide_id"].iat[0] in top and f"{want['score'].iat[0]:.3f}" in top
+    page.get_by_text("Attention heatmap").wait_for()
+    page.get_by_text(re.compile(r"Attention per patch")).wait_for()
+    page.locator('[data-testid="stDownloadButton"]').get_by_text("Download CSV").wait_for()
+    assert page.get_by_text(re.compile(r"#\d+ SYNT-")).count() == len(want)
+    page.set_viewport_size({"width": 1400, "height": 1500})
+    page.wait_for_timeout(1000)  # images settle
+    _shot(page, shots, "screenshot_slide_search.png", docs=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+    tiles = []
+    page.on("response", lambda r: tiles.append(r) if "_files/" in r.url else None)
+    page.get_by_role("button", name="Open side by side").click()
+    page.get_by_role("heading", name="Side-by-side viewer").wait_for()
+    frame_el = page.locator('iframe[src*="/view/"]')
+    frame_el.wait_for()
+    src = frame_el.get_attribute("src")
+    assert src.startswith("http://127.0.0.1:")  # the tile server is bound to loopback
+    state["tile_urls"].add(src)
+    frame = page.frame_locator('iframe[src*="/view/"]')
+    for i in (0, 1):
+        frame.locator(f"#status{i}").get_by_text(re.compile(r"tiles loaded: [1-9]")).wait_for()
+    assert query in frame.locator(".title").first.inner_text()
+    assert want["slide_id"].iat[0] in frame.locator(".title").nth(1).inner_text()
+    assert frame.locator(".mark").count() >= 2  # top-attention patches boxed
+    ok = [r for r in tiles if r.status == 200 and r.headers.get("content-type") == "image/jpeg"]
+    assert ok, [(r.url, r.status) for r in tiles]
+    page.wait_for_timeout(500)
+    _shot(page, shots, "screenshot_viewer.png", docs=True)
+    # zoom the query panel all the way in: full-resolution (last Deep Zoom level) tiles load
+    viewer = next(f for f in page.frames if "/view/" in f.url)
+    top = viewer.evaluate("() => window.viewers[0].world.getItemAt(0).source.maxLevel")
+    with page.expect_response(lambda r: f"_files/{top}/" in r.url and r.status == 200):
+        viewer.evaluate(
+            "() => { const v = window.viewers[0];"
+            " v.viewport.zoomTo(v.viewport.getMaxZoom(), null, true); }"
+        )
+
+
+def test_molecular_search_puts_the_paired_slide_first(page, ui_index, shots, tmp_path):  # noqa: F811
+    probe = ui_index.probe
+    csv = tmp_path / "profile.csv"
+    ui_index.rna_profile(probe).to_csv(csv, index=False)
+    _section(page, "Molecular search")
+    page.get_by_role("heading", name="Molecular search").wait_for()
+    page.locator('input[type="file"]').first.set_input_files(str(csv))
+    page.get_by_text("profile.csv").wait_for()
+    page.get_by_role("button", name="Find matching slides").click()
+    page.get_by_text("Top match:").wait_for()
+    assert f"{probe}-DX1" in page.get_by_text("Top match:").inner_text()
+    _shot(page, shots, "molecular_search.png")
+
+
+def test_classification_through_the_page(page, ui_index, shots):  # noqa: F811
+    index = ts.open_index(ui_index.index_dir)
+    want = index.classify("subtype")
+    agree = (want["predicted"] == want["subtype"]).mean()
+    _section(page, "Molecular prompting")
+    page.get_by_role("heading", name="Molecular prompting").wait_for()
+    page.get_by_role("button", name="Classify").click()
+    summary = page.get_by_text(re.compile(r"Classified \d+ slides by subtype"))
+    summary.wait_for()
+    assert f"into 2 classes; agreement with the slides' own subtype: {agree:.0%}" in (
+        summary.inner_text()
+    )
+    table = page.locator('[data-testid="stTable"]').first.inner_text()
+    for cls, n in want.attrs["class_sizes"].items():
+        assert cls in table and str(n) in table
+    _shot(page, shots, "classification.png")
+
+
+def test_corrupt_upload_shows_a_readable_error_and_the_app_goes_on(page, shots, tmp_path):
+    bad = tmp_path / "corrupt.svs"
+    bad.write_bytes(b"II*\x00" + b"\x13garbage" * 500)
+    page.get_by_text("Upload a slide file").click()
+    page.locator('input[type="file"]').first.set_input_files(str(bad))
+    page.get_by_text("corrupt.svs").first.wait_for()
+    page.get_by_role("button", name="Search", exact=True).click()
+    err = page.get_by_text(re.compile(r"corrupt\.svs cannot be read as a slide"))
+    err.wait_for()
+    assert "Slide search failed" in page.locator('[data-testid="stAlert"]').first.inner_text()
+    assert page.get_by_text("Traceback").count() == 0
+    _shot(page, shots, "corrupt_upload.png")
+    deadline = time.monotonic() + 5
+    while any(Path(tempfile.gettempdir()).glob("threads-search-ui-*/*corrupt*")):
+        assert time.monotonic() < deadline, "the corrupt upload was not deleted"
+        time.sleep(0.2)
+    page.get_by_text("A slide of the archive").click()
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.get_by_text("Top match:").wait_for()

@@ -1,0 +1,162 @@
+"""Shared pieces of the Streamlit app: settings from the environment, the opened index and the
+tile server (one per server process), readable errors, result galleries and CSV export."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+log = logging.getLogger("threads_search.ui")
+
+ENV_INDEX = "THREADS_SEARCH_INDEX"
+ENV_HOST = "THREADS_SEARCH_UI_HOST"
+ENV_TILE_PORT = "THREADS_SEARCH_TILE_PORT"
+ENV_MAX_UPLOAD_MB = "THREADS_SEARCH_UI_MAX_UPLOAD_MB"
+DEFAULT_MAX_UPLOAD_MB = 2048
+
+# Columns that identify rather than describe; never offered as facets or "key metadata".
+ID_COLUMNS = ("slide_id", "sample_id", "patient_id", "path", "thumbnail", "kind")
+TECH_COLUMNS = ("mpp", "width", "height", "n_patches", "tissue_area_mm2")
+
+
+@dataclass(frozen=True)
+class Settings:
+    index_dir: str | None
+    host: str
+    tile_port: int
+    max_upload_mb: int
+
+
+def settings() -> Settings:
+    """From the environment (see ``ui.launch``), else ``streamlit run ui/app.py -- INDEX_DIR``."""
+    args = [a for a in sys.argv[1:] if not a.startswith("-")]
+    index_dir = os.environ.get(ENV_INDEX) or (args[0] if args else None)
+    return Settings(
+        index_dir=index_dir,
+        host=os.environ.get(ENV_HOST, "127.0.0.1"),
+        tile_port=int(os.environ.get(ENV_TILE_PORT, "0") or 0),
+        max_upload_mb=int(os.environ.get(ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB)),
+    )
+
+
+@st.cache_resource(show_spinner="Opening the index…")
+def get_index(index_dir: str):
+    """The index, opened once per server process (``Index`` is thread-safe)."""
+    import threads_search as ts
+
+    return ts.open_index(index_dir)
+
+
+@st.cache_resource(show_spinner=False)
+def get_tile_server(host: str, port: int):
+    """The Deep Zoom tile server of this process (a daemon thread, started on first use)."""
+    from ui.viewer import TileServer
+
+    return TileServer(host, port)
+
+
+def readable(e: BaseException) -> str:
+    """A one-paragraph message for an exception (never a traceback)."""
+    msg = str(e).strip() or type(e).__name__
+    known = ("QueryError", "FilterError", "MolecularDataError", "SlideError", "UploadError",
+             "IndexFormatError", "IndexNotFoundError", "FileNotFoundError")  # fmt: skip
+    if type(e).__name__ in known or isinstance(e, ValueError):
+        return msg
+    return f"{type(e).__name__}: {msg}"
+
+
+@contextlib.contextmanager
+def guard(what: str):
+    """Run a step; an exception becomes an ``st.error`` naming ``what`` (the app goes on).
+    Warnings raised inside are shown as ``st.warning``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except Exception as e:  # Streamlit's rerun/stop are BaseException: they pass
+            log.warning("%s failed", what, exc_info=True)
+            st.error(f"**{what} failed.** {readable(e)}")
+    seen = set()
+    for w in caught:
+        text = str(w.message)
+        if text not in seen and not issubclass(w.category, (DeprecationWarning, FutureWarning)):
+            seen.add(text)
+            st.warning(text)
+
+
+def key_columns(frame: pd.DataFrame, limit: int = 3) -> list[str]:
+    """Up to ``limit`` descriptive metadata columns (categorical first) for captions."""
+    skip = set(ID_COLUMNS) | set(TECH_COLUMNS) | {"rank", "score"}
+    cols = [c for c in frame.columns if c not in skip]
+    cat = [c for c in cols if not pd.api.types.is_numeric_dtype(frame[c])]
+    return (cat + [c for c in cols if c not in cat])[:limit]
+
+
+def fmt(v) -> str:
+    """A metadata value for a caption: 3 significant digits for floats, — for missing."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "—"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+@st.cache_data(show_spinner=False, max_entries=2000)
+def gallery_thumb(path, thumbnail, side: int = 320):
+    """A result's picture: a thumbnail of its slide file when readable here, else the index's
+    thumbnail (path), else None."""
+    if isinstance(path, str) and path and Path(path).is_file():
+        from ui.images import slide_thumbnail
+
+        try:
+            return slide_thumbnail(path, side)
+        except Exception:  # unreadable now: fall back to the index's thumbnail
+            pass
+    return thumbnail if isinstance(thumbnail, str) and Path(thumbnail).is_file() else None
+
+
+def show_gallery(results: pd.DataFrame, key: str, per_row: int = 4) -> None:
+    """Thumbnails of result slides with rank, similarity and key metadata; the table and a CSV
+    download below."""
+    if results.empty:
+        st.info("No slide matches (check the filters).")
+        return
+    top = results.iloc[0]
+    st.markdown(
+        f"Top match: **{top['slide_id']}** (similarity {top['score']:.3f}) · {len(results)} results"
+    )
+    meta = key_columns(results)
+    for start in range(0, len(results), per_row):
+        cols = st.columns(per_row)
+        for col, (_, r) in zip(
+            cols, results.iloc[start : start + per_row].iterrows(), strict=False
+        ):
+            with col:
+                thumb = gallery_thumb(r.get("path"), r.get("thumbnail"))
+                if thumb is not None:
+                    st.image(thumb, width="stretch")
+                lines = [f"**#{int(r['rank'])} {r['slide_id']}**",
+                         f"similarity {r['score']:.3f}"]  # fmt: skip
+                if "patient_id" in r and r["patient_id"] is not None:
+                    lines.append(f"patient {r['patient_id']}")
+                lines += [f"{c}: {fmt(r[c])}" for c in meta]
+                st.markdown("  \n".join(lines))
+    table = results.drop(columns=["thumbnail"], errors="ignore")
+    st.dataframe(table, hide_index=True, width="stretch")
+    download_csv(table, f"{key}.csv", key=f"dl_{key}")
+
+
+def download_csv(frame: pd.DataFrame, name: str, key: str, label: str = "Download CSV") -> None:
+    st.download_button(label, frame.to_csv(index=False).encode(), file_name=name,
+                       mime="text/csv", key=key)  # fmt: skip
+
+
+def go_to(section: str) -> None:
+    """Switch the sidebar section (use as a button callback)."""
+    st.session_state["section"] = section

@@ -1,0 +1,142 @@
+"""Start the UI: ``streamlit run ui/app.py`` on ``host:port`` against an index.
+
+:func:`launch` (used by ``threads-search ui INDEX_DIR [--port] [--host]``) runs the server in
+the foreground until it stops or Ctrl-C; :func:`start` returns a running :class:`UiServer`
+(tests, notebooks), stopped with :meth:`UiServer.stop`. The Deep Zoom tile server runs inside
+the Streamlit process (a daemon thread bound to the same host, a free port unless
+``tile_port`` is given), so stopping Streamlit stops it too.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ui.common import DEFAULT_MAX_UPLOAD_MB, ENV_HOST, ENV_INDEX, ENV_MAX_UPLOAD_MB, ENV_TILE_PORT
+
+APP = Path(__file__).resolve().parent / "app.py"
+DEFAULT_PORT = 8501
+
+
+def free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
+    """``preferred`` when it can be bound on ``host``, else a free port the OS picks."""
+    for port in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError(f"no free port on {host}")
+
+
+def command(index_dir: str | Path, host: str, port: int, max_upload_mb: int) -> list[str]:
+    """The ``streamlit run`` command line."""
+    return [
+        sys.executable, "-m", "streamlit", "run", str(APP),
+        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+        "--server.fileWatcherType", "none", "--server.runOnSave", "false",
+        "--server.maxUploadSize", str(max_upload_mb), "--browser.gatherUsageStats", "false",
+        "--client.showErrorDetails", "none", "--client.toolbarMode", "minimal",
+        "--global.developmentMode", "false", "--theme.base", "light",
+        "--", str(Path(index_dir).resolve()),
+    ]  # fmt: skip
+
+
+def _env(index_dir, host: str, tile_port: int, max_upload_mb: int) -> dict:
+    env = dict(os.environ)
+    env.update({ENV_INDEX: str(Path(index_dir).resolve()), ENV_HOST: host,
+                ENV_TILE_PORT: str(tile_port), ENV_MAX_UPLOAD_MB: str(max_upload_mb),
+                "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"})  # fmt: skip
+    return env
+
+
+def _check_index(index_dir) -> None:
+    """Fail before starting a server when the index cannot be opened."""
+    import threads_search as ts
+
+    ts.open_index(index_dir)
+
+
+@dataclass
+class UiServer:
+    """A running UI: ``url`` (the app), ``process`` (the Streamlit server)."""
+
+    url: str
+    process: subprocess.Popen
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server (and its tile server thread); kills it after ``timeout`` s."""
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def __enter__(self) -> UiServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start(
+    index_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
+    tile_port: int = 0, max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, timeout: float = 60.0,
+    log=None,
+) -> UiServer:  # fmt: skip
+    """Start the UI in the background and wait until it answers (``timeout`` s). ``port`` None:
+    8501 when free, else any free port. ``log``: a file for the server's output (default:
+    discarded). Raises ``RuntimeError`` with the server's output when it does not come up."""
+    _check_index(index_dir)
+    port = free_port(host, port or DEFAULT_PORT)
+    out = log if log is not None else subprocess.DEVNULL
+    proc = subprocess.Popen(command(index_dir, host, port, max_upload_mb),
+                            env=_env(index_dir, host, tile_port, max_upload_mb),
+                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+    url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
+    server = UiServer(f"http://{url_host}:{port}", proc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the UI server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.3)
+    server.stop()
+    raise RuntimeError(f"the UI server did not answer on {server.url} within {timeout:.0f} s")
+
+
+def launch(
+    index_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
+) -> int:  # fmt: skip
+    """Run the UI in the foreground until it exits or Ctrl-C; returns its exit code.
+    ``port`` None: 8501 when free, else a free port. The URL is printed."""
+    _check_index(index_dir)
+    port = free_port(host, port or DEFAULT_PORT) if port is None else int(port)
+    print(f"threads-search UI for {index_dir}: http://{host}:{port}  (Ctrl-C to stop)", flush=True)
+    proc = subprocess.Popen(command(index_dir, host, port, max_upload_mb),
+                            env=_env(index_dir, host, 0, max_upload_mb))  # fmt: skip
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()

@@ -1,0 +1,92 @@
+"""Side-by-side viewer: two slides in OpenSeadragon over Deep Zoom tiles from the local tile
+server (``ui.viewer``), zoomable to full resolution, top-attention patches boxed and numbered."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import streamlit as st
+import streamlit.components.v1 as components
+
+from ui import images
+from ui.common import get_tile_server
+from ui.sections.slide_search import indexed_query
+from ui.viewer import ViewSlide
+
+HEIGHT = 600
+
+
+def _options(index) -> dict[str, str | None]:
+    """Label → slide path (None when the file is not readable here)."""
+    out = {}
+    res = st.session_state.get("ss_result")
+    up = st.session_state.get("ss_upload_path")
+    if res and res["query"].slide_id is None and up and Path(up).exists():
+        out[res["query"].label] = up
+    for sid, path in zip(index.slides["slide_id"], index.slides["path"], strict=True):
+        out[str(sid)] = str(path) if isinstance(path, str) and Path(path).exists() else None
+    return out
+
+
+def _marks(index, label: str, n: int) -> list[dict]:
+    res = st.session_state.get("ss_result")
+    if res and res["query"].label == label and res["query"].slide_id is None:
+        q = res["query"]
+    else:
+        q = indexed_query(index, label)
+    top = images.top_patches(q.attention, n)
+    return [{"x": int(r.x), "y": int(r.y), "w": q.patch_l0, "h": q.patch_l0, "label": str(r.rank)}
+            for r in top.itertuples()] if q.patch_l0 > 0 else []  # fmt: skip
+
+
+def embed(url: str, host: str) -> None:
+    """Show the viewer page. A wildcard bind address (0.0.0.0) is reached through the host name
+    the browser used for the app; otherwise the URL is used as is."""
+    if host in ("", "0.0.0.0", "::"):
+        path = url.split("/", 3)[3]
+        port = url.rsplit(":", 1)[1].split("/", 1)[0]
+        components.html(
+            "<iframe id='v' style='width:100%;height:" + str(HEIGHT - 10) + "px;border:0'></iframe>"
+            "<script>const h=(window.parent||window).location.hostname||'127.0.0.1';"
+            f"document.getElementById('v').src='http://'+h+':{port}/'+{json.dumps(path)};"
+            "</script>",
+            height=HEIGHT,
+        )  # fmt: skip
+    else:
+        st.iframe(url, height=HEIGHT)
+
+
+def render(index, filters: dict, cfg) -> None:
+    st.header("Side-by-side viewer")
+    opts = _options(index)
+    labels = list(opts)
+    for key, default in (("vw_left", 0), ("vw_right", min(1, len(labels) - 1))):
+        if st.session_state.get(key) not in opts:
+            st.session_state[key] = labels[default]
+    c1, c2 = st.columns(2)
+    left = c1.selectbox("Left (query)", labels, key="vw_left")
+    right = c2.selectbox("Right (match)", labels, key="vw_right")
+    c1, c2 = st.columns(2)
+    show = c1.toggle("Mark top-attention patches", value=True, key="vw_marks")
+    n = c2.number_input("Patches to mark", min_value=1, max_value=50, value=8, key="vw_n",
+                        disabled=not show)  # fmt: skip
+    missing = [lab for lab in (left, right) if opts[lab] is None]
+    if missing:
+        st.warning(
+            "The slide file of " + ", ".join(missing) + " is not readable from this machine "
+            "(the path stored in the index does not exist); the viewer needs the original file."
+        )
+        return
+    server = get_tile_server(cfg.host, cfg.tile_port)
+    panels = [
+        ViewSlide(server.register(opts[lab]), f"{side}: {lab}",
+                  _marks(index, lab, int(n)) if show else [])
+        for side, lab in (("query", left), ("match", right))
+    ]  # fmt: skip
+    url = server.view_url(panels)
+    embed(url, cfg.host)
+    st.caption(
+        f"Scroll or use the + / − buttons to zoom up to full resolution; drag to pan. "
+        f"[Open the viewer in its own tab]({url})"
+    )
