@@ -20,6 +20,7 @@ import numpy as np
 from threads_search.features.config import FeaturesConfig, load_config
 from threads_search.features.h5io import FeatureFileError, read_features, write_features
 from threads_search.features.status import StatusTable
+from threads_search.procs import pid_alive
 from threads_search.wsi import SlideError, discover_slides, load_mpp_csv, lookup_override
 from threads_search.wsi.reader import patch_loader
 from threads_search.wsi.segment import SlidePlan, plan_slide
@@ -128,20 +129,8 @@ def _remove_orphans(out_dir: Path) -> None:
     """Delete temporary files left by runs that were killed (their PID is gone)."""
     for p in out_dir.rglob(".*.tmp*"):
         m = re.search(r"\.tmp(\d+)$", p.name) or re.search(r"\.(\d+)\.tmp$", p.name)
-        if m and not _pid_alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _adopt_existing(path: Path, config_hash: str) -> int | None:

@@ -19,6 +19,8 @@ import time
 import uuid
 from pathlib import Path
 
+from threads_search.procs import pid_alive
+
 INDEX_JSON = "index.json"
 GENERATIONS = "generations"
 FORMAT = "threads-search-index"
@@ -112,16 +114,6 @@ def remove_uncommitted(index_dir: str | Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class IndexLock:
     """Exclusive writer lock ``INDEX_DIR/.lock`` holding the holder's pid, host and command.
 
@@ -141,7 +133,7 @@ class IndexLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder and holder.get("host") == info["host"] and not _pid_alive(holder["pid"]):
+                if holder and holder.get("host") == info["host"] and not pid_alive(holder["pid"]):
                     self.took_over = holder
                     self.path.unlink(missing_ok=True)
                     continue
