@@ -67,7 +67,7 @@ def build_prototypes(
             f"no class has at least {min_samples} {what} (class sizes: {sizes}); "
             "lower min_samples or index more labelled samples"
         )
-    codes = pd.Categorical(labels.map(_py), categories=kept).codes
+    codes = _codes(labels, kept)
     sums = np.zeros((len(kept), vectors.shape[1]), np.float64)
     ok = codes >= 0
     np.add.at(sums, codes[ok], vectors[ok].astype(np.float64))
@@ -102,6 +102,62 @@ def predict(scores: np.ndarray, classes: list) -> list:
     return [None if n else classes[b] for b, n in zip(best, none, strict=True)]
 
 
+def _codes(labels: pd.Series, classes: list) -> np.ndarray:
+    """Index of each label in ``classes`` (-1 when absent) as int64 ``[n]``."""
+    pos = {c: i for i, c in enumerate(classes)}
+    return np.array([pos.get(_py(v), -1) for v in labels], np.int64)
+
+
 def _py(v):
     """numpy scalars → Python scalars (JSON-friendly class names)."""
     return v.item() if isinstance(v, np.generic) else v
+
+
+def classify_slides(
+    src, slides, targets: np.ndarray, label: str, by_slide: bool, min_samples: int,
+    kind: str | None = None, chunk: int = 16_384,
+) -> pd.DataFrame:  # fmt: skip
+    """Prototypes from ``src`` (a :class:`~threads_search.query.space.Space`: molecular or
+    slides) grouped by column ``label`` (null labels skipped; ``kind`` restricts molecular
+    samples), scores for rows ``targets`` of ``slides`` (leave-one-out when ``by_slide``).
+    → ``slide_id, predicted, score_<class>...`` (+ ``label`` when ``slides`` has it), with
+    ``attrs`` class_sizes, excluded_classes, min_samples, prototypes, label."""
+    if label not in src.table.columns:
+        raise ValueError(
+            f"no column {label!r} in the {src.name} table; columns: "
+            + ", ".join(map(str, src.table.columns))
+        )
+    mask = np.array(src.table[label].notna(), dtype=bool)
+    if kind is not None:
+        mask &= (src.table["kind"] == kind).to_numpy()
+    src_rows = np.flatnonzero(mask)
+    labels = src.table[label].iloc[src_rows].map(_py).reset_index(drop=True)
+    what = "slides" if by_slide else "molecular samples"
+    protos = build_prototypes(src.rows(src_rows), labels, min_samples, what)
+    own = None
+    if by_slide:
+        codes = _codes(labels, protos.classes)
+        lookup = dict(zip(src_rows.tolist(), codes.tolist(), strict=True))
+        own = np.array([lookup.get(r, -1) for r in targets.tolist()], np.int64)
+    parts = [
+        score(
+            slides.rows(targets[a : a + chunk]), protos, None if own is None else own[a : a + chunk]
+        )
+        for a in range(0, len(targets), chunk)
+    ]
+    scores = np.vstack(parts) if parts else np.zeros((0, len(protos.classes)))
+    out = pd.DataFrame(
+        {
+            "slide_id": slides.table["slide_id"].take(targets).to_numpy(),
+            "predicted": predict(scores, protos.classes),
+        }
+    )
+    for j, c in enumerate(protos.classes):
+        out[f"score_{c}"] = scores[:, j]
+    if label in slides.table.columns:
+        out[label] = slides.table[label].take(targets).to_numpy()
+    out.attrs.update(
+        class_sizes=protos.class_sizes, excluded_classes=protos.excluded,
+        min_samples=min_samples, prototypes="slide" if by_slide else "molecular", label=label,
+    )  # fmt: skip
+    return out

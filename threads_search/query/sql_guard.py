@@ -3,9 +3,10 @@ known metadata columns.
 
 A filter is checked in three steps before it is ever executed:
 
-1. Text: at most ``MAX_LENGTH`` characters, no control characters; outside single-quoted string
-   literals no ``;`` (stacked statements), no ``--`` or ``/*`` (comments), no ``$`` (parameters,
-   dollar quoting), no ``"`` left unclosed.
+1. Text: at most ``MAX_LENGTH`` characters, no control characters, no ``E'...'`` escape strings
+   (their backslash escapes would let a quote hide from this scan); outside string literals and
+   quoted identifiers no ``;`` (stacked statements), no ``--`` or ``/*`` (comments), no ``$``
+   (parameters, dollar quoting), and no quote left unclosed.
 2. Shape: DuckDB parses ``SELECT * FROM t WHERE (<expr>)`` (``json_serialize_sql``: parsing only,
    nothing is bound or run, no file is touched); the statement must be that one plain SELECT
    (a trailing ``UNION``/``ORDER BY``/``LIMIT``... changes it and is rejected).
@@ -134,6 +135,13 @@ def check_text(expr: str) -> None:
             if c == quote:
                 quote = None
         elif c in "'\"":
+            prev = expr[max(0, i - 2) : i]
+            if (
+                c == "'"
+                and prev[-1:] in ("e", "E")
+                and not (prev[:-1].isalnum() or prev[:1] == "_")
+            ):
+                raise FilterError("escape strings (E'...') are not allowed in filters")
             quote = c
             outside.append(" ")
         else:
@@ -226,7 +234,7 @@ def _walk(n: dict | None, known: dict[str, str], depth: int) -> None:
         t = n.get("type_expr") or {}
         tname = str(t.get("type_name", "")).upper()
         if t.get("catalog") or t.get("schema") or tname not in ALLOWED_TYPES:
-            raise FilterError(f"cast to type {tname or '?'} is not allowed in filters")
+            raise FilterError(f"{tname or '?'} is not an allowed type or keyword in filters")
         kids = [n["child"], *t.get("children", [])]
     elif cls == "FUNCTION":
         kids = _function_args(n)

@@ -1,0 +1,144 @@
+"""End-to-end query latency: API call → result DataFrame with metadata.
+
+Indexes of N synthetic slides (clustered 1024-d embeddings: 200 centres + Gaussian spread, plain
+metadata columns incl. ``bucket`` with 100 values, so ``bucket = 7`` selects 1%) are written
+through ``write_generation`` (FAISS type chosen automatically: flat up to 100k). For each N:
+``open_index`` time (cold: fresh ``Index``), then ``search_slides(slide_id, k=10)`` without and
+with the 1% filter, and ``search_slides(vector)``; p50/p99 over ``--queries`` queries after a
+warm-up (the first filtered call builds the filter catalog: reported separately). Repeated
+filter expressions hit the index's filter-id cache; the "uncached" row uses a new expression
+text on every call. ``--omp-threads`` sets FAISS's OpenMP threads (default: FAISS's own).
+
+Usage: python bench/query.py [--sizes 10000 100000] [--queries 300] [--keep DIR]
+       [--reuse] [--omp-threads N] [--no-mmap]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import print_table, write_results  # noqa: E402
+
+DIM = 1024
+
+
+def make_index(root: Path, n: int, seed: int = 0) -> dict:
+    from threads_search.index.writer import write_generation
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(200, DIM)).astype(np.float32)
+    emb = centres[rng.integers(0, 200, n)] + 0.7 * rng.normal(size=(n, DIM)).astype(np.float32)
+    ids = [f"S{i:07d}" for i in range(n)]
+    slides = pd.DataFrame({
+        "slide_id": ids, "path": [f"/archive/{s}.svs" for s in ids],
+        "patient_id": [f"P{i // 2:07d}" for i in range(n)], "mpp": 0.5,
+        "width": rng.integers(20_000, 100_000, n), "height": rng.integers(20_000, 80_000, n),
+        "n_patches": rng.integers(100, 20_000, n), "tissue_area_mm2": rng.uniform(10, 300, n),
+        "site": rng.choice([f"site_{k}" for k in range(20)], n),
+        "diagnosis": rng.choice(["LUAD", "LUSC", "BRCA", "COAD", "PRAD"], n),
+        "age": rng.integers(20, 90, n), "bucket": np.arange(n) % 100,
+    })  # fmt: skip
+    t = time.perf_counter()
+    manifest = write_generation(root, slides, emb)
+    return {"write_s": time.perf_counter() - t, "faiss": manifest["slides"]["faiss"]["type"]}
+
+
+def timed(fn, reps: int) -> np.ndarray:
+    out = np.empty(reps)
+    for i in range(reps):
+        t = time.perf_counter()
+        fn(i)
+        out[i] = (time.perf_counter() - t) * 1e3
+    return out
+
+
+def bench_size(
+    root: Path, n: int, queries: int, reuse: bool = False, mmap: bool = True
+) -> list[dict]:
+    from threads_search.query import open_index
+
+    if reuse and (root / "index.json").exists():
+        m = open_index(root).manifest
+        built = {"write_s": m.get("write_seconds"), "faiss": m["slides"]["faiss"]["type"]}
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        built = make_index(root, n)
+    opens = []
+    for _ in range(5):
+        t = time.perf_counter()
+        index = open_index(root, mmap=mmap)
+        opens.append((time.perf_counter() - t) * 1e3)
+    rng = np.random.default_rng(1)
+    qids = index.slides["slide_id"].to_numpy()[rng.integers(0, n, queries)]
+    vecs = rng.normal(size=(queries, DIM)).astype(np.float32)
+    where = "bucket = 7"
+    t = time.perf_counter()
+    first = index.search_slides(qids[0], k=10, where=where)
+    first_filter_ms = (time.perf_counter() - t) * 1e3
+    assert set(first["bucket"]) == {7} and len(first) == 10
+    cases = {
+        "slide_id": lambda i: index.search_slides(qids[i], k=10),
+        "slide_id + 1% filter": lambda i: index.search_slides(qids[i], k=10, where=where),
+        "vector": lambda i: index.search_slides(vecs[i], k=10),
+        "vector + 1% filter": lambda i: index.search_slides(vecs[i], k=10, where=where),
+        # a new expression text every call: guard, DuckDB and subset search, no filter cache
+        "slide_id + 1% filter, uncached": lambda i: index.search_slides(
+            qids[i], k=10, where=f"bucket = 7 AND age >= {-i - 1000 * n}"
+        ),
+    }
+    rows = []
+    for name, fn in cases.items():
+        timed(fn, 5)  # warm-up
+        ms = timed(fn, queries)
+        print(f"{n} {name}: p50 {np.percentile(ms, 50):.1f} ms", file=sys.stderr, flush=True)
+        rows.append({
+            "slides": n, "query": name, "faiss": built["faiss"] + ("" if mmap else " (in RAM)"),
+            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "open_index_ms": float(np.median(opens)), "first_filter_ms": first_filter_ms,
+            "write_s": built["write_s"],
+        })  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--queries", type=int, default=300)
+    ap.add_argument("--keep", type=Path, default=None, help="Write the indexes here (kept).")
+    ap.add_argument("--reuse", action="store_true", help="Reuse indexes already in --keep.")
+    ap.add_argument("--omp-threads", type=int, default=None)
+    ap.add_argument("--no-mmap", action="store_true", help="open_index(mmap=False).")
+    args = ap.parse_args()
+    import faiss
+
+    if args.omp_threads:
+        faiss.omp_set_num_threads(args.omp_threads)
+    rows = []
+    for n in args.sizes:
+        base = args.keep or Path(tempfile.mkdtemp(prefix="bench_query_"))
+        root = base / f"index_{n}"
+        try:
+            reuse = args.keep is not None and args.reuse
+            rows += bench_size(root, n, args.queries, reuse, mmap=not args.no_mmap)
+        finally:
+            if args.keep is None:
+                shutil.rmtree(base, ignore_errors=True)
+    print_table("query latency (API call → DataFrame with metadata)", rows)
+    path = write_results("query", {"rows": rows, "queries": args.queries, "dim": DIM,
+                                   "filter": "bucket = 7 (1% of slides)", "k": 10,
+                                   "omp_threads": faiss.omp_get_max_threads(),
+                                   "mmap": not args.no_mmap})  # fmt: skip
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
