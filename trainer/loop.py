@@ -97,7 +97,13 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
     model = _build(cfg, data).to(device)
     loss_fn = InfoNCE(init_temperature=cfg.temperature).to(device)
     params = list(model.parameters()) + list(loss_fn.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # No weight decay on the temperature, biases and normalisation weights (1-d tensors).
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1] + list(loss_fn.parameters())
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
+    )  # fmt: skip
     steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.batch_size) / cfg.accum_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
     history: list[dict] = []
@@ -158,14 +164,16 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
                 loss_fn.clamp_()
             bar.set_postfix(loss=f"{np.mean(losses[-20:]) if losses else float('nan'):.3f}",
                             T=f"{loss_fn.temperature:.3f}")  # fmt: skip
+        train_s = time.perf_counter() - t0
         metrics = validate(model, data, val_items, device)
         row = {
             "epoch": epoch + 1,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
             "temperature": loss_fn.temperature,
             "lr": float(sched.get_last_lr()[0]),
-            "seconds": time.perf_counter() - t0,
-            "slides_per_s": sum(len(it.slides) for it in train_items) / (time.perf_counter() - t0),
+            "train_seconds": train_s,
+            "val_seconds": time.perf_counter() - t0 - train_s,
+            "slides_per_s": sum(len(it.slides) for it in train_items) / train_s,
             **metrics,
         }
         history.append(row)

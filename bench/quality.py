@@ -1,0 +1,419 @@
+"""Quality of the trained THREADS slide encoder against mean pooling and an untrained THREADS,
+on two synthetic cohorts with known ground truth, evaluated on the held-out **test** patients.
+
+Cohorts (``threads_search.synth``): *features*, feature-level bags (``make_cohort`` default
+difficulty, seed 0, split 0.7/0.13/0.17 so >= 2,000 training and >= 500 test patients;
+``write_feature_bags`` 64-d, 100-400 patches per slide); *pixels*, painted 1536 x 1536 px slides
+(160 patients, seed 1, default split) through the real features stage (``hed-texture``).
+
+Models per cohort: **THREADS** (``slide_encoder="threads"``) and **mean** (mean pooling), trained
+by ``trainer.loop.train`` with identical settings (epochs, lr, batch size, patches, molecular
+encoders, seed; the metadata split, so test patients never reach training or model selection;
+bundle = best epoch by ``val_mean_recall``); **untrained THREADS**: ``build_model`` with the trained
+THREADS bundle's architecture, vocabularies and RNA normaliser after ``torch.manual_seed(seed)``,
+which is how ``train`` initialises its model, i.e. the weights before the first step.
+
+Test embeddings come from the bundle's public API (``embed_slide`` on ``FEATURES_DIR/h5/*.h5``,
+``embed_rna`` on the RNA matrix, ``embed_dna`` on the MAF), for all patients; as a check of that
+path, the validation recall the trainer logged for the chosen epoch is recomputed from them.
+
+Rows (test split): molecule→slide Recall@1/5/10 (RNA, DNA; gallery = all test slides),
+slide→slide mMV@5 for subtype (patient-level exclusion), zero-shot subtype balanced accuracy with
+molecular prototypes (mean RNA embedding per subtype over the TRAIN patients), linear probe
+(C=0.5, balanced) balanced accuracy for subtype and TP53_mutated (fit on train slides), few-shot
+1-16 per class (10 draws), zero-shot / linear probe, training throughput and peak memory.
+
+Settings (``Hyper``), chosen to run on 2 CPU cores: THREADS 2 heads x 128 wide, gated attention
+64 wide, 256-d embeddings (116k slide-encoder parameters at 64-d input); RNA/DNA MLPs with one
+256-wide hidden layer; dropout 0.1; AdamW lr 3e-4, wd 0.01, 1 warm-up epoch, cosine; InfoNCE
+T0 = 0.07; batch 64 and 12 epochs (pixels: 32 and 40); 256 patches sampled per bag per step (all
+at evaluation). One torch thread (``--threads``): on this shared machine 2 threads were 2-7x
+slower than 1 (oversubscription).
+
+usage: python bench/quality.py [--quick] [--epochs N] [--pixel-epochs N] [--out DIR] [--skip-pixel]
+Prints one table per cohort; writes bench/results/quality.json (quality_quick.json with --quick)
+and bench/results/quality_fewshot.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, print_table, write_results  # noqa: E402
+from quality_plot import plot_fewshot  # noqa: E402
+
+from threads_search.metrics import (  # noqa: E402
+    cross_modal_recall,
+    few_shot_curve,
+    linear_probe,
+    prototype_zero_shot,
+    retrieval_metrics,
+)
+from threads_search.models.bundle import build_model, load_model  # noqa: E402
+from threads_search.molecular.dna import read_dna  # noqa: E402
+from threads_search.molecular.rna import read_rna_matrix  # noqa: E402
+
+TORCH_THREADS = 1  # set by --threads: 1 beat 2 on this shared 2-core machine
+WORKERS = 2  # painting and features-stage worker processes
+SHOTS = (1, 2, 4, 8, 16)
+KS = (1, 5, 10)
+
+
+@dataclass
+class CohortSpec:
+    """A synthetic cohort: ``kind`` features (bags of ``dim``-d, ``n_patches`` per slide) or
+    pixels (``size`` x ``size`` px slides at 0.5 µm/px, features by ``hed-texture``)."""
+
+    name: str
+    kind: str
+    n_patients: int
+    seed: int
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    dim: int = 64
+    n_patches: tuple[int, int] = (100, 400)
+    size: int = 1536
+
+
+@dataclass
+class Hyper:
+    """Training settings shared by the THREADS and mean models of one cohort."""
+
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 3e-4
+    max_patches: int = 256
+    temperature: float = 0.07
+    heads: int = 2
+    head_dim: int = 128
+    attn_dim: int = 64
+    out_dim: int = 256
+    dropout: float = 0.1
+    mol_hidden: int = 256
+    weight_decay: float = 1e-2
+    warmup_epochs: float = 1.0
+
+
+def prepare(spec: CohortSpec, root: Path) -> dict:
+    """Generate the cohort's tables and features under ``root/<name>`` (reused when a previous
+    run with the same spec finished). Returns paths and stage seconds."""
+    from threads_search.synth import make_cohort, write_feature_bags, write_slides
+
+    d = root / spec.name
+    cohort = make_cohort(spec.n_patients, split=spec.split, seed=spec.seed)
+    info = {"cohort": cohort, "features": d / "features", "seconds": {}}
+    marker, key = d / "ready.json", json.loads(json.dumps(asdict(spec)))
+    if marker.exists() and json.loads(marker.read_text())["spec"] == key:
+        info["paths"] = {k: Path(v) for k, v in json.loads(marker.read_text())["paths"].items()}
+        return info
+    shutil.rmtree(d, ignore_errors=True)
+    info["paths"] = cohort.write(d / "cohort")
+    t = time.perf_counter()
+    if spec.kind == "features":
+        write_feature_bags(cohort, info["features"], dim=spec.dim, n_patches=spec.n_patches)
+        info["seconds"]["feature_bags"] = time.perf_counter() - t
+    else:
+        from threads_search.features import default_config, extract_features
+
+        write_slides(cohort, d / "slides", spec.size, spec.size, workers=WORKERS)
+        info["seconds"]["paint_slides"] = time.perf_counter() - t
+        t = time.perf_counter()
+        outcomes = extract_features([d / "slides"], info["features"],
+                                    default_config("hed-texture", workers=WORKERS))  # fmt: skip
+        info["seconds"]["features_stage"] = time.perf_counter() - t
+        failed = [o for o in outcomes if getattr(o, "state", "done") != "done"]
+        if failed:
+            raise RuntimeError(f"features stage failed on {len(failed)} slides: {failed[:3]}")
+    paths = {k: str(p) for k, p in info["paths"].items()}
+    marker.write_text(json.dumps({"spec": key, "paths": paths}))
+    return info
+
+
+def train_config(info: dict, hp: Hyper, encoder: str, out: Path) -> dict:
+    from trainer.config import TrainConfig
+
+    p = info["paths"]
+    slide = {"out_dim": hp.out_dim, "dropout": hp.dropout}
+    if encoder == "threads":
+        slide.update(heads=hp.heads, head_dim=hp.head_dim, attn_dim=hp.attn_dim)
+    mol = {"hidden_dims": [hp.mol_hidden], "dropout": hp.dropout}
+    return TrainConfig(
+        features=str(info["features"]), pairs=str(p["pairs"]), rna=str(p["rna"]),
+        dna=str(p["maf"]), metadata=str(p["metadata"]), out=str(out), slide_encoder=encoder,
+        slide_config=slide, rna_config=mol, dna_config=mol, epochs=hp.epochs,
+        batch_size=hp.batch_size, max_patches=hp.max_patches, lr=hp.lr,
+        weight_decay=hp.weight_decay, warmup_epochs=hp.warmup_epochs,
+        temperature=hp.temperature, patience=0, seed=0, device="cpu", threads=TORCH_THREADS,
+    ).to_dict()  # fmt: skip
+
+
+def _train_child(cfg: dict) -> dict:
+    """Runs in a fresh process: train, and report the history and this process's peak RSS."""
+    torch.set_num_threads(cfg["threads"])
+    from trainer.config import TrainConfig
+    from trainer.loop import train
+
+    t = time.perf_counter()
+    res = train(TrainConfig.from_dict(cfg), progress=False)
+    return {"history": res.history, "best_epoch": res.best_epoch, "seconds": time.perf_counter() - t,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+
+
+def train_model(cfg: dict) -> dict:
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        run = pool.submit(_train_child, cfg).result()
+    for h in run["history"]:
+        print(f"  epoch {h['epoch']:>3}: loss {h['train_loss']:.3f}  T {h['temperature']:.3f}  "
+              f"val R {h.get('val_mean_recall', float('nan')):.3f}  {h['seconds']:.1f} s  "
+              f"{h['slides_per_s']:.1f} slides/s", flush=True)  # fmt: skip
+    return run
+
+
+def untrained_like(trained, seed: int = 0):
+    """The trained bundle's architecture, vocabularies and RNA normaliser with the weights
+    ``train`` starts from (``torch.manual_seed(seed)`` then ``build_model``)."""
+
+    def cfg(enc) -> dict:
+        return {k: v for k, v in enc.config.to_dict().items() if k != "in_dim"}
+
+    torch.manual_seed(seed)
+    return build_model(
+        trained.patch_encoder, slide_encoder=trained.slide.name, slide_config=cfg(trained.slide),
+        normalizer=trained.normalizer, rna_config=cfg(trained.rna), rna_units=trained.rna_units,
+        genes_dna=trained.genes_dna, dna_config=cfg(trained.dna),
+    ).eval()  # fmt: skip
+
+
+def embed(model, info: dict) -> dict:
+    """Unit embeddings ``[n, E]`` of every slide (cohort order), RNA and DNA sample."""
+    slides = info["cohort"].slides.slide_id.tolist()
+    h5 = info["features"] / "h5"
+    out = {"slide": np.stack([model.embed_slide(h5 / f"{s}.h5") for s in slides]),
+           "slide_ids": slides}  # fmt: skip
+    rna = read_rna_matrix(info["paths"]["rna"], units="tpm")
+    out["rna"], out["rna_ids"] = model.embed_rna(rna), list(rna.samples)
+    dna = read_dna(info["paths"]["maf"])
+    with warnings.catch_warnings():  # panel genes never mutated in training are ignored
+        warnings.simplefilter("ignore")
+        out["dna"], out["dna_ids"] = model.embed_dna(dna), dna.index.astype(str).tolist()
+    return out
+
+
+def _mean_recall(slide: np.ndarray, mols: list[np.ndarray]) -> list[float]:
+    vals = []
+    for mol in mols:
+        match = np.arange(len(mol))
+        for q, g in ((slide, mol), (mol, slide)):
+            vals += list(cross_modal_recall(q, g, match, KS).values())
+    return vals
+
+
+def check_val_recall(emb: dict, info: dict, logged: float | None) -> dict:
+    """Recompute the trainer's ``val_mean_recall`` (one slide per patient) from ``emb``."""
+    c = info["cohort"]
+    pid = dict(zip(c.samples.sample_id, c.samples.patient_id, strict=True))
+    val = set(c.patients.patient_id[c.patients.split == "val"])
+    sl = c.slides.assign(i=range(len(c.slides)))
+    if logged is None or sl.groupby("patient_id").size().max() > 1:
+        return {"logged": logged, "recomputed": None}
+    vals = []
+    for mod in ("rna", "dna"):
+        rows = [(pid[s], j) for j, s in enumerate(emb[f"{mod}_ids"]) if pid[s] in val]
+        rows.sort()
+        si = sl.set_index("patient_id").loc[[p for p, _ in rows], "i"].to_numpy()
+        vals += _mean_recall(emb["slide"][si], [emb[mod][[j for _, j in rows]]])
+    got = float(np.mean(vals))
+    return {"logged": logged, "recomputed": got, "abs_diff": abs(got - logged)}
+
+
+def evaluate(emb: dict, info: dict) -> dict:
+    """The quality rows on the test patients (see the module docstring)."""
+    c = info["cohort"]
+    pat = c.patients.set_index("patient_id")
+    sl = c.slides.reset_index(drop=True)
+    te, tr = (sl.split == "test").to_numpy(), (sl.split == "train").to_numpy()
+    s_te, s_tr = emb["slide"][te], emb["slide"][tr]
+    p_te = sl.patient_id[te].to_numpy()
+    y_te, y_tr = sl.subtype[te].to_numpy(), sl.subtype[tr].to_numpy()
+    pid = dict(zip(c.samples.sample_id, c.samples.patient_id, strict=True))
+    r: dict = {}
+    for mod in ("rna", "dna"):
+        owners = np.array([pid[s] for s in emb[f"{mod}_ids"]])
+        q = pat.split.loc[owners].to_numpy() == "test"
+        rel = owners[q][:, None] == p_te[None, :]
+        for k, v in cross_modal_recall(emb[mod][q], s_te, rel, KS).items():
+            r[f"{mod.upper()}→slide {k}"] = v
+    # DNA depends on the subtype only, so DNA→slide R@k is capped near a subtype oracle's
+    # (perfect subtype, random order within it): mean over queries of min(k, n_s) / n_s.
+    n_s = pd.Series(y_te).value_counts()
+    owners = np.array([pid[s] for s in emb["dna_ids"]])
+    n_q = n_s.loc[pat.subtype.loc[owners[pat.split.loc[owners].to_numpy() == "test"]]].to_numpy()
+    oracle = {f"R@{k}": float(np.mean(np.minimum(k, n_q) / n_q)) for k in KS}
+    ret = retrieval_metrics(s_te, y_te, KS, groups=p_te)
+    r["slide→slide mMV@5 (subtype)"] = ret["mMV@5"]
+    owners = np.array([pid[s] for s in emb["rna_ids"]])
+    q = pat.split.loc[owners].to_numpy() == "train"
+    zs = prototype_zero_shot(s_te, y_te, emb["rna"][q], pat.subtype.loc[owners[q]].to_numpy())
+    r["zero-shot bal. acc (subtype)"] = zs["balanced_accuracy"]
+    lp = linear_probe(s_tr, y_tr, s_te, y_te)
+    r["linear probe bal. acc (subtype)"] = lp["balanced_accuracy"]
+    t_tr = pat.TP53_mutated.loc[sl.patient_id[tr]].to_numpy()
+    t_te = pat.TP53_mutated.loc[p_te].to_numpy()
+    r["linear probe bal. acc (TP53)"] = linear_probe(s_tr, t_tr, s_te, t_te)["balanced_accuracy"]
+    fs = few_shot_curve(s_tr, y_tr, s_te, y_te, shots=SHOTS, n_draws=10, seed=0)
+    for row in fs.itertuples():
+        r[f"{row.shots}-shot bal. acc (subtype)"] = row.balanced_accuracy_mean
+    r["zero-shot / linear probe"] = zs["balanced_accuracy"] / lp["balanced_accuracy"]
+    extra = {"retrieval": ret, "dna_subtype_oracle_recall": oracle, "zero_shot": {k: zs[k] for k in ("accuracy", "balanced_accuracy",
+             "auc")}, "linear_probe_subtype": lp, "fewshot": fs.to_dict("records"),
+             "n_test_slides": int(te.sum()), "n_train_slides": int(tr.sum()),
+             "n_prototype_samples": int(q.sum())}  # fmt: skip
+    return {"rows": r, "extra": extra}
+
+
+def run_cohort(spec: CohortSpec, hp: Hyper, root: Path) -> dict:
+    print(f"\n== cohort {spec.name}: {asdict(spec)}\n   training: {asdict(hp)}", flush=True)
+    t = time.perf_counter()
+    info = prepare(spec, root)
+    print(f"   data ready in {time.perf_counter() - t:.0f} s {info['seconds']}", flush=True)
+    models, runs = {}, {}
+    for name, enc in (("THREADS", "threads"), ("mean", "mean")):
+        out = root / spec.name / f"model_{enc}"
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"-- training {name}", flush=True)
+        runs[name] = train_model(train_config(info, hp, enc, out))
+        models[name] = load_model(out)
+    models["untrained THREADS"] = untrained_like(models["THREADS"], seed=0)
+    res: dict = {"spec": asdict(spec), "hyper": asdict(hp), "data_seconds": info["seconds"],
+                 "models": {}}  # fmt: skip
+    for name, model in models.items():
+        t = time.perf_counter()
+        emb = embed(model, info)
+        ev = evaluate(emb, info)
+        run = runs.get(name)
+        m = {"rows": ev["rows"], **ev["extra"],
+             "zero_shot_balanced_accuracy": ev["rows"]["zero-shot bal. acc (subtype)"],
+             "eval_seconds": time.perf_counter() - t}  # fmt: skip
+        if run:
+            logged = model.training_params.get("metrics", {}).get("val_mean_recall")
+            m["val_recall_check"] = check_val_recall(emb, info, logged)
+            sps = [h["slides_per_s"] for h in run["history"]]
+            m.update(best_epoch=run["best_epoch"], train_seconds=run["seconds"],
+                     history=run["history"], peak_rss_mib=run["peak_rss_mib"],
+                     slides_per_s_median=float(np.median(sps)),
+                     epoch_seconds_median=float(np.median([h["train_seconds"] for h in run["history"]])),
+                     n_params=sum(p.numel() for p in model.slide.parameters()))  # fmt: skip
+            n_slides = int((info["cohort"].slides.split == "train").sum())
+            m["slides_per_s_wall"] = n_slides * len(run["history"]) / run["seconds"]
+            m["rows"]["train slides/s (median epoch)"] = m["slides_per_s_median"]
+            m["rows"]["train slides/s (wall, all epochs)"] = m["slides_per_s_wall"]
+            m["rows"]["train peak RSS MiB"] = m["peak_rss_mib"]
+        res["models"][name] = m
+    res["targets"] = targets(res)
+    return res
+
+
+def targets(res: dict) -> dict:
+    """THREADS > mean on every quality row; zero-shot >= 0.8 x linear probe (THREADS)."""
+    thr, mean = res["models"]["THREADS"]["rows"], res["models"]["mean"]["rows"]
+    quality = [k for k in thr if not k.startswith("train ") and k != "zero-shot / linear probe"]
+    lost = {k: (thr[k], mean[k]) for k in quality if not thr[k] > mean[k]}
+    ratio = thr["zero-shot / linear probe"]
+    return {"threads_beats_mean_every_row": not lost, "rows_not_beaten": lost,
+            "zero_shot_over_linear_probe": ratio, "zero_shot_ratio_ok": ratio >= 0.8}  # fmt: skip
+
+
+def show(res: dict) -> None:
+    names = list(res["models"])
+    keys = list(res["models"]["THREADS"]["rows"])
+    rows = [{"metric (test split)": k, **{n: res["models"][n]["rows"].get(k, "-") for n in names}}
+            for k in keys]  # fmt: skip
+    print_table(f"quality: {res['spec']['name']} cohort", rows)
+    t = res["targets"]
+    print(f"THREADS beats mean on every quality row: {t['threads_beats_mean_every_row']}"
+          + (f" (not on: {t['rows_not_beaten']})" if t["rows_not_beaten"] else ""))  # fmt: skip
+    print(f"zero-shot / linear probe (THREADS): {t['zero_shot_over_linear_probe']:.3f} "
+          f"(target >= 0.8: {t['zero_shot_ratio_ok']})")  # fmt: skip
+    for n in names:
+        chk = res["models"][n].get("val_recall_check")
+        if chk and chk.get("recomputed") is not None:
+            print(f"{n}: val_mean_recall logged {chk['logged']:.4f}, recomputed from the bundle "
+                  f"{chk['recomputed']:.4f}")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    global TORCH_THREADS
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small cohorts, few epochs (smoke run)")
+    ap.add_argument("--epochs", type=int, help="epochs on the feature-level cohort")
+    ap.add_argument("--pixel-epochs", type=int, help="epochs on the pixel-level cohort")
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--head-dim", type=int)
+    ap.add_argument("--temperature", type=float)
+    ap.add_argument("--max-patches", type=int)
+    ap.add_argument("--dropout", type=float)
+    ap.add_argument("--threads", type=int, default=TORCH_THREADS, help="torch CPU threads (<= 2)")
+    ap.add_argument("--out", type=Path, help="scratch dir (kept; its cohorts are reused)")
+    ap.add_argument("--skip-pixel", action="store_true")
+    ap.add_argument("--skip-features", action="store_true")
+    args = ap.parse_args(argv)
+    TORCH_THREADS = args.threads
+    torch.set_num_threads(TORCH_THREADS)
+    t0 = time.perf_counter()
+    q = args.quick
+    feat = CohortSpec("features", "features", 600 if q else 3000, 0, (0.6, 0.15, 0.25) if q
+                      else (0.7, 0.13, 0.17))  # fmt: skip
+    pix = CohortSpec("pixels", "pixels", 40 if q else 160, 1, size=1024 if q else 1536)
+    hp_feat = Hyper(epochs=args.epochs or (4 if q else 12))
+    hp_pix = Hyper(epochs=args.pixel_epochs or (5 if q else 40), batch_size=32)
+    for hp in (hp_feat, hp_pix):
+        for k in ("lr", "batch_size", "head_dim", "temperature", "max_patches", "dropout"):
+            if getattr(args, k) is not None:
+                setattr(hp, k, getattr(args, k))
+        hp.attn_dim = hp.head_dim // 2
+    root = args.out or Path(tempfile.mkdtemp(prefix="quality-"))
+    root.mkdir(parents=True, exist_ok=True)
+    results: dict = {}
+    try:
+        if not args.skip_features:
+            results["features"] = run_cohort(feat, hp_feat, root)
+            show(results["features"])
+        if not args.skip_pixel:
+            results["pixels"] = run_cohort(pix, hp_pix, root)
+            show(results["pixels"])
+    finally:
+        if args.out is None:
+            shutil.rmtree(root, ignore_errors=True)
+    peak = {"self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}  # fmt: skip
+    wall = time.perf_counter() - t0
+    print(f"wall time {wall:.0f} s; peak RSS {peak}")
+    name = "quality_quick" if q else "quality"
+    payload = {"command": " ".join(["python", "bench/quality.py", *(argv or sys.argv[1:])]),
+               "wall_seconds": wall, "peak_rss": peak, "torch_threads": TORCH_THREADS,
+               "cohorts": results}  # fmt: skip
+    print(f"results: {write_results(name, payload)}")
+    if results:
+        png = RESULTS / ("quality_fewshot_quick.png" if q else "quality_fewshot.png")
+        print(f"few-shot plot: {plot_fewshot(results, png)}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
