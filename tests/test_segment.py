@@ -83,12 +83,13 @@ def test_cli_help_and_demo(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0 and "features" in res.output and "demo" in res.output
-    res = runner.invoke(
-        app, ["demo", "--out", str(tmp_path), "--slides", "2"], env={"COLUMNS": "200"}
-    )
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--patients", "8", "--epochs", "2"],
+                        env={"COLUMNS": "200"})  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "slide_000" in res.output and "slide_001" in res.output
-    assert "aperio" in res.output and "generic-tiff" in res.output
-    assert "failed" in res.output and "truncated" in res.output
-    assert (tmp_path / "segmentation" / "thumbnails" / "slide_000.jpg").exists()
-    assert (tmp_path / "segmentation" / "contours" / "slide_001.geojson").exists()
+    out = res.output
+    assert "features: 8 slides" in out and "µm/px" in out
+    assert "truncated" in out and "no-mpp" in out  # broken files reported with reasons
+    assert "slides matching the RNA profile" in out and "molecular prompting" in out
+    assert f"threads-search ui {tmp_path / 'index'}" in out
+    assert len(list((tmp_path / "features" / "h5").glob("*.h5"))) == 8
+    assert (tmp_path / "index" / "index.json").exists()

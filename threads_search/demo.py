@@ -18,19 +18,30 @@ def _table(df: pd.DataFrame, title: str, cols: list[str], console: Console) -> N
     t = Table(title=title)
     cols = [c for c in cols if c in df.columns]
     for c in cols:
-        t.add_column(c, justify="right" if c in ("rank", "score") else "left")
+        t.add_column(c, justify="right" if c in ("rank", "score") else "left",
+                     no_wrap=c == "slide_id")  # fmt: skip
     for _, r in df[cols].iterrows():
         t.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r])
     console.print(t)
 
 
-def _features_table(out: Path, console: Console) -> None:
+def _features_table(out: Path, console: Console, show: int = 8) -> None:
+    """Per-slide summary (tissue, patches, resolution) and the slides that failed."""
+    from threads_search.features import read_features
+
     st = pd.read_parquet(out / "features" / "status.parquet")
     done = st[st.state == "done"]
-    console.print(
-        f"features: {len(done)} slides, {int(done.n_patches.sum())} patches "
-        f"(512 px @ 0.5 µm/px, hed-texture); {int((st.state == 'failed').sum())} failed:"
-    )
+    t = Table(title=f"features: {len(done)} slides, {int(done.n_patches.sum())} patches of 512 px "
+                    f"@ 0.5 µm/px (first {min(show, len(done))} shown)")  # fmt: skip
+    for c in ("slide", "size (px)", "µm/px (source)", "tissue mm²", "patches", "seconds"):
+        t.add_column(c, no_wrap=c == "slide", justify="left" if c == "slide" else "right")
+    for _, r in done.head(show).iterrows():
+        a = read_features(out / "features" / "h5" / f"{r.slide_id}.h5").attrs
+        t.add_row(r.slide_id, f"{a['level0_width']}x{a['level0_height']}",
+                  f"{a['level0_mpp']:.3g} ({a.get('mpp_source', '?')})",
+                  f"{a.get('tissue_area_mm2', float('nan')):.2f}", str(r.n_patches),
+                  f"{r.seconds:.1f}")  # fmt: skip
+    console.print(t)
     bad = Table(title="slides that could not be used (deliberately broken files)")
     bad.add_column("slide", no_wrap=True)
     bad.add_column("reason")
@@ -96,10 +107,11 @@ def run_demo(out: Path, n_patients: int = 40, epochs: int = 25, console: Console
     _table(res, f"slides matching the RNA profile {sample} (patient {rna.patient_id.iloc[0]})",
            SHOW, console)  # fmt: skip
     test = slides[slides.split == "test"].slide_id.tolist()
-    pred = index.classify("subtype", prototypes="molecular", slides=test)
+    which = f"{len(test)} held-out" if test else f"all {len(slides)}"
+    pred = index.classify("subtype", prototypes="molecular", slides=test or None, min_samples=2)
     acc = float((pred.predicted == pred.subtype).mean()) if "subtype" in pred else float("nan")
-    _table(pred.head(8), f"molecular prompting (zero-shot subtype) on {len(test)} held-out "
-           f"slides: accuracy {acc:.2f}", ["slide_id", "subtype", "predicted"], console)  # fmt: skip
+    _table(pred.head(8), f"molecular prompting (zero-shot subtype) on {which} slides: "
+           f"accuracy {acc:.2f}", ["slide_id", "subtype", "predicted"], console)  # fmt: skip
     console.print(
         f"\ndone in {time.perf_counter() - t0:.0f} s. Explore it in the browser:\n"
         f"  threads-search ui {out / 'index'}"
