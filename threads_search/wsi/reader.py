@@ -63,6 +63,28 @@ class PatchDataset(Dataset):
         return state
 
 
+class PatchBatches(Dataset):
+    """Item ``b`` → batch ``b`` of ``PatchDataset``: ``(patches [n, ...], coords [n, 2])``,
+    read into one array by one worker (no per-patch collation or messages)."""
+
+    def __init__(self, patches: PatchDataset, batch_size: int) -> None:
+        self.patches = patches
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.patches) // self.batch_size)
+
+    def __getitem__(self, b: int):
+        lo = b * self.batch_size
+        hi = min(lo + self.batch_size, len(self.patches))
+        first, _ = self.patches[lo]
+        out = torch.empty((hi - lo, *first.shape), dtype=first.dtype)
+        out[0] = first
+        for i in range(lo + 1, hi):
+            out[i - lo] = self.patches[i][0]
+        return out, torch.from_numpy(self.patches.coords[lo:hi])
+
+
 def _worker_init(_: int) -> None:
     # Each worker is one reader: no intra-op thread pools competing for the cores.
     torch.set_num_threads(1)
@@ -86,13 +108,15 @@ def patch_loader(
 ) -> DataLoader:
     """Batches ``(patches [B, ps, ps, 3] uint8 | transformed [B, ...], coords [B, 2] int64)``
     in the order of ``coords``. ``workers=0`` reads in this process."""
-    ds = PatchDataset(path, coords, patch_size, target_mpp, mpp, transform)
+    ds = PatchBatches(
+        PatchDataset(path, coords, patch_size, target_mpp, mpp, transform), batch_size
+    )
     return DataLoader(
         ds,
-        batch_size=batch_size,
+        batch_size=None,  # each item is already a batch
         shuffle=False,
         num_workers=workers,
         worker_init_fn=_worker_init if workers > 0 else None,
-        prefetch_factor=4 if workers > 0 else None,
+        prefetch_factor=2 if workers > 0 else None,
         persistent_workers=False,
     )

@@ -223,4 +223,4 @@ def _rgba_to_rgb(img: Image.Image) -> np.ndarray:
         img = bg
     elif img.mode != "RGB":
         img = img.convert("RGB")
-    return np.asarray(img)
+    return np.array(img)  # writable: callers (the reader) hand it to torch without a copy
