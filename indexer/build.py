@@ -127,6 +127,14 @@ def _embed(model, sid: str, src: dict, fp: dict, mhash: str) -> SlideRecord:
     return SlideRecord(sid, emb, ff.coords, att, meta)
 
 
+def embed_slide_record(model, index_dir: Path, sid: str, src: dict, fp: dict, mhash: str):
+    """Embed one slide's features (``src["h5"]``) and write its work record atomically; the
+    per-slide step both engines run (local: in this process; ray: in a worker actor)."""
+    rec = _embed(model, sid, src, fp, mhash)
+    write_record(index_dir, rec)
+    return rec
+
+
 def _source_fingerprint(src: dict) -> dict:
     p = Path(src["path"]) if src["path"] else None
     target = p if p is not None and p.exists() else src["h5"]
@@ -205,6 +213,12 @@ def _keep_work_inputs(index_dir: Path, cfg: IndexConfig):
 def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
     """Build or update the index at ``cfg.out``. Raises ``IndexLockedError`` when another
     writer is active; per-slide failures are collected in the summary."""
+    if cfg.engine == "ray":  # same steps and layout, slides distributed on a Ray cluster
+        from indexer.ray_engine import run_index_ray
+
+        return run_index_ray(cfg, progress=progress)
+    if cfg.engine != "local":
+        raise ValueError(f"--engine must be 'local' or 'ray', got {cfg.engine!r}")
     from threads_search.models.bundle import load_model
 
     t0 = time.perf_counter()
@@ -245,8 +259,7 @@ def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
         for sid, src, fp in todo:
             t1 = time.perf_counter()
             try:
-                rec = _embed(model, sid, src, fp, mhash)
-                write_record(index_dir, rec)
+                rec = embed_slide_record(model, index_dir, sid, src, fp, mhash)
                 summary.indexed.append(sid)
                 summary.n_patches += len(rec.coords)
             except Exception as e:  # noqa: BLE001 - one bad slide never kills the batch

@@ -27,6 +27,9 @@ class IndexConfig:
     device: str = "auto"
     checkpoint: str | None = None  # pretrained patch-encoder weights
     engine: str = "local"  # local | ray
+    ray_address: str | None = None  # None: a local Ray on this machine (loopback only)
+    gpus_per_worker: float | None = None  # per encoder actor; None: 1 if the cluster has GPUs
+    cpus_per_reader: float = 1.0  # per patch-reading task
 
     def to_dict(self) -> dict:
         return asdict(self)

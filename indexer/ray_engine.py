@@ -1,0 +1,367 @@
+"""``threads-search index --engine ray``: the index build with slides distributed on Ray.
+
+Same steps, files and commit as the local engine (``indexer.build``): lock, model install,
+work records keyed by source fingerprint + model hash, one driver-side ``_assemble`` →
+``write_generation`` commit; ``open_index`` cannot tell which engine built an index, and either
+engine resumes the other's work. What differs is how a slide becomes a work record:
+
+    plan_task (CPU) ─► read_task x chunks (CPU) ─► SlideWorker.encode (actor, GPU if any)
+                                                       └─► SlideWorker.finish: h5 + work record
+
+Slides stream through with bounded in-flight work (slides and patch chunks), so an archive of
+any size runs in constant driver memory. Worker crashes are retried by Ray (tasks
+``max_retries``, actors ``max_restarts``/``max_task_retries``), I/O errors a bounded number of
+times (``TransientError``); a slide still failing is recorded with its reason and the job goes
+on. Killed at any moment, a re-run skips every slide whose record or feature h5 was written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import deque
+from pathlib import Path
+
+from indexer import ray_tasks as rt
+from indexer.build import (
+    IndexSummary,
+    _assemble,
+    _check_encoder,
+    _feature_sources,
+    _is_features_dir,
+    _keep_work_inputs,
+    _removals,
+    _source_fingerprint,
+    install_model,
+    model_hash,
+)
+from indexer.config import IndexConfig
+from indexer.molecular import embed_profiles
+from indexer.records import list_records, read_meta, record_path, remove_orphan_temps
+from threads_search.index import store
+
+RETRIES = 3  # per task / actor call, on worker death (and on TransientError)
+STATUS_SAVE_SECONDS = 5.0  # status.parquet is rewritten at most this often (and at the end)
+MAX_INFLIGHT_SLIDES: int | None = None  # None: 2 x (reader slots + encoder actors)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None):
+    """Connect to the Ray cluster at ``address``, or start a local Ray bound to loopback
+    (dashboard off, usage stats off). Reuses (and leaves running) a Ray already initialised in
+    this process; shuts down only what it started."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if not address:  # a single-machine Ray listens on 127.0.0.1 only (read at import of ray)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    if ray.is_initialized():
+        yield ray
+        return
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as e:
+            raise ValueError(f"--ray-address {address}: cannot connect to a Ray head ({e})") from e
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                 log_to_driver=False)  # fmt: skip
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def run_index_ray(cfg: IndexConfig, progress=None) -> IndexSummary:
+    """``run_index`` for ``cfg.engine == "ray"``: same arguments, same result."""
+    from threads_search.models.bundle import load_model
+
+    t0 = time.perf_counter()
+    index_dir = Path(cfg.out)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    summary = IndexSummary()
+    with store.IndexLock(index_dir, command=f"threads-search index --engine ray → {index_dir}"):
+        store.remove_uncommitted(index_dir)
+        remove_orphan_temps(index_dir)
+        model_dir = Path(cfg.model)
+        if not (model_dir / "config.json").exists():
+            raise FileNotFoundError(f"--model {model_dir}: no model bundle (config.json missing)")
+        mhash = model_hash(model_dir)
+        model_rel = install_model(index_dir, model_dir, mhash)
+        model = load_model(index_dir / model_rel, device="cpu")  # molecular embeddings, checks
+        meta, pairs = _keep_work_inputs(index_dir, cfg)
+        plan = _SourcePlan(cfg, index_dir, model)
+        existing = list_records(index_dir)
+        summary.removed = _removals(cfg, index_dir, existing, plan.sources)
+        todo = []
+        for sid, src in sorted(plan.sources.items()):
+            fp = _source_fingerprint(src)
+            old = read_meta(existing[sid]) if sid in existing else None
+            if old and old.get("fingerprint") == fp and old.get("model_hash") == mhash:
+                summary.skipped.append(sid)
+            else:
+                todo.append((sid, src, fp))
+        stale = [s for s, p in list_records(index_dir).items()
+                 if s not in plan.sources and (read_meta(p) or {}).get("model_hash") != mhash]  # fmt: skip
+        for sid in stale:
+            record_path(index_dir, sid).unlink(missing_ok=True)
+            summary.removed.append(sid)
+        if todo:
+            with ray_session(cfg.ray_address, None if cfg.ray_address else max(cfg.workers, 1)):
+                t1 = time.perf_counter()
+                _Pipeline(cfg, plan, index_dir, index_dir / model_rel, mhash, summary,
+                          progress).run(todo)  # fmt: skip
+                summary.embed_seconds = time.perf_counter() - t1
+        new_mol = embed_profiles(model, cfg.rna, cfg.rna_units, cfg.dna)
+        changed = bool(summary.indexed or summary.removed or cfg.rna or cfg.dna or cfg.metadata
+                       or cfg.pairs or not (index_dir / store.INDEX_JSON).exists())  # fmt: skip
+        if changed:
+            summary.manifest = _assemble(
+                cfg, index_dir, mhash, model_rel, summary, meta, pairs, new_mol
+            )
+            summary.committed = True
+        else:
+            summary.manifest = store.read_manifest(index_dir)
+    summary.wall_seconds = time.perf_counter() - t0
+    return summary
+
+
+class _SourcePlan:
+    """Every slide given in this run → its source (as the local engine's ``_collect_sources``),
+    without running anything: FEATURES_DIR slides are ready; slide files get their future h5
+    path in FEATURES_DIR and whether their features are already there (status done, or an h5
+    renamed into place before a kill)."""
+
+    def __init__(self, cfg: IndexConfig, index_dir: Path, model) -> None:
+        from threads_search.features import default_config
+        from threads_search.features.extract import _adopt_existing, check_config, h5_path
+        from threads_search.features.status import StatusTable
+        from threads_search.models.patch import get_patch_encoder_spec
+        from threads_search.wsi import discover_slides, load_mpp_csv, lookup_override
+
+        self.sources: dict[str, dict] = {}
+        self.need_features: set[str] = set()
+        self.mpp: dict[str, float | None] = {}
+        files = []
+        for item in cfg.inputs:
+            p = Path(item)
+            if _is_features_dir(p):
+                _check_encoder(p, model)
+                self.sources.update(_feature_sources(p))
+            else:
+                files.append(p)
+        self.fdir = Path(cfg.features_dir) if cfg.features_dir else index_dir / "features"
+        pe = model.patch_encoder
+        self.config = default_config(pe["name"], pe["patch_size"], pe["target_mpp"],
+                                     checkpoint=cfg.checkpoint, workers=0,
+                                     batch_size=cfg.batch_size, device=cfg.device)  # fmt: skip
+        self.status = None
+        if not files:
+            return
+        self.fdir.mkdir(parents=True, exist_ok=True)
+        check_config(self.fdir, self.config)
+        spec = get_patch_encoder_spec(self.config.patch_encoder).to_dict()
+        self.config.save(self.fdir, {"encoder_spec": spec})
+        self.status = StatusTable(self.fdir)
+        chash = self.config.hash()
+        overrides = load_mpp_csv(cfg.mpp_csv) if cfg.mpp_csv else {}
+        for ref in discover_slides(files):
+            sid, h5 = ref.slide_id, h5_path(self.fdir, ref.slide_id)
+            prev = self.status.get(sid)
+            if prev and prev["config_hash"] == chash and prev["state"] == "failed":
+                continue  # as the local engine: a failed slide is not retried with same settings
+            thumb = self.fdir / "thumbnails" / f"{sid}.jpg"
+            self.sources[sid] = {"h5": str(h5), "path": str(ref.path), "thumbnail": str(thumb)}
+            self.mpp[sid] = lookup_override(overrides, ref.path, sid)
+            done = prev and prev["config_hash"] == chash and prev["state"] == "done"
+            if not (done and h5.exists()):
+                adopted = _adopt_existing(h5, chash)
+                if adopted is None:
+                    self.need_features.add(sid)
+                else:
+                    self.set_status(sid, "done", "", adopted, 0.0)
+
+    def set_status(self, sid: str, state: str, error: str, n: int, seconds: float) -> None:
+        self.status.rows[sid] = {
+            "slide_id": sid, "path": self.sources[sid]["path"], "state": state, "error": error,
+            "n_patches": n, "seconds": seconds, "config_hash": self.config.hash(),
+            "finished": time.time(),
+        }  # fmt: skip
+
+
+class _Pipeline:
+    """The driver's event loop: admits slides while in-flight work is under its bounds, turns
+    each finished plan into reader chunks, hands chunks to encoder actors, and records each
+    slide's outcome. Only object references and small dicts pass through the driver."""
+
+    def __init__(self, cfg, plan: _SourcePlan, index_dir, model_dir, mhash, summary, progress):
+        import ray
+
+        self.ray, self.cfg, self.plan = ray, cfg, plan
+        self.summary, self.progress = summary, progress
+        self.index_dir, self.mhash = str(index_dir), mhash
+        res = ray.cluster_resources()
+        cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+        gpw = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
+        if gpw > gpus:
+            raise ValueError(f"--gpus-per-worker {gpw}: the Ray cluster has {gpus:g} GPU(s)")
+        self.cpu_per_patch = _cpu_per_patch(plan.config.patch_encoder)
+        self.chunk = rt.chunk_rows(plan.config, self.cpu_per_patch)
+        if gpw > 0:
+            n_actors, actor_cpus = int(gpus // gpw), 0
+        elif self.cpu_per_patch:  # readers encode: actors only run the slide encoder
+            n_actors, actor_cpus = 1, 0
+        else:  # torch patch encoder on CPUs: one core each, a quarter of the cluster
+            n_actors, actor_cpus = max(1, int(cpus // 4)), 1
+        device = cfg.device if cfg.device != "auto" else ("cuda" if gpw > 0 else "cpu")
+        actor_cls = ray.remote(num_cpus=actor_cpus, num_gpus=gpw, max_restarts=RETRIES,
+                               max_task_retries=RETRIES)(rt.SlideWorker)  # fmt: skip
+        args = (str(model_dir), plan.config, device, not self.cpu_per_patch)
+        self.new_actor = lambda: actor_cls.remote(*args)
+        self.actors = [self.new_actor() for _ in range(max(n_actors, 1))]
+        self.replacements = len(self.actors) * 2
+        hook = getattr(progress, "ray_workers", None)
+        if hook is not None:  # e.g. to show where the encoders run (waits for them to start)
+            hook(ray.get([a.describe.remote() for a in self.actors]))
+        opts = {"max_retries": RETRIES, "retry_exceptions": [rt.TransientError]}
+        self.plan_fn = ray.remote(**opts, num_cpus=1)(rt.plan_task)
+        self.read_fn = ray.remote(**opts, num_cpus=cfg.cpus_per_reader)(rt.read_task)
+        slots = max(1, int(cpus // max(cfg.cpus_per_reader, 1e-3)))
+        self.max_slides = MAX_INFLIGHT_SLIDES or 2 * (slots + len(self.actors))
+        self.max_chunks = 2 * (slots + len(self.actors))
+        self._rr = 0
+        self._saved = time.monotonic()
+
+    def call(self, method: str, *args):
+        """``method`` on the next actor (round robin), retried on I/O errors too."""
+        self._rr += 1
+        actor = self.actors[self._rr % len(self.actors)]
+        return getattr(actor, method).options(retry_exceptions=[rt.TransientError]).remote(*args)
+
+    def run(self, todo: list[tuple[str, dict, dict]]) -> None:
+        ray = self.ray
+        queue = deque(todo)
+        active: dict[str, dict] = {}  # sid → job (coords, chunks left, chunk refs)
+        waiting: dict = {}  # ObjectRef → (kind, sid)
+        n_chunks = 0
+        if self.progress is not None:
+            self.progress.start_embedding(len(todo))
+        while queue or waiting:
+            while queue and len(active) < self.max_slides:
+                sid, src, fp = queue.popleft()
+                job = {"slide_id": sid, "src": src, "fp": fp, "mhash": self.mhash,
+                       "index_dir": self.index_dir, "path": src["path"], "t0": time.time()}  # fmt: skip
+                active[sid] = job
+                if sid in self.plan.need_features:
+                    ref = self.plan_fn.remote(src["path"], sid, self.plan.mpp.get(sid),
+                                              self.plan.config, str(self.plan.fdir))  # fmt: skip
+                    waiting[ref] = ("plan", sid)
+                else:
+                    waiting[self.call("embed", _public(job))] = ("embed", sid)
+            for sid, job in active.items():  # feed reader chunks, oldest slides first
+                while job.get("left") and n_chunks < self.max_chunks:
+                    coords = job["left"].popleft()
+                    read = self.read_fn.remote(job["path"], job["attrs"]["level0_mpp"], coords,
+                                               self.plan.config, self.cpu_per_patch)  # fmt: skip
+                    ref = read if self.cpu_per_patch else self.call("encode", read)
+                    job["refs"].append(ref)
+                    waiting[ref] = ("chunk", sid)
+                    n_chunks += 1
+                if job.get("left") is not None and not job["left"]:
+                    job["left"] = None  # every chunk submitted: the finish call waits for them
+                    ref = self.call("finish", _public(job), *job["refs"])
+                    waiting[ref] = ("finish", sid)
+            ready, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0, fetch_local=False)
+            for ref in ready:
+                kind, sid = waiting.pop(ref)
+                if kind == "chunk":
+                    n_chunks -= 1  # an error here resurfaces in the slide's finish call
+                    continue
+                try:
+                    out = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - recorded, the job goes on
+                    self._failed(active.pop(sid), kind, _reason(e))
+                    self._check_actors(e)
+                    continue
+                if kind == "plan":
+                    job = active[sid]
+                    job["coords"], job["attrs"] = out["coords"], out["attrs"]
+                    n = len(out["coords"])
+                    job["left"] = deque(out["coords"][i : i + self.chunk]
+                                        for i in range(0, n, self.chunk))  # fmt: skip
+                    job["refs"] = []
+                else:
+                    self._done(active.pop(sid), out)
+            self._save_status()
+        self._save_status(force=True)
+
+    def _done(self, job: dict, out: dict) -> None:
+        sid, s = job["slide_id"], self.summary
+        if out["n_patches"] is not None:
+            self.plan.set_status(sid, "done", "", out["n_patches"], time.time() - job["t0"])
+        if out["embed_error"]:
+            s.failed[sid] = out["embed_error"]
+        else:
+            s.indexed.append(sid)
+            rec = read_meta(record_path(Path(self.index_dir), sid)) or {}
+            s.n_patches += int((rec.get("row") or {}).get("n_patches") or 0)
+        self._tick(sid)
+
+    def _failed(self, job: dict, kind: str, reason: str) -> None:
+        sid = job["slide_id"]
+        self.summary.failed[sid] = reason
+        if kind in ("plan", "finish"):  # the features stage failed: as the local engine records
+            Path(job["src"]["h5"]).unlink(missing_ok=True)
+            self.plan.set_status(sid, "failed", reason, 0, time.time() - job["t0"])
+        self._tick(sid)
+
+    def _tick(self, sid: str) -> None:
+        if self.progress is not None:
+            self.progress.embedded(sid)
+
+    def _check_actors(self, err: Exception) -> None:
+        """Replace actors that died for good (restarts exhausted), a bounded number of times."""
+        ray = self.ray
+        if not isinstance(err, ray.exceptions.RayActorError) or self.replacements <= 0:
+            return
+        for i, a in enumerate(self.actors):
+            try:
+                ray.get(a.pid.remote(), timeout=30)
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                if self.replacements > 0:
+                    self.actors[i] = self.new_actor()
+                    self.replacements -= 1
+
+    def _save_status(self, force: bool = False) -> None:
+        st = self.plan.status
+        if st is not None and (force or time.monotonic() - self._saved > STATUS_SAVE_SECONDS):
+            st.save()
+            self._saved = time.monotonic()
+
+
+def _public(job: dict) -> dict:
+    """What a worker needs of a job (no object references, no reader queue)."""
+    return {k: v for k, v in job.items() if k not in ("left", "refs", "t0")}
+
+
+def _cpu_per_patch(name: str) -> bool:
+    """Whether readers can encode: a weight-free ``cpu_per_patch`` encoder (built here to ask);
+    encoders with weights are torch networks, run by the actors."""
+    from threads_search.models.patch import create_patch_encoder, get_patch_encoder_spec
+
+    if get_patch_encoder_spec(name).needs_checkpoint:
+        return False
+    return bool(getattr(create_patch_encoder(name, device="cpu"), "cpu_per_patch", False))
+
+
+def _reason(err: Exception) -> str:
+    """The reason text of a failed Ray call: the worker's ``SlideFailed``/``TransientError``
+    message, or what killed the worker after its retries."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, (rt.SlideFailed, rt.TransientError)):
+        return str(cause)
+    if isinstance(cause, Exception):
+        return f"error: {type(cause).__name__}: {cause}"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"worker failed after {RETRIES} retries: {type(err).__name__}: {first}"[:500]

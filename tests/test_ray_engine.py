@@ -1,0 +1,215 @@
+"""``threads-search index --engine ray`` on a local Ray (2 CPUs, loopback, no dashboard): the
+same index as the local engine, a killed worker actor, a killed driver resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import threads_search as ts
+from indexer.build import run_index
+from indexer.config import IndexConfig
+from indexer.records import list_records
+from threads_search.features.h5io import read_features
+from threads_search.index import store
+from threads_search.index.writer import read_embeddings
+from threads_search.synth import make_archive
+
+ray = pytest.importorskip("ray")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """One local Ray for the module (start-up is slow), shut down at the end."""
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)  # fmt: skip
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_index(tmp_path_factory, hed_bundle):
+    """A 4-slide synthetic archive and its index built by the local engine."""
+    root = tmp_path_factory.mktemp("ray_engine")
+    slides = make_archive(root / "slides", n_slides=4, width=2048, height=1536, seed=7)
+    cfg = IndexConfig(inputs=[str(root / "slides")], model=str(hed_bundle), out=str(root / "loc"),
+                      workers=0)  # fmt: skip
+    s = run_index(cfg)
+    assert not s.failed and len(s.indexed) == 4
+    return root, sorted(x.slide_id for x in slides)
+
+
+def _cfg(root, hed_bundle, out, **kw) -> IndexConfig:
+    return IndexConfig(inputs=[str(root / "slides")], model=str(hed_bundle), out=str(out),
+                       engine="ray", **kw)  # fmt: skip
+
+
+def _tables(index_dir):
+    gen = store.read_manifest(index_dir)["generation_dir"]
+    ids, emb = read_embeddings(f"{gen}/slide_embeddings.parquet")
+    return gen, pd.read_parquet(f"{gen}/slides.parquet"), ids, emb
+
+
+def _assert_same_index(a, b):
+    """Same ids, slide rows, embeddings (float tolerance) and attention."""
+    gen_a, slides_a, ids_a, emb_a = _tables(a)
+    gen_b, slides_b, ids_b, emb_b = _tables(b)
+    assert list(ids_a.slide_id) == list(ids_b.slide_id) == list(slides_b.slide_id)
+    cols = ["slide_id", "path", "mpp", "width", "height", "n_patches", "tissue_area_mm2"]
+    pd.testing.assert_frame_equal(slides_a[cols], slides_b[cols])
+    np.testing.assert_allclose(emb_a, emb_b, atol=1e-5)
+    for sid in ids_a.slide_id:
+        att_a = pd.read_parquet(f"{gen_a}/attention/{sid}.parquet")
+        att_b = pd.read_parquet(f"{gen_b}/attention/{sid}.parquet")
+        np.testing.assert_array_equal(att_a[["x", "y"]], att_b[["x", "y"]])
+        np.testing.assert_allclose(att_a.score, att_b.score, atol=1e-5)
+
+
+class Recorder:
+    """A progress object: records the engine's encoder workers and finished slides, and runs
+    ``on_first`` at the first finished slide."""
+
+    def __init__(self, on_first=None) -> None:
+        self.workers, self.done, self.on_first = [], [], on_first
+
+    def start_embedding(self, n: int) -> None:
+        self.total = n
+
+    def ray_workers(self, workers: list[dict]) -> None:
+        self.workers = workers
+
+    def embedded(self, sid: str) -> None:
+        self.done.append(sid)
+        if len(self.done) == 1 and self.on_first is not None:
+            self.on_first()
+
+
+def test_ray_index_equals_local(ray_address, local_index, hed_bundle, tmp_path):
+    root, ids = local_index
+    out = root / "ray"
+    broken = tmp_path / "broken.svs"  # one unreadable slide: recorded, the job goes on
+    broken.write_bytes(b"II*\x00garbage" * 50)
+    cfg = _cfg(root, hed_bundle, out, workers=2)
+    cfg.inputs.append(str(broken))
+    prog = Recorder()
+    s = run_index(cfg, progress=prog)
+    assert sorted(s.indexed) == ids and set(s.failed) == {"broken"} and s.committed
+    alone = IndexConfig(inputs=[str(broken)], model=str(hed_bundle), out=str(tmp_path / "b"))
+    assert s.failed == run_index(alone).failed  # the local engine's reason, word for word
+    assert sorted(prog.done) == sorted([*ids, "broken"]) and len(prog.workers) == 1
+    assert prog.workers[0]["pid"] != os.getpid() and prog.workers[0]["device"] == "cpu"
+    _assert_same_index(root / "loc", out)
+    # per-slide features are the local engine's, and the FEATURES_DIR status says so
+    for sid in ids:
+        fa = read_features(root / "loc" / "features" / "h5" / f"{sid}.h5")
+        fb = read_features(out / "features" / "h5" / f"{sid}.h5")
+        np.testing.assert_array_equal(fa.coords, fb.coords)
+        np.testing.assert_allclose(fa.features, fb.features, atol=1e-6)
+        assert fa.attrs == fb.attrs
+        assert (out / "features" / "thumbnails" / f"{sid}.jpg").stat().st_size > 500
+    st = pd.read_parquet(out / "features" / "status.parquet").set_index("slide_id")
+    assert sorted(st.index) == sorted([*ids, "broken"])
+    assert set(st.state[ids]) == {"done"} and st.state["broken"] == "failed"
+    assert st.error["broken"] == s.failed["broken"]
+    # open_index cannot tell the engines apart
+    ma, mb = store.read_manifest(root / "loc"), store.read_manifest(out)
+    assert set(ma) == set(mb) and ma["slides"]["faiss"]["type"] == mb["slides"]["faiss"]["type"]
+    ix = ts.open_index(out)
+    assert list(ix.slides.slide_id) == ids
+    hits = ix.search_slides(ids[0], k=3)
+    assert len(hits) == 3 and set(hits.slide_id) <= set(ids)
+    # a re-run changes nothing and starts no Ray work
+    again = run_index(_cfg(root, hed_bundle, out), progress=Recorder())
+    assert sorted(again.skipped) == ids and not again.indexed and not again.committed
+    assert not again.failed
+
+
+def test_worker_killed_mid_job(ray_address, local_index, hed_bundle):
+    root, ids = local_index
+    out = root / "ray_killed"
+    state = {}
+
+    def kill_worker():
+        state["records_at_kill"] = len(list_records(out))
+        os.kill(prog.workers[0]["pid"], signal.SIGKILL)
+
+    prog = Recorder(on_first=kill_worker)
+    s = run_index(_cfg(root, hed_bundle, out), progress=prog)
+    assert state["records_at_kill"] < len(ids)  # the kill landed while slides were in flight
+    assert sorted(s.indexed) == ids and not s.failed
+    _assert_same_index(root / "loc", out)
+
+
+DRIVER = """
+import os, sys, time
+sys.path.insert(0, {repo!r})
+from indexer.build import run_index
+from indexer.config import IndexConfig
+import indexer.ray_engine
+indexer.ray_engine.MAX_INFLIGHT_SLIDES = 1  # nothing else in flight while blocked below
+
+class Stop:
+    def start_embedding(self, n):
+        pass
+    def embedded(self, sid):
+        print("EMBEDDED", sid, flush=True)
+        time.sleep(600)  # killed here by the test
+
+cfg = IndexConfig(inputs=[{slides!r}], model={model!r}, out={out!r}, engine="ray",
+                  ray_address={address!r})
+run_index(cfg, progress=Stop())
+"""
+
+
+def _settled_records(out, quiet: float = 1.5, limit: float = 30.0) -> set[str]:
+    """Work records once the killed job's workers (stopped by Ray when their driver dies)
+    have written nothing for ``quiet`` seconds."""
+    seen, since, t0 = set(list_records(out)), time.time(), time.time()
+    while time.time() - since < quiet and time.time() - t0 < limit:
+        time.sleep(0.5)
+        now = set(list_records(out))
+        if now != seen:
+            seen, since = now, time.time()
+    return seen
+
+
+def test_driver_killed_then_resumed(ray_address, local_index, hed_bundle):
+    root, ids = local_index
+    out = root / "ray_resumed"
+    script = DRIVER.format(repo=REPO, slides=str(root / "slides"), model=str(hed_bundle),
+                           out=str(out), address=ray_address)  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        line = ""
+        while time.time() < deadline and not line.startswith("EMBEDDED"):
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                break
+        assert line.startswith("EMBEDDED"), f"driver ended without a slide (rc={proc.poll()})"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    assert not (out / store.INDEX_JSON).exists()  # killed before its commit
+    before = _settled_records(out)
+    assert len(before) == 1  # one slide finished, the others never started
+    prog = Recorder()
+    s = run_index(_cfg(root, hed_bundle, out), progress=prog)  # takes over the stale lock
+    assert set(s.skipped) == before and sorted(s.skipped + s.indexed) == ids and not s.failed
+    assert sorted(prog.done) == sorted(s.indexed) and len(s.indexed) == len(ids) - 1
+    _assert_same_index(root / "loc", out)
