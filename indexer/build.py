@@ -104,7 +104,10 @@ def _run_features(cfg: IndexConfig, slides: list[Path], model, fdir: Path, progr
     pe = model.patch_encoder
     fcfg = default_config(pe["name"], pe["patch_size"], pe["target_mpp"], checkpoint=cfg.checkpoint,
                           workers=cfg.workers, batch_size=cfg.batch_size, device=cfg.device)  # fmt: skip
-    outcomes = extract_features(slides, fdir, fcfg, mpp_csv=cfg.mpp_csv, progress=progress)
+    # An index run finishes the job: slides that failed before (a killed run, a file fixed since)
+    # are tried again, and reported again if they still fail.
+    outcomes = extract_features(slides, fdir, fcfg, mpp_csv=cfg.mpp_csv, progress=progress,
+                                retry_failed=True)  # fmt: skip
     failed = {o.slide_id: o.error for o in outcomes if o.state == "failed"}
     ids = {o.slide_id for o in outcomes if o.state != "failed"}
     return _feature_sources(fdir, ids), failed

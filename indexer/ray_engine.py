@@ -168,9 +168,7 @@ class _SourcePlan:
         overrides = load_mpp_csv(cfg.mpp_csv) if cfg.mpp_csv else {}
         for ref in discover_slides(files):
             sid, h5 = ref.slide_id, h5_path(self.fdir, ref.slide_id)
-            prev = self.status.get(sid)
-            if prev and prev["config_hash"] == chash and prev["state"] == "failed":
-                continue  # as the local engine: a failed slide is not retried with same settings
+            prev = self.status.get(sid)  # a slide that failed before is tried again (as local)
             thumb = self.fdir / "thumbnails" / f"{sid}.jpg"
             self.sources[sid] = {"h5": str(h5), "path": str(ref.path), "thumbnail": str(thumb)}
             self.mpp[sid] = lookup_override(overrides, ref.path, sid)
