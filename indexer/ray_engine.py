@@ -18,6 +18,7 @@ on. Killed at any moment, a re-run skips every slide whose record or feature h5 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections import deque
@@ -41,6 +42,7 @@ from indexer.molecular import embed_profiles
 from indexer.records import list_records, read_meta, record_path, remove_orphan_temps
 from threads_search.index import store
 
+log = logging.getLogger(__name__)
 RETRIES = 3  # per task / actor call, on worker death (and on TransientError)
 STATUS_SAVE_SECONDS = 5.0  # status.parquet is rewritten at most this often (and at the end)
 MAX_INFLIGHT_SLIDES: int | None = None  # None: 2 x (reader slots + encoder actors)
@@ -243,9 +245,10 @@ class _Pipeline:
         active: dict[str, dict] = {}  # sid → job (coords, chunks left, chunk refs)
         waiting: dict = {}  # ObjectRef → (kind, sid)
         n_chunks = 0
+        log.debug("todo %s", [t[0] for t in todo])
         if self.progress is not None:
             self.progress.start_embedding(len(todo))
-        while queue or waiting:
+        while queue or waiting or active:  # a plan just done leaves its slide only in active
             while queue and len(active) < self.max_slides:
                 sid, src, fp = queue.popleft()
                 job = {"slide_id": sid, "src": src, "fp": fp, "mhash": self.mhash,
@@ -273,6 +276,8 @@ class _Pipeline:
             ready, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0, fetch_local=False)
             for ref in ready:
                 kind, sid = waiting.pop(ref)
+                log.debug("%s %s ready (queue %d, active %d, waiting %d)", kind, sid, len(queue),
+                          len(active), len(waiting))  # fmt: skip
                 if kind == "chunk":
                     n_chunks -= 1  # an error here resurfaces in the slide's finish call
                     continue

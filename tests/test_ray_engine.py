@@ -210,6 +210,7 @@ def test_driver_killed_then_resumed(ray_address, local_index, hed_bundle):
     assert len(before) == 1  # one slide finished, the others never started
     prog = Recorder()
     s = run_index(_cfg(root, hed_bundle, out), progress=prog)  # takes over the stale lock
-    assert set(s.skipped) == before and sorted(s.skipped + s.indexed) == ids and not s.failed
+    assert not s.failed, s.failed
+    assert set(s.skipped) == before and sorted(s.skipped + s.indexed) == ids
     assert sorted(prog.done) == sorted(s.indexed) and len(s.indexed) == len(ids) - 1
     _assert_same_index(root / "loc", out)
