@@ -298,6 +298,9 @@ class _Pipeline:
                     self._done(active.pop(sid), out)
             self._save_status()
         self._save_status(force=True)
+        done = set(self.summary.indexed) | set(self.summary.failed)
+        for sid in sorted({t[0] for t in todo} - done):  # never silently: an engine bug shows
+            self.summary.failed[sid] = "error: not processed by the Ray pipeline"
 
     def _done(self, job: dict, out: dict) -> None:
         sid, s = job["slide_id"], self.summary
