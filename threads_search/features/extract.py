@@ -133,7 +133,7 @@ def _remove_orphans(out_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def _adopt_existing(path: Path, config_hash: str) -> int | None:
+def adopt_existing(path: Path, config_hash: str) -> int | None:
     """An h5 renamed into place before its status row was written (killed in between)."""
     if not path.exists():
         return None
@@ -190,7 +190,7 @@ def extract_features(
             if progress:
                 progress.slide_done(ref.slide_id, "skipped")
             continue
-        adopted = _adopt_existing(h5, chash)
+        adopted = adopt_existing(h5, chash)
         if adopted is not None:
             status.set(ref.slide_id, path=str(ref.path), state="done", error="",
                        n_patches=adopted, seconds=0.0, config_hash=chash,

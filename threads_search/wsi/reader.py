@@ -50,11 +50,22 @@ class PatchDataset(Dataset):
         return self._slide
 
     def __getitem__(self, i: int):
+        return torch.from_numpy(self.read(i)), torch.from_numpy(self.coords[i])
+
+    def read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Patch ``i`` (transformed if a transform is set), written into ``out`` when given."""
         x, y = self.coords[i]
-        patch = self._handle().read_patch(int(x), int(y), self.patch_size, self.target_mpp)
-        out = self.transform(patch) if self.transform is not None else patch
-        out = np.require(out, requirements=["C", "W"])  # PIL-backed arrays are read-only
-        return torch.from_numpy(out), torch.from_numpy(self.coords[i])
+        if self.transform is None:
+            patch = self._handle().read_patch(int(x), int(y), self.patch_size, self.target_mpp, out)
+            return np.require(patch, requirements=["C", "W"])
+        patch = self.transform(
+            self._handle().read_patch(int(x), int(y), self.patch_size, self.target_mpp)
+        )
+        patch = np.require(patch, requirements=["C", "W"])  # PIL-backed arrays are read-only
+        if out is None:
+            return patch
+        out[...] = patch
+        return out
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -77,12 +88,22 @@ class PatchBatches(Dataset):
     def __getitem__(self, b: int):
         lo = b * self.batch_size
         hi = min(lo + self.batch_size, len(self.patches))
-        first, _ = self.patches[lo]
-        out = torch.empty((hi - lo, *first.shape), dtype=first.dtype)
+        first = torch.from_numpy(self.patches.read(lo))
+        out = _batch_tensor(first, hi - lo)
         out[0] = first
-        for i in range(lo + 1, hi):
-            out[i - lo] = self.patches[i][0]
+        slots = out.numpy()
+        for i in range(lo + 1, hi):  # each patch is decoded straight into its slot
+            self.patches.read(i, slots[i - lo])
         return out, torch.from_numpy(self.patches.coords[lo:hi])
+
+
+def _batch_tensor(first: torch.Tensor, n: int) -> torch.Tensor:
+    """Empty ``[n, *first.shape]`` tensor; in a loader worker it lives in shared memory from the
+    start (as torch's own collate does), so sending it to the main process copies nothing."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty((n, *first.shape), dtype=first.dtype)
+    storage = first._typed_storage()._new_shared(n * first.numel(), device=first.device)
+    return first.new(storage).resize_(n, *first.shape)
 
 
 def _worker_init(_: int) -> None:

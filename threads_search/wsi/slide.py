@@ -14,8 +14,7 @@ from PIL import Image
 
 from threads_search.wsi.errors import SlideError
 from threads_search.wsi.mpp import MppInfo, resolve_mpp
-
-_WHITE = (255, 255, 255)
+from threads_search.wsi.pixels import RegionReader, rgba_to_rgb
 
 
 def _dicom_file(path: Path) -> Path:
@@ -50,6 +49,7 @@ class Slide:
             self._osr = openslide.OpenSlide(str(target))
         except Exception as e:  # noqa: BLE001
             raise SlideError(path, "corrupt", f"OpenSlide could not open it ({e})") from e
+        self._pixels = RegionReader(self._osr)
         self.vendor = fmt
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple(self._osr.level_dimensions)
         if any(w <= 0 or h <= 0 for w, h in self.level_dimensions):
@@ -98,25 +98,39 @@ class Slide:
         return max(1, round(patch_size * target_mpp / self.mpp))
 
     # --- pixels ---------------------------------------------------------------------------
-    def read_region(self, x: int, y: int, level: int, size: tuple[int, int]) -> np.ndarray:
-        """RGB uint8 ``[h, w, 3]`` at ``level``; ``(x, y)`` level-0 px; outside the slide is white."""
+    def read_region(
+        self, x: int, y: int, level: int, size: tuple[int, int], out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """RGB uint8 ``[h, w, 3]`` at ``level``; ``(x, y)`` level-0 px; outside the slide is white.
+        Written into ``out`` (uint8 ``[h, w, 3]``) when given."""
+        w, h = int(size[0]), int(size[1])
         try:
-            rgba = self._osr.read_region((int(x), int(y)), int(level), (int(size[0]), int(size[1])))
+            return self._pixels.read(int(x), int(y), int(level), w, h, out=out)
         except Exception as e:  # noqa: BLE001
             raise SlideError(self.path, "read", f"reading ({x}, {y}) at level {level}: {e}") from e
-        return _rgba_to_rgb(rgba)
 
-    def read_patch(self, x: int, y: int, patch_size: int = 512, target_mpp: float = 0.5):
+    def read_patch(
+        self,
+        x: int,
+        y: int,
+        patch_size: int = 512,
+        target_mpp: float = 0.5,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """uint8 ``[patch_size, patch_size, 3]`` covering ``patch_size * target_mpp`` µm from
-        level-0 ``(x, y)``, read from ``best_level`` and resized exactly to ``patch_size``."""
+        level-0 ``(x, y)``, read from ``best_level`` and resized exactly to ``patch_size``.
+        Written into ``out`` when given (no intermediate copy when no resize is needed)."""
         level = self.best_level(target_mpp)
         side0 = patch_size * target_mpp / self.mpp
         side = max(1, round(side0 / self.level_downsamples[level]))
+        if side == patch_size:
+            return self.read_region(x, y, level, (side, side), out=out)
         arr = self.read_region(x, y, level, (side, side))
-        if side != patch_size:
-            img = Image.fromarray(arr).resize((patch_size, patch_size), Image.BILINEAR)
-            arr = np.asarray(img)
-        return arr
+        img = Image.fromarray(arr).resize((patch_size, patch_size), Image.BILINEAR)
+        if out is None:
+            return np.array(img)
+        out[...] = np.asarray(img)
+        return out
 
     def thumbnail(self, target_mpp: float = 8.0, max_side: int = 8192) -> tuple[np.ndarray, float]:
         """RGB thumbnail near ``target_mpp`` µm/px (capped at ``max_side`` px); returns
@@ -128,11 +142,11 @@ class Slide:
             img = self._osr.get_thumbnail(size)
         except Exception as e:  # noqa: BLE001
             raise SlideError(self.path, "read", f"thumbnail: {e}") from e
-        arr = _rgba_to_rgb(img)
+        arr = rgba_to_rgb(img)
         return arr, self.mpp * w0 / arr.shape[1]
 
     def associated_image(self, name: str) -> np.ndarray:
-        return _rgba_to_rgb(self._osr.associated_images[name])
+        return rgba_to_rgb(self._osr.associated_images[name])
 
     def summary(self) -> dict:
         """Plain-data description (JSON-able)."""
@@ -214,13 +228,3 @@ def _why_unreadable(path: Path) -> tuple[str, str]:
     return "unsupported", (
         f"not a whole-slide format OpenSlide reads (extension {path.suffix or 'none'})"
     )
-
-
-def _rgba_to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode == "RGBA" and img.getchannel("A").getextrema()[0] < 255:
-        bg = Image.new("RGB", img.size, _WHITE)  # outside the slide or transparent: white
-        bg.paste(img, mask=img.getchannel("A"))
-        img = bg
-    elif img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.array(img)  # writable: callers (the reader) hand it to torch without a copy
