@@ -7,6 +7,7 @@ at any moment leaves the previous generation readable and is finished by running
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -76,6 +77,21 @@ def install_model(index_dir: Path, model_dir: Path, mhash: str) -> str:
 
 def _is_features_dir(p: Path) -> bool:
     return p.is_dir() and (p / "config.json").exists() and (p / "h5").is_dir()
+
+
+def split_inputs(cfg: IndexConfig, model) -> tuple[dict[str, dict], list[Path]]:
+    """The run's inputs: (slide_id → source of every finished slide of the FEATURES_DIRs given,
+    checked against the model's patch encoder; the slide files and folders given)."""
+    sources: dict[str, dict] = {}
+    files: list[Path] = []
+    for item in cfg.inputs:
+        p = Path(item)
+        if _is_features_dir(p):
+            _check_encoder(p, model)
+            sources.update(_feature_sources(p))
+        else:
+            files.append(p)
+    return sources, files
 
 
 def _feature_sources(fdir: Path, only: set[str] | None = None) -> dict[str, dict]:
@@ -213,6 +229,81 @@ def _keep_work_inputs(index_dir: Path, cfg: IndexConfig):
     return out
 
 
+@dataclass
+class IndexSession:
+    """What both engines share while they hold the index lock: the installed model (its path
+    relative to the index, hash, loaded bundle), the kept metadata/pairs and the summary."""
+
+    cfg: IndexConfig
+    index_dir: Path
+    model_rel: str
+    mhash: str
+    model: object
+    meta: object
+    pairs: object
+    summary: IndexSummary = field(default_factory=IndexSummary)
+
+
+@contextlib.contextmanager
+def index_session(cfg: IndexConfig, engine: str = "", device: str = "cpu"):
+    """Lock ``cfg.out``, clear what a killed run left (uncommitted generation, temporaries),
+    install and load the model, keep the metadata/pairs inputs; yields an ``IndexSession``.
+    Raises ``IndexLockedError`` when another writer is active."""
+    from threads_search.models.bundle import load_model
+
+    index_dir = Path(cfg.out)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with store.IndexLock(index_dir, command=f"threads-search index{engine} → {index_dir}"):
+        store.remove_uncommitted(index_dir)
+        remove_orphan_temps(index_dir)
+        model_dir = Path(cfg.model)
+        if not (model_dir / "config.json").exists():
+            raise FileNotFoundError(f"--model {model_dir}: no model bundle (config.json missing)")
+        mhash = model_hash(model_dir)
+        model_rel = install_model(index_dir, model_dir, mhash)
+        model = load_model(index_dir / model_rel, device=device)
+        meta, pairs = _keep_work_inputs(index_dir, cfg)
+        yield IndexSession(cfg, index_dir, model_rel, mhash, model, meta, pairs)
+
+
+def select_work(sess: IndexSession, sources: dict[str, dict]) -> list[tuple[str, dict, dict]]:
+    """Apply ``--remove``/``--prune``, drop records of another model whose slide is not given
+    again, and return ``(slide_id, source, fingerprint)`` of the slides to embed (new, changed,
+    or embedded by another model); the others are counted as skipped."""
+    index_dir, mhash, summary = sess.index_dir, sess.mhash, sess.summary
+    existing = list_records(index_dir)
+    summary.removed = _removals(sess.cfg, index_dir, existing, sources)
+    todo = []
+    for sid, src in sorted(sources.items()):
+        fp = _source_fingerprint(src)
+        old = read_meta(existing[sid]) if sid in existing else None
+        if old and old.get("fingerprint") == fp and old.get("model_hash") == mhash:
+            summary.skipped.append(sid)
+        else:
+            todo.append((sid, src, fp))
+    stale = [s for s, p in list_records(index_dir).items()
+             if s not in sources and (read_meta(p) or {}).get("model_hash") != mhash]  # fmt: skip
+    for sid in stale:  # indexed with another model and not given again: re-embed if possible
+        record_path(index_dir, sid).unlink(missing_ok=True)
+        summary.removed.append(sid)
+    return todo
+
+
+def commit(sess: IndexSession) -> None:
+    """Embed the molecular profiles and commit a new generation when anything changed (else
+    keep the current one); sets ``summary.manifest`` and ``summary.committed``."""
+    cfg, index_dir, summary = sess.cfg, sess.index_dir, sess.summary
+    new_mol = embed_profiles(sess.model, cfg.rna, cfg.rna_units, cfg.dna)
+    changed = bool(summary.indexed or summary.removed or cfg.rna or cfg.dna or cfg.metadata
+                   or cfg.pairs or not (index_dir / store.INDEX_JSON).exists())  # fmt: skip
+    if changed:
+        summary.manifest = _assemble(cfg, index_dir, sess.mhash, sess.model_rel, summary,
+                                     sess.meta, sess.pairs, new_mol)  # fmt: skip
+        summary.committed = True
+    else:
+        summary.manifest = store.read_manifest(index_dir)
+
+
 def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
     """Build or update the index at ``cfg.out``. Raises ``IndexLockedError`` when another
     writer is active; per-slide failures are collected in the summary."""
@@ -222,47 +313,23 @@ def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
         return run_index_ray(cfg, progress=progress)
     if cfg.engine != "local":
         raise ValueError(f"--engine must be 'local' or 'ray', got {cfg.engine!r}")
-    from threads_search.models.bundle import load_model
-
     t0 = time.perf_counter()
-    index_dir = Path(cfg.out)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    summary = IndexSummary()
-    with store.IndexLock(index_dir, command=f"threads-search index → {index_dir}"):
-        store.remove_uncommitted(index_dir)
-        remove_orphan_temps(index_dir)
-        model_dir = Path(cfg.model)
-        if not (model_dir / "config.json").exists():
-            raise FileNotFoundError(f"--model {model_dir}: no model bundle (config.json missing)")
-        mhash = model_hash(model_dir)
-        model_rel = install_model(index_dir, model_dir, mhash)
-        model = load_model(
-            index_dir / model_rel, device=cfg.device if cfg.device != "auto" else "cpu"
-        )
-        meta, pairs = _keep_work_inputs(index_dir, cfg)
-        sources, failed = _collect_sources(cfg, index_dir, model, progress)
-        summary.failed.update(failed)
-        existing = list_records(index_dir)
-        summary.removed = _removals(cfg, index_dir, existing, sources)
-        todo = []
-        for sid, src in sorted(sources.items()):
-            fp = _source_fingerprint(src)
-            old = read_meta(existing[sid]) if sid in existing else None
-            if old and old.get("fingerprint") == fp and old.get("model_hash") == mhash:
-                summary.skipped.append(sid)
-            else:
-                todo.append((sid, src, fp))
-        stale = [s for s, p in list_records(index_dir).items()
-                 if s not in sources and (read_meta(p) or {}).get("model_hash") != mhash]  # fmt: skip
-        for sid in stale:  # indexed with another model and not given again: re-embed if possible
-            record_path(index_dir, sid).unlink(missing_ok=True)
-            summary.removed.append(sid)
+    device = cfg.device if cfg.device != "auto" else "cpu"
+    with index_session(cfg, device=device) as sess:
+        summary = sess.summary
+        sources, files = split_inputs(cfg, sess.model)
+        if files:
+            fdir = Path(cfg.features_dir) if cfg.features_dir else sess.index_dir / "features"
+            got, bad = _run_features(cfg, files, sess.model, fdir, progress)
+            sources.update(got)
+            summary.failed.update(bad)
+        todo = select_work(sess, sources)
         if progress:
             progress.start_embedding(len(todo))
         for sid, src, fp in todo:
             t1 = time.perf_counter()
             try:
-                rec = embed_slide_record(model, index_dir, sid, src, fp, mhash)
+                rec = embed_slide_record(sess.model, sess.index_dir, sid, src, fp, sess.mhash)
                 summary.indexed.append(sid)
                 summary.n_patches += len(rec.coords)
             except Exception as e:  # noqa: BLE001 - one bad slide never kills the batch
@@ -270,39 +337,9 @@ def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
             summary.embed_seconds += time.perf_counter() - t1
             if progress:
                 progress.embedded(sid)
-        new_mol = embed_profiles(model, cfg.rna, cfg.rna_units, cfg.dna)
-        changed = bool(summary.indexed or summary.removed or cfg.rna or cfg.dna or cfg.metadata
-                       or cfg.pairs or not (index_dir / store.INDEX_JSON).exists())  # fmt: skip
-        if changed:
-            summary.manifest = _assemble(
-                cfg, index_dir, mhash, model_rel, summary, meta, pairs, new_mol
-            )
-            summary.committed = True
-        else:
-            summary.manifest = store.read_manifest(index_dir)
+        commit(sess)
     summary.wall_seconds = time.perf_counter() - t0
     return summary
-
-
-def _collect_sources(cfg: IndexConfig, index_dir: Path, model, progress):
-    """slide_id → source for every slide given in this run (running the features stage for
-    slide files); plus failures of the features stage."""
-    sources: dict[str, dict] = {}
-    failed: dict[str, str] = {}
-    slides = []
-    for item in cfg.inputs:
-        p = Path(item)
-        if _is_features_dir(p):
-            _check_encoder(p, model)
-            sources.update(_feature_sources(p))
-        else:
-            slides.append(p)
-    if slides:
-        fdir = Path(cfg.features_dir) if cfg.features_dir else index_dir / "features"
-        got, bad = _run_features(cfg, slides, model, fdir, progress)
-        sources.update(got)
-        failed.update(bad)
-    return sources, failed
 
 
 def _check_encoder(fdir: Path, model) -> None:

@@ -1,8 +1,8 @@
 """``threads-search index --engine ray``: the index build with slides distributed on Ray.
 
 Same steps, files and commit as the local engine (``indexer.build``): lock, model install,
-work records keyed by source fingerprint + model hash, one driver-side ``_assemble`` →
-``write_generation`` commit; ``open_index`` cannot tell which engine built an index, and either
+work records keyed by source fingerprint + model hash, one driver-side commit through
+``write_generation`` (``index_session`` / ``select_work`` / ``commit`` of ``indexer.build``); ``open_index`` cannot tell which engine built an index, and either
 engine resumes the other's work. What differs is how a slide becomes a work record:
 
     plan_task (CPU) ─► read_task x chunks (CPU) ─► SlideWorker.encode (actor, GPU if any)
@@ -25,22 +25,9 @@ from collections import deque
 from pathlib import Path
 
 from indexer import ray_tasks as rt
-from indexer.build import (
-    IndexSummary,
-    _assemble,
-    _check_encoder,
-    _feature_sources,
-    _is_features_dir,
-    _keep_work_inputs,
-    _removals,
-    _source_fingerprint,
-    install_model,
-    model_hash,
-)
+from indexer.build import IndexSummary, commit, index_session, select_work, split_inputs
 from indexer.config import IndexConfig
-from indexer.molecular import embed_profiles
-from indexer.records import list_records, read_meta, record_path, remove_orphan_temps
-from threads_search.index import store
+from indexer.records import read_meta, record_path
 
 log = logging.getLogger(__name__)
 RETRIES = 3  # per task / actor call, on worker death (and on TransientError)
@@ -77,82 +64,38 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
 
 def run_index_ray(cfg: IndexConfig, progress=None) -> IndexSummary:
     """``run_index`` for ``cfg.engine == "ray"``: same arguments, same result."""
-    from threads_search.models.bundle import load_model
-
     t0 = time.perf_counter()
-    index_dir = Path(cfg.out)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    summary = IndexSummary()
-    with store.IndexLock(index_dir, command=f"threads-search index --engine ray → {index_dir}"):
-        store.remove_uncommitted(index_dir)
-        remove_orphan_temps(index_dir)
-        model_dir = Path(cfg.model)
-        if not (model_dir / "config.json").exists():
-            raise FileNotFoundError(f"--model {model_dir}: no model bundle (config.json missing)")
-        mhash = model_hash(model_dir)
-        model_rel = install_model(index_dir, model_dir, mhash)
-        model = load_model(index_dir / model_rel, device="cpu")  # molecular embeddings, checks
-        meta, pairs = _keep_work_inputs(index_dir, cfg)
-        plan = _SourcePlan(cfg, index_dir, model)
-        existing = list_records(index_dir)
-        summary.removed = _removals(cfg, index_dir, existing, plan.sources)
-        todo = []
-        for sid, src in sorted(plan.sources.items()):
-            fp = _source_fingerprint(src)
-            old = read_meta(existing[sid]) if sid in existing else None
-            if old and old.get("fingerprint") == fp and old.get("model_hash") == mhash:
-                summary.skipped.append(sid)
-            else:
-                todo.append((sid, src, fp))
-        stale = [s for s, p in list_records(index_dir).items()
-                 if s not in plan.sources and (read_meta(p) or {}).get("model_hash") != mhash]  # fmt: skip
-        for sid in stale:
-            record_path(index_dir, sid).unlink(missing_ok=True)
-            summary.removed.append(sid)
+    # The driver's model embeds the molecular profiles and checks inputs; actors load their own.
+    with index_session(cfg, engine=" --engine ray") as sess:
+        plan = _SourcePlan(cfg, sess.index_dir, sess.model)
+        todo = select_work(sess, plan.sources)
         if todo:
             with ray_session(cfg.ray_address, None if cfg.ray_address else max(cfg.workers, 1)):
                 t1 = time.perf_counter()
-                _Pipeline(cfg, plan, index_dir, index_dir / model_rel, mhash, summary,
-                          progress).run(todo)  # fmt: skip
-                summary.embed_seconds = time.perf_counter() - t1
-        new_mol = embed_profiles(model, cfg.rna, cfg.rna_units, cfg.dna)
-        changed = bool(summary.indexed or summary.removed or cfg.rna or cfg.dna or cfg.metadata
-                       or cfg.pairs or not (index_dir / store.INDEX_JSON).exists())  # fmt: skip
-        if changed:
-            summary.manifest = _assemble(
-                cfg, index_dir, mhash, model_rel, summary, meta, pairs, new_mol
-            )
-            summary.committed = True
-        else:
-            summary.manifest = store.read_manifest(index_dir)
-    summary.wall_seconds = time.perf_counter() - t0
-    return summary
+                _Pipeline(cfg, plan, sess.index_dir, sess.index_dir / sess.model_rel, sess.mhash,
+                          sess.summary, progress).run(todo)  # fmt: skip
+                sess.summary.embed_seconds = time.perf_counter() - t1
+        commit(sess)
+    sess.summary.wall_seconds = time.perf_counter() - t0
+    return sess.summary
 
 
 class _SourcePlan:
-    """Every slide given in this run → its source (as the local engine's ``_collect_sources``),
+    """Every slide given in this run → its source (as the local engine's inputs),
     without running anything: FEATURES_DIR slides are ready; slide files get their future h5
     path in FEATURES_DIR and whether their features are already there (status done, or an h5
     renamed into place before a kill)."""
 
     def __init__(self, cfg: IndexConfig, index_dir: Path, model) -> None:
         from threads_search.features import default_config
-        from threads_search.features.extract import _adopt_existing, check_config, h5_path
+        from threads_search.features.extract import adopt_existing, check_config, h5_path
         from threads_search.features.status import StatusTable
         from threads_search.models.patch import get_patch_encoder_spec
         from threads_search.wsi import discover_slides, load_mpp_csv, lookup_override
 
-        self.sources: dict[str, dict] = {}
+        self.sources, files = split_inputs(cfg, model)
         self.need_features: set[str] = set()
         self.mpp: dict[str, float | None] = {}
-        files = []
-        for item in cfg.inputs:
-            p = Path(item)
-            if _is_features_dir(p):
-                _check_encoder(p, model)
-                self.sources.update(_feature_sources(p))
-            else:
-                files.append(p)
         self.fdir = Path(cfg.features_dir) if cfg.features_dir else index_dir / "features"
         pe = model.patch_encoder
         self.config = default_config(pe["name"], pe["patch_size"], pe["target_mpp"],
@@ -176,7 +119,7 @@ class _SourcePlan:
             self.mpp[sid] = lookup_override(overrides, ref.path, sid)
             done = prev and prev["config_hash"] == chash and prev["state"] == "done"
             if not (done and h5.exists()):
-                adopted = _adopt_existing(h5, chash)
+                adopted = adopt_existing(h5, chash)
                 if adopted is None:
                     self.need_features.add(sid)
                 else:

@@ -1,26 +1,12 @@
 """Evaluation metrics (retrieval, linear probe, few-shot, zero-shot prototypes, RankMe).
 
-The implementations live in :mod:`threads_search.eval`; this module is the stable import path.
+The implementations live in :mod:`threads_search.eval`; this module is the stable import path
+and exports exactly what that package exports.
 """
 
 from __future__ import annotations
 
-from threads_search.eval import (
-    build_prototypes,
-    cross_modal_recall,
-    few_shot_curve,
-    linear_probe,
-    prototype_zero_shot,
-    rankme,
-    retrieval_metrics,
-)
+from threads_search import eval as _eval
+from threads_search.eval import *  # noqa: F403
 
-__all__ = [
-    "build_prototypes",
-    "cross_modal_recall",
-    "few_shot_curve",
-    "linear_probe",
-    "prototype_zero_shot",
-    "rankme",
-    "retrieval_metrics",
-]
+__all__ = list(_eval.__all__)
