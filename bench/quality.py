@@ -3,8 +3,10 @@ on two synthetic cohorts with known ground truth, evaluated on the held-out **te
 
 Cohorts (``threads_search.synth``): *features*, feature-level bags (``make_cohort`` default
 difficulty, seed 0, split 0.7/0.13/0.17 so >= 2,000 training and >= 500 test patients;
-``write_feature_bags`` 64-d, 100-400 patches per slide); *pixels*, painted 1536 x 1536 px slides
-(160 patients, seed 1, default split) through the real features stage (``hed-texture``).
+``write_feature_bags`` 64-d, 100-400 patches per slide); *pixels*, painted 2048 x 2048 px slides
+at 0.5 µm/px (600 patients, seed 1, split 0.5/0.1/0.4 so ~240 test patients; ``write_slides``
+defaults: tumour 20-40 % of the tissue, lymphocytic infiltrate over 0-60 % of the rest) through
+the real features stage (``hed-texture``, 512 px patches).
 
 Models per cohort: **THREADS** (``slide_encoder="threads"``) and **mean** (mean pooling), trained
 by ``trainer.loop.train`` with identical settings (epochs, lr, batch size, patches, molecular
@@ -30,7 +32,12 @@ T0 = 0.07; batch 64 and 12 epochs (pixels: 32 and 40); 256 patches sampled per b
 at evaluation). One torch thread (``--threads``): on this shared machine 2 threads were 2-7x
 slower than 1 (oversubscription).
 
-usage: python bench/quality.py [--quick] [--epochs N] [--pixel-epochs N] [--out DIR] [--skip-pixel]
+Each model is trained with ``--seeds`` training seeds (default 1 on the feature-level cohort,
+3 on the smaller pixel-level one) and every row is the mean over them; the JSON keeps each seed's
+rows and their standard deviation.
+
+usage: python bench/quality.py [--quick] [--epochs N] [--pixel-epochs N] [--seeds N] [--out DIR]
+                               [--skip-pixel] [--skip-features]
 Prints one table per cohort; writes bench/results/quality.json (quality_quick.json with --quick)
 and bench/results/quality_fewshot.png.
 """
@@ -144,7 +151,7 @@ def prepare(spec: CohortSpec, root: Path) -> dict:
     return info
 
 
-def train_config(info: dict, hp: Hyper, encoder: str, out: Path) -> dict:
+def train_config(info: dict, hp: Hyper, encoder: str, out: Path, seed: int = 0) -> dict:
     from trainer.config import TrainConfig
 
     p = info["paths"]
@@ -158,7 +165,7 @@ def train_config(info: dict, hp: Hyper, encoder: str, out: Path) -> dict:
         slide_config=slide, rna_config=mol, dna_config=mol, epochs=hp.epochs,
         batch_size=hp.batch_size, max_patches=hp.max_patches, lr=hp.lr,
         weight_decay=hp.weight_decay, warmup_epochs=hp.warmup_epochs,
-        temperature=hp.temperature, patience=0, seed=0, device="cpu", threads=TORCH_THREADS,
+        temperature=hp.temperature, patience=0, seed=seed, device="cpu", threads=TORCH_THREADS,
     ).to_dict()  # fmt: skip
 
 
@@ -179,7 +186,7 @@ def train_model(cfg: dict) -> dict:
         run = pool.submit(_train_child, cfg).result()
     for h in run["history"]:
         print(f"  epoch {h['epoch']:>3}: loss {h['train_loss']:.3f}  T {h['temperature']:.3f}  "
-              f"val R {h.get('val_mean_recall', float('nan')):.3f}  {h['seconds']:.1f} s  "
+              f"val R {h.get('val_mean_recall', float('nan')):.3f}  {h['train_seconds']:.1f}+{h['val_seconds']:.1f} s  "
               f"{h['slides_per_s']:.1f} slides/s", flush=True)  # fmt: skip
     return run
 
@@ -258,8 +265,8 @@ def evaluate(emb: dict, info: dict) -> dict:
         rel = owners[q][:, None] == p_te[None, :]
         for k, v in cross_modal_recall(emb[mod][q], s_te, rel, KS).items():
             r[f"{mod.upper()}→slide {k}"] = v
-    # DNA depends on the subtype only, so DNA→slide R@k is capped near a subtype oracle's
-    # (perfect subtype, random order within it): mean over queries of min(k, n_s) / n_s.
+    # Reference for DNA→slide R@k: a subtype oracle (perfect subtype, random order within it),
+    # mean over queries of min(k, n_s) / n_s; DNA also tells TP53 and, weakly, the programmes.
     n_s = pd.Series(y_te).value_counts()
     owners = np.array([pid[s] for s in emb["dna_ids"]])
     n_q = n_s.loc[pat.subtype.loc[owners[pat.split.loc[owners].to_numpy() == "test"]]].to_numpy()
@@ -286,21 +293,40 @@ def evaluate(emb: dict, info: dict) -> dict:
     return {"rows": r, "extra": extra}
 
 
-def run_cohort(spec: CohortSpec, hp: Hyper, root: Path) -> dict:
-    print(f"\n== cohort {spec.name}: {asdict(spec)}\n   training: {asdict(hp)}", flush=True)
+def run_cohort(spec: CohortSpec, hp: Hyper, root: Path, seeds: int = 1) -> dict:
+    """Train and evaluate THREADS, mean and untrained THREADS with training seeds 0..seeds-1;
+    each row is the mean over the seeds (``rows_by_seed`` and ``rows_sd`` keep the spread)."""
+    print(f"\n== cohort {spec.name}: {asdict(spec)}\n   training: {asdict(hp)}, "
+          f"{seeds} seed(s)", flush=True)  # fmt: skip
     t = time.perf_counter()
     info = prepare(spec, root)
     print(f"   data ready in {time.perf_counter() - t:.0f} s {info['seconds']}", flush=True)
+    per_seed = [_run_seed(spec, hp, root, info, seed) for seed in range(seeds)]
+    res: dict = {"spec": asdict(spec), "hyper": asdict(hp), "seeds": seeds,
+                 "data_seconds": info["seconds"], "models": {}}  # fmt: skip
+    for name, first in per_seed[0].items():
+        by_seed = [run[name]["rows"] for run in per_seed]
+        m = dict(first)
+        m["rows"] = {k: float(np.mean([r[k] for r in by_seed])) for k in first["rows"]}
+        m["rows_sd"] = {k: float(np.std([r[k] for r in by_seed])) for k in first["rows"]}
+        m["rows_by_seed"] = by_seed
+        if seeds > 1:
+            m["val_recall_check_by_seed"] = [run[name].get("val_recall_check") for run in per_seed]
+        res["models"][name] = m
+    res["targets"] = targets(res)
+    return res
+
+
+def _run_seed(spec: CohortSpec, hp: Hyper, root: Path, info: dict, seed: int) -> dict:
     models, runs = {}, {}
     for name, enc in (("THREADS", "threads"), ("mean", "mean")):
-        out = root / spec.name / f"model_{enc}"
+        out = root / spec.name / f"model_{enc}_seed{seed}"
         shutil.rmtree(out, ignore_errors=True)
-        print(f"-- training {name}", flush=True)
-        runs[name] = train_model(train_config(info, hp, enc, out))
+        print(f"-- training {name}, seed {seed}", flush=True)
+        runs[name] = train_model(train_config(info, hp, enc, out, seed))
         models[name] = load_model(out)
-    models["untrained THREADS"] = untrained_like(models["THREADS"], seed=0)
-    res: dict = {"spec": asdict(spec), "hyper": asdict(hp), "data_seconds": info["seconds"],
-                 "models": {}}  # fmt: skip
+    models["untrained THREADS"] = untrained_like(models["THREADS"], seed=seed)
+    res = {}
     for name, model in models.items():
         t = time.perf_counter()
         emb = embed(model, info)
@@ -323,8 +349,7 @@ def run_cohort(spec: CohortSpec, hp: Hyper, root: Path) -> dict:
             m["rows"]["train slides/s (median epoch)"] = m["slides_per_s_median"]
             m["rows"]["train slides/s (wall, all epochs)"] = m["slides_per_s_wall"]
             m["rows"]["train peak RSS MiB"] = m["peak_rss_mib"]
-        res["models"][name] = m
-    res["targets"] = targets(res)
+        res[name] = m
     return res
 
 
@@ -343,7 +368,8 @@ def show(res: dict) -> None:
     keys = list(res["models"]["THREADS"]["rows"])
     rows = [{"metric (test split)": k, **{n: res["models"][n]["rows"].get(k, "-") for n in names}}
             for k in keys]  # fmt: skip
-    print_table(f"quality: {res['spec']['name']} cohort", rows)
+    seeds = res.get("seeds", 1)
+    print_table(f"quality: {res['spec']['name']} cohort, mean of {seeds} training seed(s)", rows)
     t = res["targets"]
     print(f"THREADS beats mean on every quality row: {t['threads_beats_mean_every_row']}"
           + (f" (not on: {t['rows_not_beaten']})" if t["rows_not_beaten"] else ""))  # fmt: skip
@@ -370,6 +396,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--dropout", type=float)
     ap.add_argument("--threads", type=int, default=TORCH_THREADS, help="torch CPU threads (<= 2)")
     ap.add_argument("--out", type=Path, help="scratch dir (kept; its cohorts are reused)")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        help="training seeds per model, rows averaged "
+        "(default: 1 on the feature-level cohort, 3 on the pixel-level one)",
+    )
     ap.add_argument("--skip-pixel", action="store_true")
     ap.add_argument("--skip-features", action="store_true")
     args = ap.parse_args(argv)
@@ -379,7 +411,8 @@ def main(argv: list[str] | None = None) -> dict:
     q = args.quick
     feat = CohortSpec("features", "features", 600 if q else 3000, 0, (0.6, 0.15, 0.25) if q
                       else (0.7, 0.13, 0.17))  # fmt: skip
-    pix = CohortSpec("pixels", "pixels", 40 if q else 160, 1, size=1024 if q else 1536)
+    pix = CohortSpec("pixels", "pixels", 40 if q else 600, 1, (0.5, 0.1, 0.4),
+                     size=1024 if q else 2048)  # fmt: skip
     hp_feat = Hyper(epochs=args.epochs or (4 if q else 12))
     hp_pix = Hyper(epochs=args.pixel_epochs or (5 if q else 40), batch_size=32)
     for hp in (hp_feat, hp_pix):
@@ -392,10 +425,10 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {}
     try:
         if not args.skip_features:
-            results["features"] = run_cohort(feat, hp_feat, root)
+            results["features"] = run_cohort(feat, hp_feat, root, args.seeds or 1)
             show(results["features"])
         if not args.skip_pixel:
-            results["pixels"] = run_cohort(pix, hp_pix, root)
+            results["pixels"] = run_cohort(pix, hp_pix, root, args.seeds or (1 if q else 3))
             show(results["pixels"])
     finally:
         if args.out is None:

@@ -1,5 +1,6 @@
-"""Patch-reading throughput: the project's reader (worker processes) versus a bare
-single-process OpenSlide ``read_region`` loop over the same patches, in the same run.
+"""Patch-reading throughput: the project's reader (``patch_loader``: DataLoader worker processes,
+or ``backend="thread"``) versus a bare single-process OpenSlide ``read_region`` loop over the
+same patches, in the same run.
 
 usage: python bench/read_patches.py [--patches 1000] [--size 8192x6144] [--batch-size 32]
                                    [--repeats 5]
@@ -58,10 +59,14 @@ def two_bare_loops(path: Path, coords: np.ndarray, size: int) -> float:
     return time.perf_counter() - t
 
 
-def reader(path: Path, coords: np.ndarray, size: int, workers: int, batch: int) -> float:
+def reader(
+    path: Path, coords: np.ndarray, size: int, workers: int, batch: int, backend: str = "process"
+) -> float:
     t = time.perf_counter()
     n = 0
-    for patches, _ in patch_loader(path, coords, size, 0.5, batch_size=batch, workers=workers):
+    loader = patch_loader(path, coords, size, 0.5, batch_size=batch, workers=workers,
+                          backend=backend)  # fmt: skip
+    for patches, _ in loader:
         n += len(patches)
     assert n == len(coords)
     return time.perf_counter() - t
@@ -90,11 +95,15 @@ def main(argv: list[str] | None = None) -> dict:
         bare_loop(path, coords, 512)
         timings = {"bare read_region loop": [], "reader, in process": []}
         timings |= {"reader, 1 worker": [], "reader, 2 workers": []}
+        timings |= {"reader, 1 thread": [], "reader, 2 threads": []}
         timings["2 bare loops, 2 processes"] = []
         for _ in range(args.repeats):
             timings["bare read_region loop"].append(bare_loop(path, coords, 512))
             for workers, name in enumerate(list(timings)[1:4]):
                 timings[name].append(reader(path, coords, 512, workers, args.batch_size))
+            for workers in (1, 2):
+                t = reader(path, coords, 512, workers, args.batch_size, backend="thread")
+                timings[f"reader, {workers} thread{'s' if workers > 1 else ''}"].append(t)
             timings["2 bare loops, 2 processes"].append(two_bare_loops(path, coords, 512))
     bare = np.array(timings["bare read_region loop"])
     rows = []

@@ -108,6 +108,37 @@ def test_maf_has_silent_rows_and_subtype_dependent_rates(cohort):
         assert own > other + 0.2, (subtype, own, other)
 
 
+def test_programme_linked_genes_are_mutated_more_when_the_programme_is_high(cohort):
+    dna = cohort.dna_matrix()
+    pat = cohort.samples.merge(cohort.patients, on="patient_id").set_index("sample_id")
+    pat = pat.loc[dna.index]
+    linked = cohort.truth["programme_mutations"]
+    assert set(linked) == set(cohort.programmes) and all(len(g) == 3 for g in linked.values())
+    drivers = {g for genes in cohort.truth["drivers"].values() for g in genes}
+    for prog, genes in linked.items():
+        assert "TP53" not in genes and not drivers & set(genes)
+        rate = dna[genes].mean(axis=1).to_numpy()
+        hi, lo = pat[prog].to_numpy() > 0.5, pat[prog].to_numpy() < -0.5
+        assert rate[hi].mean() > rate[lo].mean() + 0.25, (prog, rate[hi].mean(), rate[lo].mean())
+
+
+def test_tp53_mutation_shows_in_the_tumour_patches_only():
+    c = make_cohort(n_patients=80, seed=2)
+    space = feature_space(c, 64)
+    rows = patient_rows(c)
+    tum, nor, y = [], [], []
+    for s in c.slides.to_dict("records"):
+        bag = make_bag(c, s, space, rows, (60, 80), noise=0.3)
+        u = space.tp53 / np.linalg.norm(space.tp53)
+        tum.append(bag["features"][bag["is_signal"]].mean(0) @ u)
+        nor.append(bag["features"][~bag["is_signal"]].mean(0) @ u)
+        y.append(bool(rows[s["patient_id"]][1]["TP53_mutated"]))
+    tum, nor, y = np.array(tum), np.array(nor), np.array(y)
+    assert 0.3 < y.mean() < 0.7  # both groups present
+    assert tum[y].mean() - tum[~y].mean() > 0.8  # the a_TP53 = 1 shift, up to noise
+    assert abs(nor[y].mean() - nor[~y].mean()) < 0.3
+
+
 @pytest.mark.parametrize("modality", [(0.8, 0.1, 0.1), (0.5, 0.3, 0.2), (0.0, 1.0, 0.0)])
 def test_modality_fractions(modality):
     n = 120
@@ -245,8 +276,9 @@ def test_pixel_slides_open_and_morphology_follows_subtype(tmp_path):
     pick = []
     for subtype in ("subtype_A", "subtype_B"):
         pick += list(c.slides.loc[c.slides["subtype"] == subtype, "slide_id"][:2])
+    # No lymphocytic infiltrate here: it is a confounder of exactly this whole-slide measure.
     table = write_slides(c, tmp_path / "slides", width=1024, height=1024, workers=2,
-                         slide_ids=pick)  # fmt: skip
+                         slide_ids=pick, inflammation=(0.0, 0.0))  # fmt: skip
     dark = {}
     for row in table.itertuples():
         with open_slide(row.path) as s:
@@ -263,3 +295,9 @@ def test_pixel_slides_open_and_morphology_follows_subtype(tmp_path):
     assert min(a) > 1.5 * max(b), dark
     dens = table.set_index("slide_id")["nuclear_density"]
     assert dens[pick[0]] > dens[pick[-1]]
+    assert (table["inflammation"] == 0).all()
+    # By default the infiltrate varies from slide to slide, independently of the patient.
+    from threads_search.synth.cohort_slides import slide_morphology
+
+    infl = [slide_morphology(c, r).inflammation for r in c.slides.to_dict("records")]
+    assert 0.0 <= min(infl) < 0.15 and 0.45 < max(infl) <= 0.6

@@ -61,13 +61,16 @@ def reader_slide(tmp_path_factory):
     return write_slide(tmp_path_factory.mktemp("reader") / "r.tiff", rgb, 0.25)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_loader_matches_direct_reads_in_order(reader_slide, workers):
+@pytest.mark.parametrize("workers, backend", [(0, "process"), (2, "process"), (2, "thread")])
+def test_loader_matches_direct_reads_in_order(reader_slide, workers, backend):
     coords = np.array([[0, 0], [1024, 0], [512, 512], [0, 512], [1024, 512]], np.int64)
     with open_slide(reader_slide) as s:
         expected = [s.read_patch(x, y, 256, 0.5) for x, y in coords]
     seen_patches, seen_coords = [], []
-    for patches, c in patch_loader(reader_slide, coords, 256, 0.5, batch_size=2, workers=workers):
+    loader = patch_loader(reader_slide, coords, 256, 0.5, batch_size=2, workers=workers,
+                          backend=backend)  # fmt: skip
+    assert len(loader) == 3
+    for patches, c in loader:
         assert patches.dtype.is_floating_point is False and patches.shape[1:] == (256, 256, 3)
         seen_patches.extend(patches.numpy())
         seen_coords.extend(c.numpy().tolist())
@@ -76,11 +79,21 @@ def test_loader_matches_direct_reads_in_order(reader_slide, workers):
         assert np.array_equal(got, want)
 
 
-def test_loader_applies_transform_in_workers(reader_slide):
+@pytest.mark.parametrize("backend", ["process", "thread"])
+def test_loader_applies_transform_in_workers(reader_slide, backend):
     coords = np.array([[0, 0], [512, 0], [0, 512]], np.int64)
 
     batches = list(
-        patch_loader(reader_slide, coords, 256, 0.5, batch_size=8, workers=2, transform=_mean_rgb)
+        patch_loader(
+            reader_slide,
+            coords,
+            256,
+            0.5,
+            batch_size=8,
+            workers=2,
+            transform=_mean_rgb,
+            backend=backend,
+        )  # fmt: skip
     )
     feats = np.concatenate([b[0].numpy() for b in batches])
     assert feats.shape == (3, 3) and feats.dtype == np.float32
@@ -91,3 +104,37 @@ def test_loader_applies_transform_in_workers(reader_slide):
 
 def _mean_rgb(patch: np.ndarray) -> np.ndarray:
     return patch.reshape(-1, 3).mean(0).astype(np.float32)
+
+
+def test_thread_reader_uses_one_slide_handle_per_thread_and_stops_early(reader_slide):
+    import threading
+
+    from threads_search.wsi import reader as rd
+
+    coords = np.array([[x, y] for y in (0, 256, 512) for x in (0, 256, 512, 768)], np.int64)
+    loader = patch_loader(reader_slide, coords, 128, 0.5, batch_size=1, workers=3,
+                          backend="thread")  # fmt: skip
+    assert isinstance(loader, rd.ThreadedPatchLoader)
+    handles, seen = set(), []
+    orig = rd.PatchDataset._handle
+
+    def spy(self):
+        s = orig(self)
+        handles.add((threading.get_ident(), id(s)))
+        return s
+
+    rd.PatchDataset._handle = spy
+    try:
+        for _patches, c in loader:
+            seen.append(c.numpy()[0].tolist())
+            if len(seen) == 5:
+                break  # leaving early: pending reads are cancelled, the pool shuts down
+    finally:
+        rd.PatchDataset._handle = orig
+    assert seen == coords[:5].tolist()
+    threads = {t for t, _ in handles}
+    assert threading.get_ident() not in threads  # read by the pool, not the caller
+    assert len({h for _, h in handles}) == len(threads)  # one handle per reading thread
+    assert not [t for t in threading.enumerate() if t.name.startswith("patch-reader")]
+    with pytest.raises(ValueError, match="backend"):
+        patch_loader(reader_slide, coords, 128, 0.5, backend="gpu")

@@ -106,6 +106,24 @@ def test_tumour_is_denser_darker_than_stroma():
     assert (denser.nuclei[:, 2] == TUMOUR).sum() > 1.5 * (p.nuclei[:, 2] == TUMOUR).sum()
 
 
+def test_inflammation_adds_dense_dark_nuclei_to_stroma_only():
+    base = Morphology(tumour_fraction=0.3)
+    plain = paint_tissue(1024, 1024, 0.5, seed=4, morphology=base, tissue_fraction=0.5)
+    infl = paint_tissue(1024, 1024, 0.5, seed=4, tissue_fraction=0.5,
+                        morphology=Morphology(tumour_fraction=0.3, inflammation=0.5))  # fmt: skip
+    # Same tissue layout and classes; tumour pixels untouched (but for nuclei on its border).
+    assert np.array_equal(plain.class_map, infl.class_map)
+    tum = plain.class_map == TUMOUR
+    assert tum.sum() > 10_000
+    assert (plain.rgb[tum] != infl.rgb[tum]).any(axis=1).mean() < 0.02
+    # Many more stroma nuclei, and the stroma gets darker (haematoxylin-rich).
+    n_plain = (plain.nuclei[:, 2] == STROMA).sum()
+    n_infl = (infl.nuclei[:, 2] == STROMA).sum()
+    assert n_infl > 2 * n_plain
+    stroma = plain.class_map == STROMA
+    assert infl.rgb[stroma].astype(float).mean() < plain.rgb[stroma].astype(float).mean() - 3
+
+
 def test_stain_hue_shifts_colour():
     blue = paint_tissue(512, 512, 0.5, seed=5, morphology=Morphology(stain_hue=1.0), n_pieces=1)
     red = paint_tissue(512, 512, 0.5, seed=5, morphology=Morphology(stain_hue=-1.0), n_pieces=1)
@@ -162,6 +180,7 @@ def test_jpeg_friendly():
         {"morphology": Morphology(nuclear_size_um=0)},
         {"morphology": Morphology(pleomorphism=-0.1)},
         {"morphology": Morphology(haematoxylin_intensity=0)},
+        {"morphology": Morphology(inflammation=1.2)},
     ],
 )
 def test_bad_arguments_raise(kwargs):

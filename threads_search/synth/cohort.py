@@ -56,7 +56,7 @@ class Cohort:
       of its patient (a both-modality patient with 2 slides has 4 rows)
 
     ``truth``: gene roles (RNA modules per subtype, programme genes, ...), DNA panel, driver
-    genes and mutation rates. ``params``: the arguments of :func:`make_cohort`.
+    genes, programme-linked mutated genes and mutation rates. ``params``: the arguments of :func:`make_cohort`.
     """
 
     params: dict
@@ -251,8 +251,10 @@ def make_cohort(
 
     rng_dna = stream("dna")
     panel = mol.panel_genes(n_panel)
-    rates = mol.mutation_rates(panel, n_subtypes, rng_dna)
-    mutated = mol.draw_mutations(subtype, rates["rates"], rng_dna)
+    rates = mol.mutation_rates(panel, n_subtypes, rng_dna, n_programmes=n_programmes)
+    col = {g: i for i, g in enumerate(panel)}
+    prog_cols = [[col[g] for g in genes] for genes in rates["programme_genes"]]
+    mutated = mol.draw_mutations(subtype, rates["rates"], rng_dna, progs, prog_cols)
 
     names = subtype_names(n_subtypes)
     pids = [f"SYNT-{s + 1:02d}-{i + 1:04d}" for i, s in enumerate(site)]
@@ -308,6 +310,9 @@ def make_cohort(
         "p53_targets": roles["p53_targets"],
         "panel": panel,
         "drivers": dict(zip(names, rates["drivers"], strict=True)),
+        "programme_mutations": {
+            f"programme_{p + 1}": g for p, g in enumerate(rates["programme_genes"])
+        },
         "mutation_rates": {n: rates["rates"][k].round(4).tolist() for k, n in enumerate(names)},
     }
     return Cohort(params, patients, slides, samples, rna, maf, pairs, truth)

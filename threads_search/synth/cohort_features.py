@@ -1,12 +1,13 @@
 """Feature-level slides: synthetic patch-feature bags in the FEATURES_DIR layout (fast, CPU).
 
 Geometry (all in ``R^dim``, orthonormal directions drawn from the cohort seed): a *tumour
-marker* ``t``, one *prototype* ``c_k`` per subtype, one *loading* ``l_p`` per programme, one own
+marker* ``t``, one *prototype* ``c_k`` per subtype, one *loading* ``l_p`` per programme, a *TP53*
+direction ``m`` (the morphology of a TP53-mutated tumour, e.g. nuclear atypia), one own
 direction per normal-tissue cluster and per site. Per slide, a minority of patches (the slide's
 ``signal_fraction``) are *signal* (tumour) patches:
 
-``x = mu + a_t t + a_c c_subtype + a_p sum_p programme_p l_p + eta_patient + delta_slide
-+ b_site + noise * N(0, I)``
+``x = mu + a_t t + a_c c_subtype + a_p sum_p programme_p l_p + a_m TP53_mutated m + eta_patient
++ delta_slide + b_site + noise * N(0, I)``
 
 and the rest are *normal* patches from one of ``n_normal`` clusters (mixture weights drawn per
 slide from a Dirichlet, so composition varies between slides):
@@ -36,7 +37,7 @@ import pandas as pd
 ENCODER_NAME = "synthetic-features"
 PATCH_SIZE = 512  # px at TARGET_MPP, as the real features stage
 TARGET_MPP = 0.5
-_A_MARKER, _A_PROTO, _A_PROG, _A_NORMAL, _ETA = 4.0, 2.0, 1.0, 3.0, 0.3
+_A_MARKER, _A_PROTO, _A_PROG, _A_TP53, _A_NORMAL, _ETA = 4.0, 2.0, 1.0, 1.0, 3.0, 0.3
 
 
 @dataclass
@@ -47,6 +48,7 @@ class FeatureSpace:
     marker: np.ndarray  # [D] unit
     prototypes: np.ndarray  # [K, D] unit rows
     loadings: np.ndarray  # [P, D] unit rows
+    tp53: np.ndarray  # [D] scaled TP53-mutant direction
     normal: np.ndarray  # [J, D] normal-cluster centres (not unit)
     site: np.ndarray  # [S, D] site offsets
 
@@ -62,19 +64,21 @@ def feature_space(
     """The cohort's feature geometry (deterministic from ``cohort.seed`` and ``dim``)."""
     k, p = int(cohort.params["n_subtypes"]), int(cohort.params["n_programmes"])
     s = int(cohort.params["n_sites"])
-    need = 1 + k + p + n_normal + s
+    need = 2 + k + p + n_normal + s
     if dim < need:
         raise ValueError(
             f"dim={dim} is too small: the feature space needs at least {need} orthogonal "
-            f"directions (1 marker + {k} subtypes + {p} programmes + {n_normal} normal + {s} sites)"
+            f"directions (1 marker + {k} subtypes + {p} programmes + 1 TP53 + {n_normal} normal "
+            f"+ {s} sites)"
         )
     rng = np.random.default_rng([cohort.seed, 100, dim])
     q, _ = np.linalg.qr(rng.standard_normal((dim, need)))
     dirs = q.T  # [need, D] orthonormal
     marker, protos = dirs[0], dirs[1 : 1 + k]
     loads = dirs[1 + k : 1 + k + p]
-    own = dirs[1 + k + p : 1 + k + p + n_normal]
-    site_dirs = dirs[1 + k + p + n_normal :]
+    tp53 = dirs[1 + k + p]
+    own = dirs[2 + k + p : 2 + k + p + n_normal]
+    site_dirs = dirs[2 + k + p + n_normal :]
     g = rng.standard_normal((n_normal, k))
     h = rng.standard_normal((n_normal, p))
     normal = _A_NORMAL * own + confounding * signal_strength * (
@@ -85,6 +89,7 @@ def feature_space(
         marker=marker * _A_MARKER * signal_strength,
         prototypes=protos * _A_PROTO * signal_strength,
         loadings=loads * _A_PROG * signal_strength,
+        tp53=tp53 * _A_TP53 * signal_strength,
         normal=normal,
         site=site_dirs * site_effect,
     )
@@ -149,6 +154,7 @@ def make_bag(
         space.marker
         + space.prototypes[int(pat["subtype_index"])]
         + progs.reshape(-1) @ space.loadings
+        + float(pat["TP53_mutated"]) * space.tp53
         + eta
     )
     shift = space.mu + rng.standard_normal(dim) * (slide_shift * noise)

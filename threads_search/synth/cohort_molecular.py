@@ -8,7 +8,8 @@ programmes), a few p53 targets (down when TP53 is mutated) and pure noise genes.
 
 DNA (MAF rows): per patient each panel gene is mutated with a subtype-dependent probability
 (``base`` rate, raised for the subtype's driver genes; TP53 has its own per-subtype rate and is
-the patient's ``TP53_mutated`` truth). A mutated gene gets one non-silent row (sometimes two);
+the patient's ``TP53_mutated`` truth); three genes per continuous programme are mutated more often
+the higher the programme. A mutated gene gets one non-silent row (sometimes two);
 any panel gene can also get passenger rows of a silent class (``Silent``, ``Intron``,
 ``3'UTR``, ``5'UTR``) that a loader must drop. Every DNA sample has at least one row (a silent
 one if it carries no mutation), so a MAF reader sees it as sequenced.
@@ -149,9 +150,14 @@ def panel_genes(n_panel: int) -> list[str]:
     return [PANEL[i] if i < len(PANEL) else f"PANEL{i + 1:04d}" for i in range(n_panel)]
 
 
-def mutation_rates(panel: list[str], n_subtypes: int, rng, n_drivers: int = 3) -> dict:
-    """Per-subtype mutation probabilities ``rates`` ``[n_subtypes, n_panel]`` and ``drivers``
-    (per subtype, the non-TP53 genes with raised rates; TP53 rate falls from 0.75 to 0.05)."""
+def mutation_rates(
+    panel: list[str], n_subtypes: int, rng, n_drivers: int = 3, n_programmes: int = 0
+) -> dict:
+    """Per-subtype mutation probabilities ``rates`` ``[n_subtypes, n_panel]``, ``drivers``
+    (per subtype, the non-TP53 genes with raised rates; TP53 rate falls from 0.75 to 0.05) and
+    ``programme_genes`` (per programme, three further genes mutated at a 0.2 base rate whose
+    log-odds rise by ``PROGRAMME_EFFECT`` per standard deviation of the programme: the
+    pathway a programme reflects is hit more often when it is active)."""
     base = rng.uniform(0.01, 0.06, len(panel))
     rates = np.tile(base, (n_subtypes, 1))
     others = rng.permutation(np.arange(1, len(panel)))
@@ -162,12 +168,33 @@ def mutation_rates(panel: list[str], n_subtypes: int, rng, n_drivers: int = 3) -
         rates[k, idx] = rng.uniform(0.35, 0.55, len(idx))
         drivers.append([panel[i] for i in idx])
     rates[:, 0] = np.linspace(0.75, 0.05, n_subtypes) if n_subtypes > 1 else 0.4
-    return {"rates": rates, "drivers": drivers}
+    free = others[n_subtypes * k_drv :]
+    prog_genes = []
+    for p in range(n_programmes):
+        idx = free[3 * p : 3 * p + 3]
+        rates[:, idx] = 0.2
+        prog_genes.append([panel[i] for i in idx])
+    return {"rates": rates, "drivers": drivers, "programme_genes": prog_genes}
 
 
-def draw_mutations(subtypes: np.ndarray, rates: np.ndarray, rng) -> np.ndarray:
-    """bool ``[n_patients, n_panel]``: which panel genes each patient's tumour carries."""
-    return rng.random((len(subtypes), rates.shape[1])) < rates[subtypes]
+PROGRAMME_EFFECT = 2.0  # log-odds per programme standard deviation
+
+
+def draw_mutations(
+    subtypes: np.ndarray,
+    rates: np.ndarray,
+    rng,
+    programmes: np.ndarray | None = None,
+    programme_genes: list[list[int]] | None = None,
+) -> np.ndarray:
+    """bool ``[n_patients, n_panel]``: which panel genes each patient's tumour carries.
+    ``programmes`` ``[n_patients, P]`` and ``programme_genes`` (panel column indices per
+    programme) raise the log-odds of those genes by ``PROGRAMME_EFFECT`` per unit."""
+    p = rates[subtypes].copy()
+    for k, cols in enumerate(programme_genes or []):
+        logit = np.log(p[:, cols] / (1 - p[:, cols]))
+        p[:, cols] = 1 / (1 + np.exp(-(logit + PROGRAMME_EFFECT * programmes[:, [k]])))
+    return rng.random(p.shape) < p
 
 
 def make_maf(

@@ -7,10 +7,15 @@ Each slide's :class:`~threads_search.synth.paint.Morphology` follows its patient
   cohort seed): A solid sheets of dense, large nuclei; B glandular with sparse small nuclei;
   C intermediate and pleomorphic; D solid, small nuclei, pink (eosinophilic);
 - programme_1 → pleomorphism, programme_2 → nuclear size, programme_3 → fat share;
+- TP53 mutated → more pleomorphic, slightly larger tumour nuclei (atypia);
 - site → stain hue and haematoxylin intensity (batch effect), plus a little per-slide jitter;
 - the slide's ``signal_fraction`` (range of ``make_cohort``) maps linearly onto a tumour share
   of the tissue in ``tumour_fraction`` (default 0.2–0.4): only that part carries the subtype's
-  morphology, the rest is stroma and fat.
+  morphology, the rest is stroma and fat;
+- a confounder unrelated to the patient: a lymphocytic infiltrate (dense, small, dark nuclei)
+  over a share of the normal tissue drawn per slide from ``inflammation`` (default 0–0.6), and
+  per-slide jitter of the fat share. Mean-pooled features mix it with the diluted tumour signal;
+  attending to the tumour patches sees past it.
 """
 
 from __future__ import annotations
@@ -44,27 +49,32 @@ def subtype_profile(cohort, k: int) -> tuple[float, ...]:
 
 
 def slide_morphology(
-    cohort, slide: dict, tumour_fraction: tuple[float, float] = (0.2, 0.4)
+    cohort,
+    slide: dict,
+    tumour_fraction: tuple[float, float] = (0.2, 0.4),
+    inflammation: tuple[float, float] = (0.0, 0.6),
 ) -> Morphology:
     """The Morphology of one row of ``cohort.slides`` (as a dict); see the module docstring."""
     pat = cohort.patients.loc[cohort.patients["patient_id"] == slide["patient_id"]].iloc[0]
     dens, size, gland, pleo, eosin = subtype_profile(cohort, int(pat["subtype_index"]))
     u = [float(pat.get(f"programme_{p}", 0.0)) for p in (1, 2, 3)]
     site = int(pat["site_index"])
+    tp53 = float(pat["TP53_mutated"])
     rng = np.random.default_rng([cohort.seed, 201, int(slide["seed"])])
     lo, hi = cohort.params["signal_fraction"]
     q = 0.5 if hi <= lo else (float(slide["signal_fraction"]) - lo) / (hi - lo)
     hue = SITE_HUE[site % len(SITE_HUE)] + rng.normal(0.0, 0.08)
     return Morphology(
         nuclear_density=dens,
-        nuclear_size_um=size * float(np.exp(0.06 * u[1])),
+        nuclear_size_um=size * float(np.exp(0.1 * u[1] + 0.08 * tp53)),
         stain_hue=float(np.clip(hue, -1.0, 1.0)),
         gland_fraction=gland,
         tumour_fraction=tumour_fraction[0] + q * (tumour_fraction[1] - tumour_fraction[0]),
-        fat_fraction=float(np.clip(0.15 + 0.08 * u[2], 0.0, 0.5)),
+        fat_fraction=float(np.clip(0.15 + 0.08 * u[2] + rng.normal(0.0, 0.05), 0.0, 0.5)),
         eosin_intensity=eosin * float(np.exp(rng.normal(0.0, 0.04))),
         haematoxylin_intensity=float(1.0 + 0.08 * (site % 3 - 1) + rng.normal(0.0, 0.03)),
-        pleomorphism=float(max(0.05, pleo + 0.08 * u[0])),
+        pleomorphism=float(max(0.05, pleo + 0.12 * u[0] + 0.2 * tp53)),
+        inflammation=float(rng.uniform(*inflammation)),
     )
 
 
@@ -87,12 +97,14 @@ def write_slides(
     fmt: str = "tiff",
     tissue_fraction: float = 0.5,
     tumour_fraction: tuple[float, float] = (0.2, 0.4),
+    inflammation: tuple[float, float] = (0.0, 0.6),
     workers: int = 1,
     slide_ids: list[str] | None = None,
 ) -> pd.DataFrame:
     """Paint and write ``<slide_id>.tiff`` (or ``.svs`` for ``fmt="svs"``) into ``slides_dir``
     for every slide of ``cohort`` (or only ``slide_ids``), ``width`` x ``height`` px at ``mpp``
-    µm/px; ``workers`` > 1 paints in a process pool. Returns slide_id, patient_id, path,
+    µm/px (``tumour_fraction``, ``inflammation``: per-slide ranges, see the module docstring);
+    ``workers`` > 1 paints in a process pool. Returns slide_id, patient_id, path,
     seconds and the Morphology fields of each slide."""
     from dataclasses import asdict
 
@@ -110,7 +122,7 @@ def write_slides(
     ext = "svs" if fmt == "svs" else "tiff"
     jobs, morphs = [], []
     for r in rows:
-        m = slide_morphology(cohort, r, tumour_fraction)
+        m = slide_morphology(cohort, r, tumour_fraction, inflammation)
         morphs.append(m)
         path = out / f"{r['slide_id']}.{ext}"
         jobs.append((path, width, height, mpp, fmt, int(r["seed"]), m, tissue_fraction))

@@ -46,11 +46,12 @@ class Morphology:
     eosin_intensity: float = 1.0  # multiplies eosin concentration
     haematoxylin_intensity: float = 1.0  # multiplies haematoxylin concentration
     pleomorphism: float = 0.25  # log-normal spread of tumour nuclear size
+    inflammation: float = 0.0  # share of non-tumour tissue with dense lymphocytes (confounder)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field out of range."""
         for name, v in vars(self).items():
-            frac = name.endswith("_fraction")
+            frac = name.endswith("_fraction") or name == "inflammation"
             if (frac and not 0.0 <= v <= 1.0) or (name == "pleomorphism" and v < 0):
                 raise ValueError(f"Morphology.{name}={v} must be {'in [0, 1]' if frac else '>= 0'}")
             if name in _POSITIVE and v <= 0:
@@ -134,6 +135,9 @@ def paint_tissue(
     gland_part, ring = _paint_glands(rng, class_map, hmap, emap, mpp, m)
     nuclei = _place_nuclei(rng, class_map, gland_part, mpp, m, phase, fs, theta0)
     nuclei = np.concatenate([nuclei, ring]) if len(ring) else nuclei
+    if m.inflammation > 0:  # drawn only when asked: other images stay as they were
+        infl = _lymphocytes(rng, class_map, tissue_f, region_f[0], cs, mpp, m.inflammation)
+        nuclei = np.concatenate([nuclei, infl])
     del gland_part
     _stamp(hmap, nuclei, class_map > 0)
     rgb = _to_rgb(hmap, emap, m.stain_hue)
@@ -375,6 +379,29 @@ def _place_nuclei(rng, class_map, gland_part, mpp, m: Morphology, phase, fs, the
     fat = cls == FAT
     major[fat], minor[fat], inten[fat] = r0 * 1.2, r0 * 0.35, 0.8
     return np.stack([x, y, major, minor, ang, inten, cls.astype(float)], 1)
+
+
+def _lymphocytes(rng, class_map, tissue_f, tumour_f, cs, mpp, share, density=14.0, size=5.0):
+    """Dense small round dark nuclei (a lymphocytic infiltrate) in stroma, over a smooth region
+    covering ``share`` of the non-tumour tissue: tumour-like nuclear density outside the tumour.
+    ``density`` nuclei per 1000 µm², ``size`` µm diameter. Rows as from ``_place_nuclei``."""
+    height, width = class_map.shape
+    field_ = _smooth(rng, tissue_f.shape, 150.0 / _COARSE_UM)
+    normal = (tissue_f > 0) & (tumour_f <= 0)
+    field_ -= _share_threshold(field_, normal, share)
+    sp = np.sqrt(1000.0 / density) / mpp  # px
+    gy, gx = np.mgrid[: int(height / sp) + 1, : int(width / sp) + 1]
+    x = ((gx + 0.5 + rng.uniform(-0.35, 0.35, gx.shape)) * sp).ravel()
+    y = ((gy + 0.5 + rng.uniform(-0.35, 0.35, gy.shape)) * sp).ravel()
+    inb = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    x, y = x[inb], y[inb]
+    here = ndi.map_coordinates(field_, [(y + 0.5) / cs, (x + 0.5) / cs], order=1)
+    keep = (here > 0) & (class_map[y.astype(np.intp), x.astype(np.intp)] == STROMA)
+    x, y = x[keep], y[keep]
+    n = x.size
+    r = 0.5 * size / mpp * rng.lognormal(0.0, 0.08, n)
+    return np.stack([x, y, r * 1.05, r / 1.05, rng.uniform(0, np.pi, n),
+                     rng.uniform(1.15, 1.35, n), np.full(n, float(STROMA))], 1)  # fmt: skip
 
 
 def _stamp(hmap, nuclei, tissue, budget: int = 4_000_000) -> None:

@@ -1,10 +1,20 @@
-"""Patch reading in worker processes: a torch ``Dataset`` whose workers each open their own
-OpenSlide handle, and a batched ``DataLoader`` over it."""
+"""Patch reading in parallel workers, each with its own OpenSlide handle: a torch ``Dataset``
+read by a batched ``DataLoader`` in worker processes (``backend="process"``, the default), or
+the same batches read by a pool of threads in this process (``backend="thread"``).
+
+Threads work because OpenSlide decodes with the GIL released (ctypes) and the patch is then
+unpacked in C; they skip what worker processes pay per batch (a shared-memory segment, a file
+descriptor sent over a socket, pickling) and the cold pages each new batch writes. Processes
+suit a ``transform`` written in Python (it holds the GIL) and isolate a crashing reader."""
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Callable
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +127,46 @@ def _worker_init(_: int) -> None:
         pass
 
 
+class ThreadedPatchLoader:
+    """Iterable of the batches of ``PatchBatches`` read by ``workers`` threads (one OpenSlide
+    handle each), ``2 * workers`` batches in flight, yielded in order."""
+
+    def __init__(self, batches: PatchBatches, workers: int) -> None:
+        self.batches = batches
+        self.workers = max(1, workers)
+        self._local = threading.local()
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def _read(self, b: int):
+        mine = getattr(self._local, "batches", None)
+        if mine is None:  # this thread's own copy: its own slide handle
+            mine = self._local.batches = copy.copy(self.batches)
+            mine.patches = copy.copy(self.batches.patches)
+            mine.patches.__dict__.update(_slide=None, _pid=None)
+        return mine[b]
+
+    def __iter__(self) -> Iterator:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="patch-reader") as pool:
+            pending: deque = deque()
+            todo = iter(range(len(self.batches)))
+            for b in todo:
+                pending.append(pool.submit(self._read, b))
+                if len(pending) >= 2 * self.workers:
+                    break
+            try:
+                while pending:
+                    batch = pending.popleft().result()
+                    nxt = next(todo, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(self._read, nxt))
+                    yield batch
+            finally:
+                for f in pending:
+                    f.cancel()
+
+
 def patch_loader(
     path: str | Path,
     coords: np.ndarray,
@@ -126,12 +176,18 @@ def patch_loader(
     batch_size: int = 32,
     workers: int = 2,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> DataLoader:
+    backend: str = "process",
+) -> DataLoader | ThreadedPatchLoader:
     """Batches ``(patches [B, ps, ps, 3] uint8 | transformed [B, ...], coords [B, 2] int64)``
-    in the order of ``coords``. ``workers=0`` reads in this process."""
+    in the order of ``coords``. ``workers=0`` reads in this process; ``backend`` ``process``
+    (DataLoader worker processes) or ``thread`` (see the module docstring)."""
     ds = PatchBatches(
         PatchDataset(path, coords, patch_size, target_mpp, mpp, transform), batch_size
     )
+    if backend == "thread" and workers > 0:
+        return ThreadedPatchLoader(ds, workers)
+    if backend not in ("process", "thread"):
+        raise ValueError(f"backend must be 'process' or 'thread', got {backend!r}")
     return DataLoader(
         ds,
         batch_size=None,  # each item is already a batch
