@@ -362,6 +362,11 @@ def test_cli_search_formats(hand, cli):
     r = runner.invoke(cli, ["search", str(index.root), "--slide", "P004-DX1", "--molecules",
                             "--same-patient", "-k", "2", "--format", "json"])  # fmt: skip
     assert {x["sample_id"] for x in json.loads(r.stdout)} == {"P004-R", "P004-D"}
+    r = runner.invoke(cli, ["search", str(index.root), "--slide", "P004-DX1", "-k", "3",
+                            "--columns", "slide_id, site", "--format", "csv"])  # fmt: skip
+    got = pd.read_csv(StringIO(r.stdout))
+    assert r.exit_code == 0 and list(got.columns) == ["rank", "score", "slide_id", "site"]
+    assert list(got["slide_id"]) == list(want["slide_id"])
 
 
 def test_cli_classify_info_and_errors(hand, cli):
@@ -387,6 +392,10 @@ def test_cli_classify_info_and_errors(hand, cli):
         (["search", str(index.root) + "-missing", "--slide", "a"], "index.json is missing"),
         (["classify", str(index.root), "--label", "nope"], "no column 'nope'"),
         (["search", str(index.root), "--slide", "P001-DX1", "--format", "xml"], "--format"),
+        (
+            ["search", str(index.root), "--slide", "P001-DX1", "--columns", "slide_id,nope"],
+            "no column 'nope'",
+        ),
     ):
         r = runner.invoke(cli, args)
         assert r.exit_code == 2, (args, r.output)

@@ -63,6 +63,21 @@ def _cell(v) -> str:
     return "" if v is None or (not isinstance(v, (list, dict)) and pd.isna(v)) else str(v)
 
 
+def _pick_columns(df: pd.DataFrame, columns: str | None) -> pd.DataFrame:
+    """``df`` limited to ``rank``, ``score`` and the comma-separated ``columns`` (in order)."""
+    if not columns:
+        return df
+    want = [c.strip() for c in columns.split(",") if c.strip()]
+    unknown = [c for c in want if c not in df.columns]
+    if unknown:
+        raise ValueError(
+            f"--columns: no column {', '.join(map(repr, unknown))} in the results "
+            f"(columns: {', '.join(map(str, df.columns))})"
+        )
+    lead = [c for c in ("rank", "score") if c in df.columns and c not in want]
+    return df[lead + want]
+
+
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -97,11 +112,12 @@ def _pick_sample(samples: list, sample: str | None, path: Path, flag: str) -> st
 def search_command(
     index_dir: Path, slide: str | None = None, rna: Path | None = None, dna: Path | None = None,
     sample: str | None = None, k: int = 10, where: str | None = None, fmt: str = "table",
-    molecules: bool = False, same_patient: bool = False,
+    molecules: bool = False, same_patient: bool = False, columns: str | None = None,
 ) -> int:  # fmt: skip
     """``search``: by ``slide`` (id or path) → slides (or molecular samples with ``molecules``);
     by ``rna``/``dna`` profile files (+ ``sample`` to pick a row) or by an indexed ``sample``
-    id alone → slides. ``same_patient`` keeps the query patient's own results."""
+    id alone → slides. ``same_patient`` keeps the query patient's own results. ``columns``
+    (comma-separated) keeps only those result columns, after ``rank`` and ``score``."""
 
     def run() -> int:
         from threads_search.query import open_index
@@ -131,7 +147,7 @@ def search_command(
                 q_dna = sample if "dna" in kinds else None
             df = index.search_by_molecule(q_rna, q_dna, k, where)
             title = f"nearest slides to {sample or 'the profile'}"
-        _emit(df, fmt, title)
+        _emit(_pick_columns(df, columns), fmt, title)
         return 0
 
     return _guarded(run)
@@ -235,14 +251,18 @@ def register(app) -> None:
         same_patient: bool = typer.Option(
             False, "--same-patient", help="Keep results from the query's own patient."
         ),
+        columns: str = typer.Option(
+            None, "--columns", help="Comma-separated result columns to show (after rank, score)."
+        ),
     ) -> None:
         """Find the slides nearest to a slide, an RNA profile or a DNA profile.
 
         Example: threads-search search idx/ --slide TCGA-XX-0001-DX1 --where "site = 'B'"
+        --columns slide_id,patient_id,subtype
         """
         raise typer.Exit(
             search_command(
-                index_dir, slide, rna, dna, sample, k, where, fmt, molecules, same_patient
+                index_dir, slide, rna, dna, sample, k, where, fmt, molecules, same_patient, columns
             )  # fmt: skip
         )
 
