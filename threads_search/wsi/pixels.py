@@ -46,8 +46,9 @@ class RegionReader:
         self._osr = osr
         self._handle = getattr(osr, "_osr", None)
         self._buf = None
-        self.fast = _ll_read_region is not None and self._handle is not None
-        self.fast = self.fast and sys.byteorder == "little"
+        self.fast = (
+            _ll_read_region is not None and self._handle is not None and sys.byteorder == "little"
+        )
 
     def _buffer(self, n: int):
         if self._buf is None or len(self._buf) < n:

@@ -15,6 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,12 @@ class PatchDataset(Dataset):
     def read(self, i: int, out: np.ndarray | None = None) -> np.ndarray:
         """Patch ``i`` (transformed if a transform is set), written into ``out`` when given."""
         x, y = self.coords[i]
-        if self.transform is None:
-            patch = self._handle().read_patch(int(x), int(y), self.patch_size, self.target_mpp, out)
-            return np.require(patch, requirements=["C", "W"])
-        patch = self.transform(
-            self._handle().read_patch(int(x), int(y), self.patch_size, self.target_mpp)
-        )
+        direct = out if self.transform is None else None  # decoded straight into ``out``
+        patch = self._handle().read_patch(int(x), int(y), self.patch_size, self.target_mpp, direct)
+        if self.transform is not None:
+            patch = self.transform(patch)
         patch = np.require(patch, requirements=["C", "W"])  # PIL-backed arrays are read-only
-        if out is None:
+        if out is None or patch is out:
             return patch
         out[...] = patch
         return out
@@ -141,26 +140,19 @@ class ThreadedPatchLoader:
 
     def _read(self, b: int):
         mine = getattr(self._local, "batches", None)
-        if mine is None:  # this thread's own copy: its own slide handle
-            mine = self._local.batches = copy.copy(self.batches)
-            mine.patches = copy.copy(self.batches.patches)
-            mine.patches.__dict__.update(_slide=None, _pid=None)
+        if mine is None:  # this thread's own copy (a copy drops the slide handle: its own one)
+            mine = PatchBatches(copy.copy(self.batches.patches), self.batches.batch_size)
+            self._local.batches = mine
         return mine[b]
 
     def __iter__(self) -> Iterator:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="patch-reader") as pool:
-            pending: deque = deque()
             todo = iter(range(len(self.batches)))
-            for b in todo:
-                pending.append(pool.submit(self._read, b))
-                if len(pending) >= 2 * self.workers:
-                    break
+            pending = deque(pool.submit(self._read, b) for b in islice(todo, 2 * self.workers))
             try:
                 while pending:
                     batch = pending.popleft().result()
-                    nxt = next(todo, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(self._read, nxt))
+                    pending.extend(pool.submit(self._read, b) for b in islice(todo, 1))
                     yield batch
             finally:
                 for f in pending:
