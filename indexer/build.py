@@ -79,6 +79,12 @@ def _is_features_dir(p: Path) -> bool:
     return p.is_dir() and (p / "config.json").exists() and (p / "h5").is_dir()
 
 
+def features_dir(cfg: IndexConfig, index_dir: Path) -> Path:
+    """Where the features stage writes for slide files given to ``index``: ``--features-dir``,
+    else ``INDEX_DIR/features``."""
+    return Path(cfg.features_dir) if cfg.features_dir else index_dir / "features"
+
+
 def split_inputs(cfg: IndexConfig, model) -> tuple[dict[str, dict], list[Path]]:
     """The run's inputs: (slide_id → source of every finished slide of the FEATURES_DIRs given,
     checked against the model's patch encoder; the slide files and folders given)."""
@@ -319,7 +325,7 @@ def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
         summary = sess.summary
         sources, files = split_inputs(cfg, sess.model)
         if files:
-            fdir = Path(cfg.features_dir) if cfg.features_dir else sess.index_dir / "features"
+            fdir = features_dir(cfg, sess.index_dir)
             got, bad = _run_features(cfg, files, sess.model, fdir, progress)
             sources.update(got)
             summary.failed.update(bad)

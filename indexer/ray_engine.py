@@ -2,8 +2,9 @@
 
 Same steps, files and commit as the local engine (``indexer.build``): lock, model install,
 work records keyed by source fingerprint + model hash, one driver-side commit through
-``write_generation`` (``index_session`` / ``select_work`` / ``commit`` of ``indexer.build``); ``open_index`` cannot tell which engine built an index, and either
-engine resumes the other's work. What differs is how a slide becomes a work record:
+``write_generation`` (``index_session`` / ``select_work`` / ``commit`` of ``indexer.build``);
+``open_index`` cannot tell which engine built an index, and either engine resumes the other's
+work. What differs is how a slide becomes a work record:
 
     plan_task (CPU) ─► read_task x chunks (CPU) ─► SlideWorker.encode (actor, GPU if any)
                                                        └─► SlideWorker.finish: h5 + work record
@@ -25,7 +26,14 @@ from collections import deque
 from pathlib import Path
 
 from indexer import ray_tasks as rt
-from indexer.build import IndexSummary, commit, index_session, select_work, split_inputs
+from indexer.build import (
+    IndexSummary,
+    commit,
+    features_dir,
+    index_session,
+    select_work,
+    split_inputs,
+)
 from indexer.config import IndexConfig
 from indexer.records import read_meta, record_path
 
@@ -96,7 +104,7 @@ class _SourcePlan:
         self.sources, files = split_inputs(cfg, model)
         self.need_features: set[str] = set()
         self.mpp: dict[str, float | None] = {}
-        self.fdir = Path(cfg.features_dir) if cfg.features_dir else index_dir / "features"
+        self.fdir = features_dir(cfg, index_dir)
         pe = model.patch_encoder
         self.config = default_config(pe["name"], pe["patch_size"], pe["target_mpp"],
                                      checkpoint=cfg.checkpoint, workers=0,
