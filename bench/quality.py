@@ -186,7 +186,8 @@ def train_model(cfg: dict) -> dict:
         run = pool.submit(_train_child, cfg).result()
     for h in run["history"]:
         print(f"  epoch {h['epoch']:>3}: loss {h['train_loss']:.3f}  T {h['temperature']:.3f}  "
-              f"val R {h.get('val_mean_recall', float('nan')):.3f}  {h['train_seconds']:.1f}+{h['val_seconds']:.1f} s  "
+              f"val R {h.get('val_mean_recall', float('nan')):.3f}  "
+              f"{h['train_seconds']:.1f}+{h['val_seconds']:.1f} s  "
               f"{h['slides_per_s']:.1f} slides/s", flush=True)  # fmt: skip
     return run
 

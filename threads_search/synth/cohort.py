@@ -56,7 +56,8 @@ class Cohort:
       of its patient (a both-modality patient with 2 slides has 4 rows)
 
     ``truth``: gene roles (RNA modules per subtype, programme genes, ...), DNA panel, driver
-    genes, programme-linked mutated genes and mutation rates. ``params``: the arguments of :func:`make_cohort`.
+    genes, programme-linked mutated genes and mutation rates. ``params``: the arguments of
+    :func:`make_cohort`.
     """
 
     params: dict
@@ -252,9 +253,7 @@ def make_cohort(
     rng_dna = stream("dna")
     panel = mol.panel_genes(n_panel)
     rates = mol.mutation_rates(panel, n_subtypes, rng_dna, n_programmes=n_programmes)
-    col = {g: i for i, g in enumerate(panel)}
-    prog_cols = [[col[g] for g in genes] for genes in rates["programme_genes"]]
-    mutated = mol.draw_mutations(subtype, rates["rates"], rng_dna, progs, prog_cols)
+    mutated = mol.draw_mutations(subtype, rates["rates"], rng_dna, progs, rates["programme_cols"])
 
     names = subtype_names(n_subtypes)
     pids = [f"SYNT-{s + 1:02d}-{i + 1:04d}" for i, s in enumerate(site)]

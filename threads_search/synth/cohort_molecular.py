@@ -8,9 +8,9 @@ programmes), a few p53 targets (down when TP53 is mutated) and pure noise genes.
 
 DNA (MAF rows): per patient each panel gene is mutated with a subtype-dependent probability
 (``base`` rate, raised for the subtype's driver genes; TP53 has its own per-subtype rate and is
-the patient's ``TP53_mutated`` truth); three genes per continuous programme are mutated more often
-the higher the programme. A mutated gene gets one non-silent row (sometimes two);
-any panel gene can also get passenger rows of a silent class (``Silent``, ``Intron``,
+the patient's ``TP53_mutated`` truth); three genes per continuous programme are mutated more
+often the higher the programme. A mutated gene gets one non-silent row (sometimes two); any
+panel gene can also get passenger rows of a silent class (``Silent``, ``Intron``,
 ``3'UTR``, ``5'UTR``) that a loader must drop. Every DNA sample has at least one row (a silent
 one if it carries no mutation), so a MAF reader sees it as sequenced.
 """
@@ -157,7 +157,8 @@ def mutation_rates(
     (per subtype, the non-TP53 genes with raised rates; TP53 rate falls from 0.75 to 0.05) and
     ``programme_genes`` (per programme, three further genes mutated at a 0.2 base rate whose
     log-odds rise by ``PROGRAMME_EFFECT`` per standard deviation of the programme: the
-    pathway a programme reflects is hit more often when it is active)."""
+    pathway a programme reflects is hit more often when it is active), with their panel
+    column indices as ``programme_cols``."""
     base = rng.uniform(0.01, 0.06, len(panel))
     rates = np.tile(base, (n_subtypes, 1))
     others = rng.permutation(np.arange(1, len(panel)))
@@ -169,12 +170,12 @@ def mutation_rates(
         drivers.append([panel[i] for i in idx])
     rates[:, 0] = np.linspace(0.75, 0.05, n_subtypes) if n_subtypes > 1 else 0.4
     free = others[n_subtypes * k_drv :]
-    prog_genes = []
-    for p in range(n_programmes):
-        idx = free[3 * p : 3 * p + 3]
+    prog_cols = [free[3 * p : 3 * p + 3].tolist() for p in range(n_programmes)]
+    for idx in prog_cols:
         rates[:, idx] = 0.2
-        prog_genes.append([panel[i] for i in idx])
-    return {"rates": rates, "drivers": drivers, "programme_genes": prog_genes}
+    prog_genes = [[panel[i] for i in idx] for idx in prog_cols]
+    return {"rates": rates, "drivers": drivers, "programme_genes": prog_genes,
+            "programme_cols": prog_cols}  # fmt: skip
 
 
 PROGRAMME_EFFECT = 2.0  # log-odds per programme standard deviation

@@ -333,10 +333,23 @@ def _paint_glands(rng, class_map, hmap, emap, mpp, m: Morphology):
         rows = [x + rr * np.cos(ang) / mpp, y + rr * np.sin(ang) / mpp, major, major * 0.55, ang]
         rings.append(np.stack([*rows, np.full(n, 0.95), np.full(n, GLAND)], 1))
     ring = np.concatenate(rings) if rings else np.zeros((0, 7))
-    inb = (ring[:, 0] >= 0) & (ring[:, 0] < width) & (ring[:, 1] >= 0) & (ring[:, 1] < height)
+    inb = _inside(ring[:, 0], ring[:, 1], height, width)
     ring = ring[inb]
     own = class_map[ring[:, 1].astype(np.intp), ring[:, 0].astype(np.intp)] == GLAND
     return part, ring[own]
+
+
+def _jittered_grid(rng, height, width, spacing_um, mpp, jitter):
+    """Points of a square grid ``spacing_um`` apart covering ``height`` x ``width`` px, each
+    moved by up to ``jitter`` spacings: x, y in px ``[n]`` (some just outside the image)."""
+    gy, gx = np.mgrid[: int(height * mpp / spacing_um) + 1, : int(width * mpp / spacing_um) + 1]
+    x = ((gx + 0.5 + rng.uniform(-jitter, jitter, gx.shape)) * spacing_um / mpp).ravel()
+    y = ((gy + 0.5 + rng.uniform(-jitter, jitter, gy.shape)) * spacing_um / mpp).ravel()
+    return x, y
+
+
+def _inside(x, y, height, width):
+    return (x >= 0) & (x < width) & (y >= 0) & (y < height)
 
 
 def _place_nuclei(rng, class_map, gland_part, mpp, m: Morphology, phase, fs, theta0):
@@ -346,12 +359,9 @@ def _place_nuclei(rng, class_map, gland_part, mpp, m: Morphology, phase, fs, the
     dens = dict(_DENSITY)
     dens[TUMOUR] *= m.nuclear_density
     dmax = max(dens.values())
-    sp = np.sqrt(1000.0 / dmax)  # µm
-    gy, gx = np.mgrid[: int(height * mpp / sp) + 1, : int(width * mpp / sp) + 1]
-    x = ((gx + 0.5 + rng.uniform(-0.4, 0.4, gx.shape)) * sp / mpp).ravel()
-    y = ((gy + 0.5 + rng.uniform(-0.4, 0.4, gy.shape)) * sp / mpp).ravel()
+    x, y = _jittered_grid(rng, height, width, np.sqrt(1000.0 / dmax), mpp, 0.4)
     u = rng.random(x.size)
-    inb = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    inb = _inside(x, y, height, width)
     x, y, u = x[inb], y[inb], u[inb]
     xi, yi = x.astype(np.intp), y.astype(np.intp)
     cls = class_map[yi, xi]
@@ -389,11 +399,8 @@ def _lymphocytes(rng, class_map, tissue_f, tumour_f, cs, mpp, share, density=14.
     field_ = _smooth(rng, tissue_f.shape, 150.0 / _COARSE_UM)
     normal = (tissue_f > 0) & (tumour_f <= 0)
     field_ -= _share_threshold(field_, normal, share)
-    sp = np.sqrt(1000.0 / density) / mpp  # px
-    gy, gx = np.mgrid[: int(height / sp) + 1, : int(width / sp) + 1]
-    x = ((gx + 0.5 + rng.uniform(-0.35, 0.35, gx.shape)) * sp).ravel()
-    y = ((gy + 0.5 + rng.uniform(-0.35, 0.35, gy.shape)) * sp).ravel()
-    inb = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    x, y = _jittered_grid(rng, height, width, np.sqrt(1000.0 / density), mpp, 0.35)
+    inb = _inside(x, y, height, width)
     x, y = x[inb], y[inb]
     here = ndi.map_coordinates(field_, [(y + 0.5) / cs, (x + 0.5) / cs], order=1)
     keep = (here > 0) & (class_map[y.astype(np.intp), x.astype(np.intp)] == STROMA)
