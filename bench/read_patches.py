@@ -40,17 +40,12 @@ def bare_loop(path: Path, coords: np.ndarray, size: int) -> float:
     return dt
 
 
-def _bare_worker(path: Path, coords: np.ndarray, size: int) -> None:
-    bare_loop(path, coords, size)
-
-
 def two_bare_loops(path: Path, coords: np.ndarray, size: int) -> float:
     """Two bare loops in two forked processes, half the patches each: what the cores allow."""
     ctx = multiprocessing.get_context("fork")
     t = time.perf_counter()
     procs = [
-        ctx.Process(target=_bare_worker, args=(path, half, size))
-        for half in np.array_split(coords, 2)
+        ctx.Process(target=bare_loop, args=(path, half, size)) for half in np.array_split(coords, 2)
     ]
     for p in procs:
         p.start()
