@@ -7,10 +7,19 @@ through ``write_generation`` (FAISS type chosen automatically: flat up to 100k).
 with the 1% filter, and ``search_slides(vector)``; p50/p99 over ``--queries`` queries after a
 warm-up (the first filtered call builds the filter catalog: reported separately). Repeated
 filter expressions hit the index's filter-id cache; the "uncached" row uses a new expression
-text on every call. ``--omp-threads`` sets FAISS's OpenMP threads (default: FAISS's own).
+text on every call. ``--omp-threads`` sets FAISS's OpenMP threads (default: FAISS's own),
+``--torch-threads`` torch's (default: torch's own).
+
+Molecule → slide: ``search_by_molecule(rna=profile, k=10)`` with a ``--genes``-gene RNA model
+(20,000 by default, TCGA RNA-seq size; the default RNA MLP, 1024-wide hidden layers, untrained,
+built in the bench and passed to ``open_index``) and TPM profiles as pandas Series (cycling
+over 16 different ones), over the same slide index; with two breakdown rows: the profile →
+z-score step alone (``RnaNormalizer.transform_raw``) and the RNA encoder's forward pass alone.
+``--no-molecule`` skips them.
 
 Usage: python bench/query.py [--sizes 10000 100000] [--queries 300] [--keep DIR]
-       [--reuse] [--omp-threads N] [--no-mmap]
+       [--reuse] [--omp-threads N] [--no-mmap] [--genes 20000] [--no-molecule]
+       [--torch-threads N]
 """
 
 from __future__ import annotations
@@ -61,8 +70,65 @@ def timed(fn, reps: int) -> np.ndarray:
     return out
 
 
+def make_rna_model(n_genes: int, seed: int = 0):
+    """An untrained model with a ``n_genes`` RNA vocabulary (default RNA MLP) and TPM profiles."""
+    import torch
+
+    from threads_search.models.bundle import build_model
+    from threads_search.molecular import RnaNormalizer
+
+    rng = np.random.default_rng(seed)
+    genes = pd.Index([f"GENE{i:05d}" for i in range(n_genes)], dtype="str")
+    log = pd.DataFrame(rng.normal(2.0, 1.0, size=(32, n_genes)), columns=genes)
+    torch.manual_seed(seed)
+    model = build_model({"name": "bench-features", "dim": 64}, normalizer=RnaNormalizer.fit(log))
+    tpm = np.expm1(np.clip(rng.normal(2.0, 1.0, size=(16, n_genes)), 0, None))
+    profiles = [pd.Series(row, index=genes, name=f"Q{i}") for i, row in enumerate(tpm)]
+    return model.eval(), profiles
+
+
+def bench_molecule(root: Path, n: int, queries: int, model, profiles, base: dict) -> list[dict]:
+    """search_by_molecule with a profile, then its two parts alone (see the module docstring)."""
+    import torch
+
+    from threads_search.query import open_index
+
+    index = open_index(root, model=model)
+    t = time.perf_counter()
+    first = index.search_by_molecule(rna=profiles[0], k=10)
+    first_ms = (time.perf_counter() - t) * 1e3
+    assert len(first) == 10 and first["score"].is_monotonic_decreasing
+    g = len(model.genes_rna)
+    frames = [p.to_frame().T for p in profiles]
+    x = torch.from_numpy(model.normalizer.transform_raw(frames[0], "tpm"))
+
+    @torch.inference_mode()
+    def forward(x):
+        return model.rna(x)
+
+    cases = {
+        f"RNA profile ({g} genes) → slides": lambda i: index.search_by_molecule(
+            rna=profiles[i % len(profiles)], k=10
+        ),
+        "  part: profile → z-scores": lambda i: model.normalizer.transform_raw(
+            frames[i % len(frames)], "tpm"
+        ),
+        "  part: RNA encoder forward": lambda i: forward(x),
+    }
+    rows = []
+    for name, fn in cases.items():
+        timed(fn, 5)  # warm-up
+        ms = timed(fn, queries)
+        print(f"{n} {name}: p50 {np.percentile(ms, 50):.1f} ms", file=sys.stderr, flush=True)
+        p50, p99 = float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+        rows.append(
+            {**base, "query": name, "p50_ms": p50, "p99_ms": p99, "first_filter_ms": first_ms}
+        )
+    return rows
+
+
 def bench_size(
-    root: Path, n: int, queries: int, reuse: bool = False, mmap: bool = True
+    root: Path, n: int, queries: int, reuse: bool = False, mmap: bool = True, molecule=None
 ) -> list[dict]:
     from threads_search.query import open_index
 
@@ -106,6 +172,8 @@ def bench_size(
             "open_index_ms": float(np.median(opens)), "first_filter_ms": first_filter_ms,
             "write_s": built["write_s"],
         })  # fmt: skip
+    if molecule is not None:  # first_filter_ms: the first molecule query (no model load)
+        rows += bench_molecule(root, n, queries, *molecule, base=dict(rows[0]))
     return rows
 
 
@@ -117,18 +185,26 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help="Reuse indexes already in --keep.")
     ap.add_argument("--omp-threads", type=int, default=None)
     ap.add_argument("--no-mmap", action="store_true", help="open_index(mmap=False).")
+    ap.add_argument("--genes", type=int, default=20_000, help="RNA vocabulary of the model.")
+    ap.add_argument("--no-molecule", action="store_true", help="Skip molecule → slide rows.")
+    ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads.")
     args = ap.parse_args()
     import faiss
 
     if args.omp_threads:
         faiss.omp_set_num_threads(args.omp_threads)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    molecule = None if args.no_molecule else make_rna_model(args.genes)
     rows = []
     for n in args.sizes:
         base = args.keep or Path(tempfile.mkdtemp(prefix="bench_query_"))
         root = base / f"index_{n}"
         try:
             reuse = args.keep is not None and args.reuse
-            rows += bench_size(root, n, args.queries, reuse, mmap=not args.no_mmap)
+            rows += bench_size(root, n, args.queries, reuse, not args.no_mmap, molecule)
         finally:
             if args.keep is None:
                 shutil.rmtree(base, ignore_errors=True)
@@ -136,8 +212,15 @@ def main() -> None:
     path = write_results("query", {"rows": rows, "queries": args.queries, "dim": DIM,
                                    "filter": "bucket = 7 (1% of slides)", "k": 10,
                                    "omp_threads": faiss.omp_get_max_threads(),
-                                   "mmap": not args.no_mmap})  # fmt: skip
+                                   "mmap": not args.no_mmap, "rna_genes": args.genes,
+                                   "torch_threads": _torch_threads()})  # fmt: skip
     print(f"wrote {path}")
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 if __name__ == "__main__":

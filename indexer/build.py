@@ -3,13 +3,15 @@
 Incremental and resumable: each slide's embedding is a work record keyed by the source
 fingerprint and the model hash, so a re-run embeds only new or changed slides, and a run killed
 at any moment leaves the previous generation readable and is finished by running it again.
+Every slide given ends indexed, unchanged or failed with its reason: FEATURES_DIRs are
+reconciled with their status (``indexer.sources``), an id given twice is reported, and a commit
+that would lack a slide reported as indexed is refused (``LostSlidesError``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -32,8 +34,14 @@ from indexer.records import (
     remove_orphan_temps,
     write_record,
 )
+from indexer.sources import add_sources, split_inputs
 from threads_search.index import store
 from threads_search.index.writer import write_generation
+from threads_search.paths import display_text
+
+
+class LostSlidesError(ValueError):
+    """The generation about to be committed lacks slides reported as indexed or unchanged."""
 
 
 @dataclass
@@ -42,6 +50,7 @@ class IndexSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)  # FEATURES_DIR h5 files without status rows
     n_patches: int = 0
     embed_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -75,64 +84,38 @@ def install_model(index_dir: Path, model_dir: Path, mhash: str) -> str:
     return rel
 
 
-def _is_features_dir(p: Path) -> bool:
-    return p.is_dir() and (p / "config.json").exists() and (p / "h5").is_dir()
-
-
 def features_dir(cfg: IndexConfig, index_dir: Path) -> Path:
     """Where the features stage writes for slide files given to ``index``: ``--features-dir``,
     else ``INDEX_DIR/features``."""
     return Path(cfg.features_dir) if cfg.features_dir else index_dir / "features"
 
 
-def split_inputs(cfg: IndexConfig, model) -> tuple[dict[str, dict], list[Path]]:
-    """The run's inputs: (slide_id → source of every finished slide of the FEATURES_DIRs given,
-    checked against the model's patch encoder; the slide files and folders given)."""
-    sources: dict[str, dict] = {}
-    files: list[Path] = []
-    for item in cfg.inputs:
-        p = Path(item)
-        if _is_features_dir(p):
-            _check_encoder(p, model)
-            sources.update(_feature_sources(p))
-        else:
-            files.append(p)
-    return sources, files
-
-
-def _feature_sources(fdir: Path, only: set[str] | None = None) -> dict[str, dict]:
-    """slide_id → {h5, path, thumbnail} for finished slides of a FEATURES_DIR."""
-    st_path = fdir / "status.parquet"
-    st = pd.read_parquet(st_path) if st_path.exists() else None
-    out = {}
-    if st is not None:
-        done = st[st.state == "done"]
-        rows = zip(done.slide_id.astype(str), done.path.astype(str), strict=True)
-    else:
-        rows = ((p.stem, "") for p in (fdir / "h5").glob("*.h5"))
-    for sid, path in rows:
-        if only is not None and sid not in only:
-            continue
-        h5 = fdir / "h5" / f"{sid}.h5"
-        if h5.exists():
-            thumb = fdir / "thumbnails" / f"{sid}.jpg"
-            out[sid] = {"h5": h5, "path": path, "thumbnail": thumb if thumb.exists() else None}
-    return out
-
-
-def _run_features(cfg: IndexConfig, slides: list[Path], model, fdir: Path, progress):
+def _run_features(cfg: IndexConfig, slides: list[Path], model, fdir: Path, progress, index_dir):
+    """The features stage for the slide files given (holding the FEATURES_DIR lock): (slide_id →
+    source, slide_id → reason for the failed ones)."""
     from threads_search.features import default_config, extract_features
+    from threads_search.features.extract import h5_path, thumbnail_path
 
     pe = model.patch_encoder
     fcfg = default_config(pe["name"], pe["patch_size"], pe["target_mpp"], checkpoint=cfg.checkpoint,
                           workers=cfg.workers, batch_size=cfg.batch_size, device=cfg.device)  # fmt: skip
     # An index run finishes the job: slides that failed before (a killed run, a file fixed since)
     # are tried again, and reported again if they still fail.
+    lock = f"threads-search index → {index_dir} (features stage)"
     outcomes = extract_features(slides, fdir, fcfg, mpp_csv=cfg.mpp_csv, progress=progress,
-                                retry_failed=True)  # fmt: skip
-    failed = {o.slide_id: o.error for o in outcomes if o.state == "failed"}
-    ids = {o.slide_id for o in outcomes if o.state != "failed"}
-    return _feature_sources(fdir, ids), failed
+                                retry_failed=True, lock_command=lock)  # fmt: skip
+    got, failed = {}, {}
+    for o in outcomes:
+        h5 = h5_path(fdir, o.slide_id)
+        if o.state == "failed":
+            failed[o.slide_id] = o.error
+        elif not h5.exists():
+            failed[o.slide_id] = f"features: {display_text(h5)} is missing after the features stage"
+        else:
+            thumb = thumbnail_path(fdir, o.slide_id)
+            thumb = thumb if thumb.exists() else None
+            got[o.slide_id] = {"h5": h5, "path": o.path, "thumbnail": thumb}
+    return got, failed
 
 
 def _embed(model, sid: str, src: dict, fp: dict, mhash: str) -> SlideRecord:
@@ -142,7 +125,7 @@ def _embed(model, sid: str, src: dict, fp: dict, mhash: str) -> SlideRecord:
     ff = read_features(src["h5"])
     a = ff.attrs
     row = {
-        "slide_id": sid, "path": src["path"], "mpp": a.get("level0_mpp"),
+        "slide_id": sid, "path": display_text(src["path"]), "mpp": a.get("level0_mpp"),
         "width": a.get("level0_width"), "height": a.get("level0_height"),
         "n_patches": len(ff.coords), "tissue_area_mm2": a.get("tissue_area_mm2"),
     }  # fmt: skip
@@ -177,29 +160,28 @@ def _attention_frame(rec: SlideRecord) -> pd.DataFrame:
 
 def _assemble(cfg, index_dir: Path, mhash: str, model_rel: str, summary, meta, pairs, new_mol):
     recs = {sid: read_record(p, sid) for sid, p in sorted(list_records(index_dir).items())}
+    lost = sorted((set(summary.indexed) | set(summary.skipped)) - set(recs))
+    if lost:  # never commit an index that silently lacks what the summary reports
+        raise LostSlidesError(
+            f"{len(lost)} slide(s) reported as indexed have no work record under "
+            f"{index_dir / 'work'} ({', '.join(map(display_text, lost[:5]))}); nothing was "
+            "committed (a bug: please report it with this message)"
+        )
     cols = ["slide_id", "path", "mpp", "width", "height", "n_patches", "tissue_area_mm2"]
     slides = pd.DataFrame([r.meta["row"] for r in recs.values()], columns=cols)
-    slide_pat, sample_pat = md.patients_from_pairs(pairs)
-    slides["patient_id"] = None
-    slides = md.fill_patients(slides, "slide_id", slide_pat, meta)
-    slides = slides[["slide_id", "path", "patient_id", *cols[2:]]]
     slides["tissue_area_mm2"] = pd.to_numeric(slides["tissue_area_mm2"], errors="coerce")
-    slides, used = md.join(slides, "slide_id", meta)
     emb = np.stack([r.embedding for r in recs.values()]) if recs else np.zeros((0, 1), np.float32)
     mol_t, mol_e = merge_molecular(index_dir, mhash, *new_mol)
-    if mol_t is not None:
-        mol_t = md.fill_patients(mol_t.drop(columns=["model_hash"]), "sample_id", sample_pat, meta)
-        mol_t, used_m = md.join(mol_t, "sample_id", meta)
-        used |= used_m
-    if meta is not None:
-        summary.unmatched_metadata = len(meta) - len(used)
+    slides, mol_t, meta_report = md.attach(slides, mol_t, meta, pairs)  # patients + metadata
+    summary.unmatched_metadata = meta_report.unmatched_rows
     attention = {sid: _attention_frame(r) for sid, r in recs.items()}
     thumbs = {sid: Path(r.meta["thumbnail"]) for sid, r in recs.items()
               if r.meta.get("thumbnail") and Path(r.meta["thumbnail"]).exists()}  # fmt: skip
     budget = int(cfg.memory_budget_gb * 2**30) if cfg.memory_budget_gb else None
     manifest = {"model": {"dir": model_rel, "hash": mhash, "source": str(cfg.model)},
                 "config": cfg.to_dict(), "versions": _versions(),
-                "unmatched_metadata_rows": summary.unmatched_metadata}  # fmt: skip
+                "unmatched_metadata_rows": summary.unmatched_metadata,
+                "metadata": meta_report.to_dict()}  # fmt: skip
     return write_generation(index_dir, slides, emb, mol_t, mol_e, attention, thumbs, manifest,
                             index_type=cfg.index_type, memory_budget=budget)  # fmt: skip
 
@@ -323,12 +305,12 @@ def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
     device = cfg.device if cfg.device != "auto" else "cpu"
     with index_session(cfg, device=device) as sess:
         summary = sess.summary
-        sources, files = split_inputs(cfg, sess.model)
+        sources, files = split_inputs(cfg, sess.model, summary)
         if files:
             fdir = features_dir(cfg, sess.index_dir)
-            got, bad = _run_features(cfg, files, sess.model, fdir, progress)
-            sources.update(got)
+            got, bad = _run_features(cfg, files, sess.model, fdir, progress, sess.index_dir)
             summary.failed.update(bad)
+            add_sources(sources, got, "the slide files given", summary)
         todo = select_work(sess, sources)
         if progress:
             progress.start_embedding(len(todo))
@@ -346,15 +328,6 @@ def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
         commit(sess)
     summary.wall_seconds = time.perf_counter() - t0
     return summary
-
-
-def _check_encoder(fdir: Path, model) -> None:
-    cfg = json.loads((fdir / "config.json").read_text())
-    have, want = cfg.get("patch_encoder"), model.patch_encoder["name"]
-    if have != want:
-        raise ValueError(
-            f"{fdir} holds {have!r} features but the model expects patch encoder {want!r}"
-        )
 
 
 def _removals(cfg: IndexConfig, index_dir: Path, existing: dict, sources: dict) -> list[str]:

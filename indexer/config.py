@@ -15,7 +15,7 @@ class IndexConfig:
     pairs: str | None = None
     pair_by: str = "sample"
     rna: str | None = None
-    rna_units: str = "tpm"
+    rna_units: str | None = None  # None: the model's units; another value than those: error
     dna: str | None = None
     mpp_csv: str | None = None
     remove: list[str] = field(default_factory=list)

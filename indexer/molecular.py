@@ -10,20 +10,52 @@ import pandas as pd
 
 from indexer.records import WORK
 from threads_search.index.writer import read_embeddings, write_embeddings
+from threads_search.molecular import RnaUnitsError
 from threads_search.molecular.dna import read_dna
 from threads_search.molecular.rna import read_rna_matrix
 
 MOLECULAR_WORK = "molecular.parquet"
 
 
-def embed_profiles(model, rna: str | None, rna_units: str, dna: str | None):
-    """(table sample_id/kind/patient_id, embeddings ``[M, E]``) for the given files."""
+def rna_units_for(model_units: str | None, rna_units: str | None) -> str:
+    """The units an RNA matrix is read in: the model bundle's (recorded at training, DESIGN.md
+    "Inputs"). ``rna_units`` (``--rna-units``) may only confirm them: another value → ValueError
+    naming both and the fix, since embedding values as units the model was not trained on gives
+    embeddings that silently match nothing."""
+    have = model_units or "tpm"
+    if rna_units is None or rna_units == have:
+        return have
+    from threads_search.molecular.rna import UNITS
+
+    if rna_units not in UNITS:
+        raise ValueError(f"--rna-units must be one of {', '.join(UNITS)}, got {rna_units!r}")
+    raise ValueError(
+        f"--rna-units {rna_units} conflicts with the model bundle, trained on RNA in {have} "
+        f"units: profiles are embedded in the model's units. Drop --rna-units (or pass "
+        f"--rna-units {have}) and give the matrix in {have}; for {rna_units} data, train a model "
+        f"with --rna-units {rna_units}"
+    )
+
+
+def embed_profiles(model, rna: str | None, rna_units: str | None, dna: str | None):
+    """(table sample_id/kind/patient_id, embeddings ``[M, E]``) for the given files. RNA is read
+    in the model's units (:func:`rna_units_for`), and embedded exactly as
+    ``model.embed_rna(matrix)`` (the Python API) embeds it."""
     frames, embs = [], []
     if rna:
         if model.rna is None:
             raise ValueError(f"--rna {rna}: the model bundle has no RNA encoder")
-        m = read_rna_matrix(rna, units=rna_units)
-        embs.append(model.embed_rna(m.log_values(), units="log"))
+        units = rna_units_for(model.rna_units, rna_units)
+        m = read_rna_matrix(rna, units=units)
+        try:
+            embs.append(model.embed_rna(m))
+        except RnaUnitsError as e:
+            looks = " (these values look log-scale)" if e.hint else ""
+            raise RnaUnitsError(
+                f"{e.detail}: the model bundle was trained on {units} values and --rna is read "
+                f"in its units: give the matrix in {units}{looks}",
+                units,
+            ) from None
         pid = m.metadata["patient_id"] if "patient_id" in m.metadata.columns else None
         frames.append(pd.DataFrame({"sample_id": m.samples, "kind": "rna",
                                     "patient_id": None if pid is None else pid.to_numpy()}))  # fmt: skip

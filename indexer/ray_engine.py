@@ -28,6 +28,7 @@ from pathlib import Path
 from indexer import ray_tasks as rt
 from indexer.build import (
     IndexSummary,
+    add_sources,
     commit,
     features_dir,
     index_session,
@@ -36,6 +37,7 @@ from indexer.build import (
 )
 from indexer.config import IndexConfig
 from indexer.records import read_meta, record_path
+from threads_search.paths import display_text
 
 log = logging.getLogger(__name__)
 RETRIES = 3  # per task / actor call, on worker death (and on TransientError)
@@ -47,7 +49,22 @@ MAX_INFLIGHT_SLIDES: int | None = None  # None: 2 x (reader slots + encoder acto
 def ray_session(address: str | None = None, num_cpus: int | None = None):
     """Connect to the Ray cluster at ``address``, or start a local Ray bound to loopback
     (dashboard off, usage stats off). Reuses (and leaves running) a Ray already initialised in
-    this process; shuts down only what it started."""
+    this process; shuts down only what it started.
+
+    Network of a local Ray (observed with ``strace -f -e trace=connect`` on Ray 2.60): every
+    Ray process listens and connects on 127.0.0.1 or Unix sockets only
+    (``_node_ip_address``), the dashboard web UI is not started (``include_dashboard=False``)
+    and usage stats are never sent (``RAY_USAGE_STATS_ENABLED=0`` unless the caller set it).
+    What cannot be turned off: ``ray.init`` always starts the dashboard head process
+    (``ray/dashboard/dashboard.py --modules-to-load=UsageStatsHead``), and that module, whatever
+    the usage-stats setting, guesses the cloud provider once at start-up
+    (``usage_lib.get_cluster_config_to_report`` → ``get_cloud_from_metadata_requests``): HTTP
+    GETs with a 1 s timeout to 169.254.169.254:80 (Azure, then AWS) and a DNS lookup of
+    ``metadata.google.internal`` (GCP), about 3 connection attempts, each failing off-cloud;
+    their answer is kept in memory and, usage stats being off, sent nowhere. Only a firewall
+    prevents them (a ``~/ray_bootstrap_config.yaml`` skips the probe too, but Ray then takes
+    the machine for a ``ray up`` cluster head, e.g. in Ray Tune). With ``address`` the cluster
+    is the caller's: its processes run with whatever settings it was started with."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not address:  # a single-machine Ray listens on 127.0.0.1 only (read at import of ray)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -74,8 +91,9 @@ def run_index_ray(cfg: IndexConfig, progress=None) -> IndexSummary:
     """``run_index`` for ``cfg.engine == "ray"``: same arguments, same result."""
     t0 = time.perf_counter()
     # The driver's model embeds the molecular profiles and checks inputs; actors load their own.
-    with index_session(cfg, engine=" --engine ray") as sess:
-        plan = _SourcePlan(cfg, sess.index_dir, sess.model)
+    # The FEATURES_DIR lock (taken by the plan when slide files are given) is held to the end.
+    with index_session(cfg, engine=" --engine ray") as sess, contextlib.ExitStack() as locks:
+        plan = _SourcePlan(cfg, sess.index_dir, sess.model, sess.summary, locks)
         todo = select_work(sess, plan.sources)
         if todo:
             with ray_session(cfg.ray_address, None if cfg.ray_address else max(cfg.workers, 1)):
@@ -92,16 +110,25 @@ class _SourcePlan:
     """Every slide given in this run → its source (as the local engine's inputs),
     without running anything: FEATURES_DIR slides are ready; slide files get their future h5
     path in FEATURES_DIR and whether their features are already there (status done, or an h5
-    renamed into place before a kill)."""
+    renamed into place before a kill). With slide files it takes the FEATURES_DIR lock into
+    ``locks`` (an ``ExitStack`` the caller holds until the run ends); inputs discovery finds
+    unusable (a link loop, a folder without slides) are recorded as failed at once."""
 
-    def __init__(self, cfg: IndexConfig, index_dir: Path, model) -> None:
+    def __init__(self, cfg: IndexConfig, index_dir: Path, model, summary, locks) -> None:
         from threads_search.features import default_config
-        from threads_search.features.extract import adopt_existing, check_config, h5_path
+        from threads_search.features.extract import (
+            adopt_existing,
+            check_config,
+            features_lock,
+            h5_path,
+            id_conflict,
+            thumbnail_path,
+        )
         from threads_search.features.status import StatusTable
         from threads_search.models.patch import get_patch_encoder_spec
         from threads_search.wsi import discover_slides, load_mpp_csv, lookup_override
 
-        self.sources, files = split_inputs(cfg, model)
+        self.sources, files = split_inputs(cfg, model, summary)
         self.need_features: set[str] = set()
         self.mpp: dict[str, float | None] = {}
         self.fdir = features_dir(cfg, index_dir)
@@ -113,17 +140,32 @@ class _SourcePlan:
         if not files:
             return
         self.fdir.mkdir(parents=True, exist_ok=True)
+        command = f"threads-search index --engine ray → {index_dir} (features stage)"
+        locks.enter_context(features_lock(self.fdir, command))
         check_config(self.fdir, self.config)
         spec = get_patch_encoder_spec(self.config.patch_encoder).to_dict()
         self.config.save(self.fdir, {"encoder_spec": spec})
         self.status = StatusTable(self.fdir)
         chash = self.config.hash()
         overrides = load_mpp_csv(cfg.mpp_csv) if cfg.mpp_csv else {}
+        new = {}
         for ref in discover_slides(files):
             sid, h5 = ref.slide_id, h5_path(self.fdir, ref.slide_id)
+            if ref.problem is not None:  # recorded as the local engine's features stage does
+                reason = display_text(": ".join(ref.problem))
+                summary.failed[sid] = reason
+                row = dict(state="failed", error=reason, n_patches=0, seconds=0.0)
+                self.status.set(
+                    sid, path=display_text(ref.path), config_hash=chash, finished=time.time(), **row
+                )
+                continue
             prev = self.status.get(sid)  # a slide that failed before is tried again (as local)
-            thumb = self.fdir / "thumbnails" / f"{sid}.jpg"
-            self.sources[sid] = {"h5": str(h5), "path": str(ref.path), "thumbnail": str(thumb)}
+            clash = id_conflict(prev, ref.path)
+            if clash:  # another file's slide (as local: its row and h5 stay)
+                summary.failed[sid] = clash
+                continue
+            thumb = thumbnail_path(self.fdir, sid)
+            new[sid] = {"h5": str(h5), "path": str(ref.path), "thumbnail": str(thumb)}
             self.mpp[sid] = lookup_override(overrides, ref.path, sid)
             done = prev and prev["config_hash"] == chash and prev["state"] == "done"
             if not (done and h5.exists()):
@@ -131,11 +173,14 @@ class _SourcePlan:
                 if adopted is None:
                     self.need_features.add(sid)
                 else:
-                    self.set_status(sid, "done", "", adopted, 0.0)
+                    self.set_status(sid, "done", "", adopted, 0.0, new)
+        add_sources(self.sources, new, "the slide files given", summary)
 
-    def set_status(self, sid: str, state: str, error: str, n: int, seconds: float) -> None:
+    def set_status(self, sid, state, error, n, seconds, sources=None) -> None:
+        """One status row (saved with the others by ``_Pipeline._save_status``)."""
+        path = (sources or self.sources)[sid]["path"]
         self.status.rows[sid] = {
-            "slide_id": sid, "path": self.sources[sid]["path"], "state": state, "error": error,
+            "slide_id": sid, "path": display_text(path), "state": state, "error": error,
             "n_patches": n, "seconds": seconds, "config_hash": self.config.hash(),
             "finished": time.time(),
         }  # fmt: skip

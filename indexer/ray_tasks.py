@@ -87,7 +87,7 @@ def chunk_rows(config, cpu_per_patch: bool) -> int:
 def plan_task(path: str, slide_id: str, mpp: float | None, config, features_dir: str) -> dict:
     """Tissue + grid for one slide; writes ``thumbnails/`` and ``contours/`` of FEATURES_DIR.
     Returns ``{"coords": int64 [N, 2], "attrs": dict}``. Raises ``SlideFailed`` (no tissue, …)."""
-    from threads_search.features.extract import _h5_attrs
+    from threads_search.features.extract import _h5_attrs, contours_path, thumbnail_path
     from threads_search.wsi import SlideError
     from threads_search.wsi.segment import plan_slide
     from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
@@ -97,8 +97,8 @@ def plan_task(path: str, slide_id: str, mpp: float | None, config, features_dir:
     if len(plan.coords) == 0:
         raise SlideError(path, "no-tissue", "no tissue patches found (blank slide?)")
     out = Path(features_dir)
-    write_thumbnail_jpeg(plan.thumb, plan.tissue, out / "thumbnails" / f"{slide_id}.jpg")
-    write_geojson(plan.tissue, slide_id, out / "contours" / f"{slide_id}.geojson")
+    write_thumbnail_jpeg(plan.thumb, plan.tissue, thumbnail_path(out, slide_id))
+    write_geojson(plan.tissue, slide_id, contours_path(out, slide_id))
     return {"coords": plan.coords, "attrs": _h5_attrs(plan, config)}
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from threads_search.paths import slide_file, slide_id_of
+
 WORK = "work"
 
 
@@ -53,7 +55,9 @@ def records_dir(index_dir: Path) -> Path:
 
 
 def record_path(index_dir: Path, slide_id: str) -> Path:
-    return records_dir(index_dir) / f"{slide_id}.npz"
+    """``work/slides/<slide_id>.npz``; raises ``UnsafeSlideIdError`` for an id that could name
+    a file outside it."""
+    return slide_file(records_dir(index_dir), slide_id, ".npz")
 
 
 def write_record(index_dir: Path, rec: SlideRecord) -> None:
@@ -84,15 +88,16 @@ def read_record(path: Path, slide_id: str) -> SlideRecord:
 
 
 def list_records(index_dir: Path) -> dict[str, Path]:
-    """slide_id → record path, for every complete record."""
+    """slide_id → record path, for every complete record (temporaries and names that are not
+    valid ids are left out)."""
     root = records_dir(index_dir)
     if not root.exists():
         return {}
     out = {}
     for p in root.rglob("*.npz"):
-        if p.name.startswith("."):
-            continue
-        out[p.relative_to(root).as_posix()[: -len(".npz")]] = p
+        sid = slide_id_of(root, p, ".npz")
+        if sid is not None:
+            out[sid] = p
     return out
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from threads_search.features.progress import FeaturesProgress
+from threads_search.paths import display_text
 
 
 class IndexProgress(FeaturesProgress):
@@ -39,14 +41,22 @@ def print_summary(s, console: Console) -> None:
             + (f"(recall@10 {recall:.3f})" if recall is not None else "")
             + ("" if s.committed else " (nothing changed: previous generation kept)")
         )
+    adopted = getattr(s, "adopted", [])
+    if adopted:
+        console.print(
+            f"[yellow]{len(adopted)} feature file(s) had no row in their FEATURES_DIR's "
+            f"status.parquet and were adopted (made with the folder's settings)[/yellow]"
+        )
     if s.unmatched_metadata:
         console.print(
             f"[yellow]{s.unmatched_metadata} metadata row(s) matched no slide or sample[/yellow]"
         )
+    for note in (m.get("metadata") or {}).get("notes", []):  # renames, conflicts (metadata.py)
+        console.print(Text(display_text(note), style="yellow"))
     if s.failed:
         t = Table(title="failed")
         t.add_column("slide", no_wrap=True)
         t.add_column("reason")
         for sid, why in sorted(s.failed.items()):
-            t.add_row(sid, why)
+            t.add_row(Text(display_text(sid)), Text(display_text(why)))
         console.print(t)

@@ -210,14 +210,31 @@ def test_search_by_molecule_sample_ids(hand):
 
 def test_search_molecules(hand):
     index, _ = hand
-    df = index.search_molecules("P010-DX1", k=5)
+    df = index.search_molecules("P010-DX1", k=5, exclude_same_patient=True)
     assert list(df.columns[:3]) == ["rank", "score", "sample_id"]
     assert not (df["patient_id"] == "P010").any()
-    own = index.search_molecules("P010-DX1", k=2, exclude_same_patient=False)
+    own = index.search_molecules("P010-DX1", k=2)
     assert set(own["sample_id"]) == {"P010-R", "P010-D"}
     dna = index.search_molecules("P010-DX1", k=40, kind="dna", where="site <> 'A'")
     assert set(dna["kind"]) == {"dna"} and "A" not in set(dna["site"])
-    assert len(dna) == len(index.select("kind = 'dna' AND site <> 'A'", "molecular")) - 1
+    assert len(dna) == len(index.select("kind = 'dna' AND site <> 'A'", "molecular"))
+
+
+def test_cross_modal_searches_share_the_same_patient_rule(hand):
+    """Both cross-modal directions keep the query patient's own results by default (they are
+    the expected match) and drop them with exclude_same_patient=True; only slide → slide
+    search drops them by default. Before, search_molecules dropped them by default while
+    search_by_molecule kept them."""
+    index, _ = hand
+    to_samples = index.search_molecules("P010-DX1", k=2)
+    to_slides = index.search_by_molecule(rna="P010-R", k=2)
+    assert set(to_samples["patient_id"]) == set(to_slides["patient_id"]) == {"P010"}
+    for df in (
+        index.search_molecules("P010-DX1", k=10, exclude_same_patient=True),
+        index.search_by_molecule(rna="P010-R", k=10, exclude_same_patient=True),
+        index.search_slides("P010-DX1", k=10),
+    ):
+        assert len(df) == 10 and "P010" not in set(df["patient_id"])
 
 
 def test_classify_molecular_prototypes(hand):
@@ -528,3 +545,52 @@ def test_model_dimension_mismatch(hand, modelled):
     with pytest.raises(QueryError, match="embeds in 1024-d, the index holds 32-d"):
         wrong.search_slides(h5)
     assert len(wrong.search_slides("P001-DX1", k=2)) == 2  # stored vectors need no model
+
+
+def test_cli_same_patient_flag_and_flag_names_in_errors(hand, cli):
+    """--same-patient/--no-same-patient reach every search; library advice naming a Python
+    argument (min_samples) reads as the CLI flag (--min-samples)."""
+    index, _ = hand
+    runner = CliRunner()
+    r = runner.invoke(
+        cli,
+        [
+            "search",
+            str(index.root),
+            "--sample",
+            "P008-R",
+            "-k",
+            "4",
+            "--no-same-patient",
+            "--format",
+            "json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "P008" not in {x["patient_id"] for x in json.loads(r.stdout)}
+    with pytest.warns(SmallClassWarning):
+        r = runner.invoke(
+            cli, ["classify", str(index.root), "--label", "subtype", "--min-samples", "100"]
+        )
+    assert r.exit_code == 2
+    err = " ".join(r.stderr.split())
+    assert "lower --min-samples" in err and "min_samples" not in err
+
+
+def test_metadata_named_like_result_columns_keeps_results_valid(tmp_path, cli):
+    """An index whose slide table has ``score``/``rank`` columns (written before they were
+    renamed at index time): results carry them as meta_score/meta_rank, and --format json works
+    (before: two 'score' columns, and to_json refused the frame)."""
+    rng = np.random.default_rng(0)
+    slides = pd.DataFrame(
+        {"slide_id": [f"S{i}" for i in range(6)], "score": range(6), "rank": list("abcdef")}
+    )
+    write_generation(tmp_path / "idx", slides, rng.normal(size=(6, 8)).astype(np.float32))
+    df = open_index(tmp_path / "idx").search_slides("S0", k=3)
+    assert list(df.columns[:2]) == ["rank", "score"] and df["rank"].tolist() == [1, 2, 3]
+    assert {"meta_score", "meta_rank"} <= set(df.columns) and df.columns.is_unique
+    r = CliRunner().invoke(
+        cli, ["search", str(tmp_path / "idx"), "--slide", "S0", "-k", "3", "--format", "json"]
+    )
+    assert r.exit_code == 0, r.output
+    assert [x["slide_id"] for x in json.loads(r.stdout)] == list(df["slide_id"])

@@ -1,9 +1,14 @@
 """``threads-search index --engine ray`` on a local Ray (2 CPUs, loopback, no dashboard): the
-same index as the local engine, a killed worker actor, a killed driver resumed."""
+same index as the local engine, a killed worker actor, a killed driver resumed; and the only
+connections a local Ray makes outside loopback (strace of all its processes)."""
 
 from __future__ import annotations
 
+import codecs
+import ipaddress
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,20 +143,41 @@ def test_ray_index_equals_local(ray_address, local_index, hed_bundle, tmp_path):
     assert not again.failed
 
 
-def test_worker_killed_mid_job(ray_address, local_index, hed_bundle):
+def test_worker_killed_mid_job(ray_address, local_index, hed_bundle, monkeypatch):
+    """The encoder actor is SIGKILLed after the first slide, with the other slides still to
+    go: Ray restarts it and every slide is indexed. One slide in flight at a time makes the
+    kill land at the same point whatever the machine's load (the driver admits the next slide
+    only after the kill, so exactly one slide is recorded when it lands)."""
+    import indexer.ray_engine
+
+    monkeypatch.setattr(indexer.ray_engine, "MAX_INFLIGHT_SLIDES", 1)
     root, ids = local_index
     out = root / "ray_killed"
     state = {}
 
     def kill_worker():
         state["records_at_kill"] = len(list_records(out))
-        os.kill(prog.workers[0]["pid"], signal.SIGKILL)
+        pid = prog.workers[0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 30  # not our child: wait until it is gone
+        while time.time() < deadline and _alive(pid):
+            time.sleep(0.05)
+        state["dead"] = not _alive(pid)
 
     prog = Recorder(on_first=kill_worker)
     s = run_index(_cfg(root, hed_bundle, out), progress=prog)
-    assert state["records_at_kill"] < len(ids)  # the kill landed while slides were in flight
+    assert state == {"records_at_kill": 1, "dead": True}  # the rest went to a restarted actor
     assert sorted(s.indexed) == ids and not s.failed
     _assert_same_index(root / "loc", out)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 DRIVER = """
@@ -214,3 +240,122 @@ def test_driver_killed_then_resumed(ray_address, local_index, hed_bundle):
     assert set(s.skipped) == before and sorted(s.skipped + s.indexed) == ids
     assert sorted(prog.done) == sorted(s.indexed) and len(s.indexed) == len(ids) - 1
     _assert_same_index(root / "loc", out)
+
+
+NET_PROBE = """
+import sys
+sys.path.insert(0, {repo!r})
+from indexer.ray_engine import ray_session
+
+def one(x):
+    return x + 1
+
+with ray_session(None, 1) as ray:
+    print("RESULT", ray.get(ray.remote(one).remote(1)), flush=True)
+"""
+# The only non-loopback connects a local Ray makes (documented in ray_session): the dashboard
+# head's cloud-provider probe, HTTP to the metadata address and a DNS lookup of the GCP name.
+PROBE_HTTP = ("169.254.169.254", 80)
+PROBE_DNS_NAME = "metadata.google.internal"
+
+
+def _dns_names(strace_args: str) -> set[str]:
+    """Question names of the DNS queries in the string literals of one strace send line."""
+    names = set()
+    for lit in re.findall(r'"((?:[^"\\]|\\.)*)"', strace_args):
+        b, pos, labels = codecs.escape_decode(lit)[0], 12, []
+        while pos < len(b) and b[pos]:
+            labels.append(b[pos + 1 : pos + 1 + b[pos]].decode("ascii", "replace"))
+            pos += 1 + b[pos]
+        names.add(".".join(labels))
+    return names
+
+
+def _outside_connects(trace: str) -> list[tuple[str, str, int, str, set[str]]]:
+    """``(pid's program, address, port, result, DNS names asked)`` for every ``connect()`` in
+    an ``strace -f`` log of connect, send*, execve and clone* that is not loopback or Unix."""
+    lines = trace.splitlines()
+    prog, parent = {}, {}
+    for line in lines:  # first pass: each pid's program (threads and forks: their parent's)
+        m = re.match(r'(\d+)\s+execve\("[^"]*", \[(.*?)\]', line)
+        if m:
+            prog[m.group(1)] = m.group(2)[:300]
+        m = re.match(r"(\d+)\s+(?:<\.\.\. )?(?:clone3?|v?fork)[( ].*= (\d+)$", line)
+        if m:
+            parent[m.group(2)] = m.group(1)
+
+    def program(pid: str) -> str:
+        for _ in range(64):
+            if pid in prog or pid not in parent:
+                break
+            pid = parent[pid]
+        return prog.get(pid, "?")
+
+    found = []
+    dns: dict[tuple[str, str], set[str]] = {}  # (pid, fd) of a socket connected to port 53
+    for line in lines:
+        m = re.match(r"(\d+)\s+send(?:to|mmsg)\((\d+), (.*)", line)
+        if m and (m.group(1), m.group(2)) in dns:
+            dns[(m.group(1), m.group(2))] |= _dns_names(m.group(3))
+            continue
+        m = re.match(r"(\d+)\s+connect\((\d+), (.*)", line)
+        if not m:
+            continue
+        pid, fd, rest = m.groups()
+        dns.pop((pid, fd), None)  # the descriptor now names another socket
+        m = re.match(r'\{sa_family=AF_INET6?, sin6?_port=htons\((\d+)\), .*?"([^"]+)"', rest)
+        if not m or _local(m.group(2)):
+            continue
+        port, addr = int(m.group(1)), m.group(2)
+        names: set[str] = set()
+        if port == 53:
+            dns[(pid, fd)] = names  # filled by the sends on that socket
+        found.append((program(pid), addr, port, rest.rsplit("= ", 1)[-1], names))
+    return found
+
+
+def _local(addr: str) -> bool:
+    """Loopback or unspecified (IPv4, IPv6 or IPv4-mapped IPv6)."""
+    ip = ipaddress.ip_address(addr)
+    ip = getattr(ip, "ipv4_mapped", None) or ip
+    return ip.is_loopback or ip.is_unspecified
+
+
+def _expected(conn) -> bool:
+    """The documented probe: from the dashboard process, to the metadata address or a DNS
+    server asking only for the GCP metadata name (plus any resolv.conf search suffix)."""
+    prog, addr, port, _, names = conn
+    if "dashboard/dashboard.py" not in prog:
+        return False
+    if port == 53:
+        return all(n.startswith(PROBE_DNS_NAME) for n in names)
+    return (addr, port) == PROBE_HTTP
+
+
+def test_local_ray_connects_nowhere_but_the_documented_probe(tmp_path):
+    """A local Ray started by ``ray_session`` (usage stats left to it) makes no connection
+    outside loopback except the documented cloud-metadata probe of its dashboard process
+    (strace of every process of the job)."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace not installed (apt-get install strace)")
+    log = tmp_path / "trace.txt"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    calls = "connect,sendto,sendmmsg,execve,clone,clone3,fork,vfork"
+    opts = ["-f", "-qq", "-s", "256", "-e", f"trace={calls}"]
+    cmd = [strace, *opts, "-o", str(log), sys.executable, "-c", NET_PROBE.format(repo=REPO)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    if res.returncode != 0 and "ptrace" in res.stderr:
+        pytest.skip(f"strace cannot trace here: {res.stderr.strip()[:200]}")
+    assert "RESULT 2" in res.stdout, res.stderr[-2000:]
+    text = log.read_text(errors="replace")
+    seen = _outside_connects(text)
+    assert any("raylet" in p for p in _programs(log)), "the trace did not follow Ray's processes"
+    inet = re.findall(r"^\d+\s+connect\(\d+, \{sa_family=AF_INET", text, re.MULTILINE)
+    assert len(inet) > 3, "no TCP connect seen (not even Ray's own on 127.0.0.1)"
+    unexpected = [c for c in seen if not _expected(c)]
+    assert not unexpected, unexpected
+
+
+def _programs(log) -> list[str]:
+    return re.findall(r'\d+\s+execve\("([^"]*)"', log.read_text(errors="replace"))

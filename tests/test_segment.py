@@ -93,3 +93,71 @@ def test_cli_help_and_demo(tmp_path):
     assert f"threads-search ui {tmp_path / 'index'}" in out
     assert len(list((tmp_path / "features" / "h5").glob("*.h5"))) == 8
     assert (tmp_path / "index" / "index.json").exists()
+
+
+def test_coarse_slide_is_refused_unless_the_user_means_it(real_dir, slide_factory):
+    """The frozen TCGA slide has no resolution; given its real 4 µm/px, 0.5 µm/px patches would
+    be blown up 8x from 64 px: refused with the values and both fixes. Each fix works."""
+    from dataclasses import replace
+
+    from threads_search.wsi import SlideError
+    from threads_search.wsi.segment import SegmentConfig, apply_options
+
+    path = real_dir / "tcga_cr7395_frozen_ts1.svs"
+    with pytest.raises(SlideError) as e:
+        plan_slide(path, mpp=4.0)
+    msg = e.value.detail
+    assert e.value.reason == "too-coarse" and "tcga_cr7395" in str(e.value)
+    for words in ("4 µm/px (override)", "0.5 µm/px", "8.0x", "--target-mpp 4", "--max-upsample 8"):
+        assert words in msg, words
+    allowed = plan_slide(path, mpp=4.0, config=apply_options(SegmentConfig(), max_upsample=8))
+    assert len(allowed.coords) > 100  # upsampled patches, as asked
+    native = SegmentConfig()
+    native.grid = replace(native.grid, patch_size=64, target_mpp=4.0)
+    assert len(plan_slide(path, mpp=4.0, config=native).coords) > 1000
+    ten_x = slide_factory(fmt="tiff", mpp=1.0, width=2048, height=1536, seed=4)
+    assert len(plan_slide(ten_x.path).coords) > 0  # 2x (10x scanner for 20x patches) is fine
+
+
+def test_segment_settings_round_trip_and_options():
+    from threads_search.wsi.segment import SegmentConfig, apply_options
+
+    old_tissue = {"exclude_pen": False, "pen_dilate_um": 16.0, "min_saturation": 0.07}
+    old = {"tissue": old_tissue, "grid": {"patch_size": 256}}
+    cfg = SegmentConfig.from_dict(old)  # settings written by an older version still load
+    assert cfg.tissue.min_saturation == 0.07 and cfg.grid.patch_size == 256
+    d = apply_options(cfg, exclude_ink=False, min_od=0.2, max_upsample=4).to_dict()
+    assert d["tissue"]["exclude_ink"] is False and d["tissue"]["min_od"] == 0.2
+    assert d["grid"]["max_upsample"] == 4 and SegmentConfig.from_dict(d).to_dict() == d
+    for name, value in [("min_saturation", 2.0), ("max_upsample", 0.5), ("colour", 1)]:
+        with pytest.raises(ValueError, match=name):
+            apply_options(cfg, **{name: value})
+
+
+def test_features_cli_tissue_options_are_recorded(real_dir, tmp_path):
+    """Tissue settings are options of `features` and land in FEATURES_DIR/config.json."""
+    import json
+
+    runner = CliRunner()
+    slide = str(real_dir / "cmu_small_region.svs")
+    out = tmp_path / "feats"
+    given = {
+        "--min-od": ("min_od", 0.2),
+        "--min-tissue-area-mm2": ("min_area_mm2", 0.01),
+        "--max-hole-area-mm2": ("max_hole_area_mm2", 0.1),
+        "--ink-red-excess": ("ink_red_excess", 0.2),
+        "--min-saturation": ("min_saturation", 0.06),
+        "--max-saturation": ("max_saturation", 0.2),
+    }
+    args = ["features", slide, "--out", str(out), "--workers", "0", "--no-ink-removal"]
+    args += [a for flag, (_, v) in given.items() for a in (flag, str(v))]
+    res = runner.invoke(app, [*args, "--max-upsample", "3"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    seg = json.loads((out / "config.json").read_text())["segment"]
+    assert seg["tissue"]["exclude_ink"] is False
+    for name, value in given.values():
+        assert seg["tissue"][name] == value
+    assert seg["grid"]["max_upsample"] == 3.0 and "ink_on_tissue_um" in seg["tissue"]
+    for bad in (["--min-saturation", "2"], ["--mpp", "90"]):
+        res = runner.invoke(app, ["features", slide, "--out", str(tmp_path / "x"), *bad])
+        assert res.exit_code == 2 and ("min_saturation" in res.output or "plausible" in res.output)

@@ -4,6 +4,9 @@ disabled (defence in depth)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -56,6 +59,18 @@ HOSTILE = [
     ("site = 'unterminated", "unterminated"),
     ("site = E'\\'') ; DROP TABLE slides; SELECT ('", "escape strings"),
     ("site = e'x'", "escape strings"),
+    ("length(lpad(site, 2000000000, 'a')) > 0", "function 'lpad' is not allowed"),
+    ("rpad(site, 2000000000, 'a') = 'A'", "function 'rpad' is not allowed"),
+    ("repeat(site, 2000000000) = 'A'", "function 'repeat' is not allowed"),
+    ("regexp_replace(site, '', 'xx', 'g') = 'A'", "function 'regexp_replace' is not allowed"),
+    ("replace(site, 'A', 'AAAA') = 'A'", "may not lengthen text"),
+    ("replace(site, '', 'A') = 'A'", "may not lengthen text"),
+    ("replace(site, 'A', grade) = 'A'", "may not lengthen text"),
+    ("replace(site, 'a', 'é') = 'A'", "may not lengthen text"),  # 1 byte -> 2 bytes
+    ("NOT " * 500 + "site = 'A'", "nested too deeply"),
+    ("NOT " * 990 + "site = 'A'", "nested too deeply"),  # DuckDB's own depth limit
+    ("lower(" * 100 + "site" + ")" * 100 + " = 'a'", "nested too deeply"),
+    ("+".join(["age"] * 500) + " > 1", "nested too deeply"),
 ]
 
 
@@ -85,10 +100,12 @@ GOOD = [
     "site ILIKE 'a' OR grade IS DISTINCT FROM 'G1'",
     "AGE > 3",  # identifiers are case-insensitive, as in DuckDB
     "grade = 'e' OR site = 'E'",  # a string that happens to hold an e is not an E'' prefix
+    "replace(site, '-', '') = 'AB' AND replace(grade, 'grade ', 'G') = 'G1'",  # never lengthens
+    "NOT " * 60 + "site = 'A'",  # deep but within MAX_DEPTH
 ]
 
 
-@pytest.mark.parametrize("expr", GOOD)
+@pytest.mark.parametrize("expr", GOOD, ids=[g[:40] for g in GOOD])
 def test_legitimate_expressions_pass(expr):
     assert validate_where(expr, COLUMNS) == f"({expr})"
 
@@ -132,3 +149,53 @@ def test_filter_connection_has_no_file_access(index, tmp_path):
         with pytest.raises(duckdb.Error):
             cur.execute(sql)
     assert not sentinel_out.exists() and not (tmp_path / "x.db").exists()
+
+
+_RSS_PROBE = """
+import resource, sys, tempfile
+import numpy as np, pandas as pd
+from threads_search.index.writer import write_generation
+from threads_search.query import FilterError, open_index
+
+root = tempfile.mkdtemp(dir=sys.argv[1])
+n = 12
+ids = [f"S{i:02d}" for i in range(n)]
+slides = pd.DataFrame({"slide_id": ids, "path": "/archive/" + "a" * 100, "patient_id": ids,
+                       "site": list("AB") * 6})
+write_generation(root + "/idx", slides, np.ones((n, 8), np.float32))
+index = open_index(root + "/idx")
+index.search_slides("S01", where="site = 'A'")
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for expr in sys.argv[2:]:
+    try:
+        index.search_slides("S01", where=expr)
+        print("accepted")
+    except FilterError as e:
+        print("FilterError", str(e).splitlines()[0][:60])
+    except RecursionError:
+        print("RecursionError")
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+"""
+
+
+def test_short_hostile_filters_allocate_nothing(tmp_path):
+    """Short filters (under MAX_LENGTH characters) that made DuckDB allocate gigabytes (padding, nested
+    replace) or raised RecursionError (500 NOTs) are FilterErrors, and the process's peak memory
+    does not grow (measured in a fresh interpreter: ru_maxrss)."""
+    a, b, c = "a" * 1000, "b" * 1000, "c" * 300
+    hostile = [
+        "length(lpad(site, 300000000, 'a')) > 0",
+        "length(rpad(path, 300000000, 'a')) > 0",
+        f"length(replace(replace('{a}', 'a', '{b}'), 'b', '{c}')) > 0",
+        "NOT " * 500 + "site = 'A'",
+    ]
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_PROBE, str(tmp_path), *hostile],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout.split("\n")
+    verdicts, grown_mb = out[: len(hostile)], int(out[len(hostile)])
+    assert all(v.startswith("FilterError") for v in verdicts), verdicts
+    assert grown_mb < 64, f"peak RSS grew by {grown_mb} MB"

@@ -144,7 +144,7 @@ def test_pixel_cohort_features_then_train_through_the_cli(tmp_path):
     res = runner.invoke(app, ["train", "--features", str(tmp_path / "f"), "--pairs",
                               str(paths["pairs"]), "--rna", str(paths["rna"]), "--dna",
                               str(paths["maf"]), "--out", str(tmp_path / "m"), "--epochs", "2",
-                              "--batch-size", "4", *SMALL])  # fmt: skip
+                              "--batch-size", "4", "--min-train-items", "4", *SMALL])  # fmt: skip
     assert res.exit_code == 0, res.output
     model = load_model(tmp_path / "m")
     assert model.patch_encoder["name"] == "hed-texture"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from conftest import smooth_image
@@ -181,6 +183,36 @@ def test_missing_file(tmp_path):
         open_slide(tmp_path / "nope.svs")
 
 
+def test_fifo_is_not_a_regular_file(tmp_path):
+    """A named pipe was reported as "the file is 0 bytes" (and opening it would block)."""
+    fifo = tmp_path / "pipe.svs"
+    os.mkfifo(fifo)
+    with pytest.raises(SlideError) as e:
+        open_slide(fifo)
+    assert e.value.reason == "unsupported" and "pipe.svs" in str(e.value)
+    assert "FIFO" in e.value.detail and "not a regular file" in e.value.detail
+    assert "0 bytes" not in str(e.value)
+
+
+def test_implausible_mpp_is_refused_or_ignored(tmp_path):
+    """Any µm/px up to 100 was accepted: a wrong 90 µm/px override gave 144,787 patches for a
+    1536 px slide, and a 300 dpi TIFF tag (84.7 µm/px) was taken as the scan resolution."""
+    for bad in (90, 25.0, 0.001):
+        with pytest.raises(ValueError, match=r"not a plausible.*0.02–20 µm/px"):
+            resolve_mpp({}, override=bad)
+    assert resolve_mpp({}, override=4.0).mpp == 4.0  # downsampled copies are plausible
+    dpi300 = {"tiff.ResolutionUnit": "inch", "tiff.XResolution": "300", "tiff.YResolution": "300"}
+    assert resolve_mpp(dpi300) is None  # treated as absent: the no-mpp error asks for it
+    path = write_slide(tmp_path / "s.tiff", smooth_image(1024, 768), 0.5)
+    with pytest.raises(SlideError) as e:
+        open_slide(path, mpp=90)
+    assert e.value.reason == "bad-mpp" and "s.tiff" in str(e.value) and "unit" in e.value.detail
+    csv = tmp_path / "mpp.csv"
+    csv.write_text("slide,mpp\ns,90\n")
+    with pytest.raises(ValueError, match=r"mpp.csv:2: mpp '90' is not a plausible"):
+        load_mpp_csv(csv)
+
+
 def test_truncated_level_data_fails_on_read_with_slide_error(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
     path = write_slide(tmp_path / "holes.tiff", rgb, 0.5, min_side=10_000)  # one level only
@@ -197,3 +229,4 @@ def test_truncated_level_data_fails_on_read_with_slide_error(tmp_path):
             for x in range(0, 1024, 256):
                 s.read_patch(x, y, 256, 0.5)
     assert e.value.reason == "read"
+    assert "level 0" in e.value.detail and len(e.value.detail.split(":", 1)[1].strip()) > 5

@@ -63,6 +63,45 @@ def features(
     min_tissue: float = typer.Option(
         0.25, "--min-tissue", help="Keep patches with at least this tissue fraction."
     ),
+    max_upsample: float = typer.Option(
+        None,
+        "--max-upsample",
+        help="Refuse slides whose µm/px is coarser than --target-mpp by more than this factor "
+        "(their patches would be blown up) [default: 2].",
+    ),
+    ink_removal: bool = typer.Option(
+        None,
+        "--ink-removal/--no-ink-removal",
+        help="Remove green/cyan/blue marker ink on glass; ink on tissue stays tissue [default: on].",
+    ),
+    ink_red_excess: float = typer.Option(
+        None,
+        "--ink-red-excess",
+        help="Stain-separation red excess above which a pixel is ink (dense haematoxylin is about "
+        "0.08, blue pen 0.2, green dye 0.4) [default: 0.15].",
+    ),
+    min_saturation: float = typer.Option(
+        None, "--min-saturation", help="Floor of the tissue saturation threshold [default: 0.05]."
+    ),
+    max_saturation: float = typer.Option(
+        None,
+        "--max-saturation",
+        help="Ceiling of the tissue saturation threshold (keeps pale tissue) [default: 0.15].",
+    ),
+    min_od: float = typer.Option(
+        None,
+        "--min-od",
+        help="Optical density (sum of R, G, B over the glass) tissue needs; pink haze on glass "
+        "stays below [default: 0.12].",
+    ),
+    min_tissue_area: float = typer.Option(
+        None,
+        "--min-tissue-area-mm2",
+        help="Drop tissue pieces smaller than this (unless next to a larger one) [default: 0.02].",
+    ),
+    max_hole_area: float = typer.Option(
+        None, "--max-hole-area-mm2", help="Fill holes in tissue up to this area [default: 0.5]."
+    ),
     workers: int = typer.Option(
         2, "--workers", min=0, help="Reader processes (0 = read in this process)."
     ),
@@ -89,8 +128,6 @@ def features(
 
     Example: threads-search features slides/ --out feats/ --workers 2
     """
-    from dataclasses import replace
-
     from rich.console import Console
 
     from threads_search.features import FeaturesConfigError, default_config
@@ -107,7 +144,26 @@ def features(
         )  # fmt: skip
     except KeyError as e:
         raise typer.BadParameter(str(e.args[0]), param_hint="--patch-encoder") from None
-    cfg.segment.grid = replace(cfg.segment.grid, min_tissue=min_tissue)
+    from threads_search.wsi.mpp import check_override
+    from threads_search.wsi.segment import apply_options
+
+    try:
+        cfg.segment = apply_options(
+            cfg.segment,
+            min_tissue=min_tissue,
+            max_upsample=max_upsample,
+            exclude_ink=ink_removal,
+            ink_red_excess=ink_red_excess,
+            min_od=min_od,
+            min_saturation=min_saturation,
+            max_saturation=max_saturation,
+            min_area_mm2=min_tissue_area,
+            max_hole_area_mm2=max_hole_area,
+        )
+        if mpp is not None:
+            check_override(mpp, "--mpp")
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
     try:
         if import_h5 is not None:
             from threads_search.features.importer import ImportParams
@@ -125,7 +181,7 @@ def features(
     except (FeaturesConfigError, FileNotFoundError, RuntimeError, ValueError) as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    failed = print_outcomes(outcomes, console)
+    failed = print_outcomes(outcomes, console, imported=import_h5 is not None)
     raise typer.Exit(1 if failed else 0)
 
 
@@ -163,7 +219,9 @@ def index(
     ),
     pair_by: str = typer.Option("sample", "--pair-by", help="sample | patient (TCGA barcodes)."),
     rna: Path = typer.Option(None, "--rna", help="RNA matrix to embed and index."),
-    rna_units: str = typer.Option("tpm", "--rna-units", help="tpm | counts | log"),
+    rna_units: str = typer.Option(
+        None, "--rna-units", help="tpm | counts | log [default: the model's; others: an error]."
+    ),
     dna: Path = typer.Option(
         None, "--dna", help="MAF or binary mutation matrix to embed and index."
     ),
@@ -208,11 +266,15 @@ def index(
     Example: threads-search index slides/ --model model/ --out idx/ --metadata clinical.csv
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from indexer.build import run_index
     from indexer.config import IndexConfig
+    from indexer.molecular import rna_units_for
     from indexer.report import IndexProgress, print_summary
     from threads_search.index.store import IndexLockedError
+    from threads_search.models.bundle import bundle_rna_units
+    from threads_search.query.commands import cli_message
 
     console = Console(stderr=True)
     s = lambda p: str(p) if p else None  # noqa: E731
@@ -225,10 +287,12 @@ def index(
         ray_address=ray_address, gpus_per_worker=gpus_per_worker, cpus_per_reader=cpus_per_reader,
     )  # fmt: skip
     try:
+        if rna and (units := bundle_rna_units(model)):  # a conflicting --rna-units: fail at once
+            rna_units_for(units, rna_units)
         with IndexProgress(console) as progress:
             summary = run_index(cfg, progress=progress)
     except (IndexLockedError, FileNotFoundError, ValueError, KeyError) as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(cli_message(str(e)))}")
         raise typer.Exit(2) from None
     print_summary(summary, console)
     raise typer.Exit(1 if summary.failed else 0)

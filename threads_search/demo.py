@@ -80,7 +80,7 @@ def run_demo(out: Path, n_patients: int = 40, epochs: int = 25, console: Console
                      "--rna", str(paths["rna"]), "--dna", str(paths["maf"]), "--metadata",
                      str(paths["metadata"]), "--out", str(out / "model"), "--epochs", str(epochs),
                      "--batch-size", "8", "--head-dim", "128", "--attn-dim", "64", "--lr", "1e-3",
-                     "--patience", "0", "--quiet"])  # fmt: skip
+                     "--patience", "0", "--min-train-items", "4", "--quiet"])  # fmt: skip
     if rc != 0:
         raise RuntimeError("training failed")
 

@@ -1,6 +1,10 @@
 """``threads-search train``: THREADS contrastive pretraining from a FEATURES_DIR + profiles.
 
-Callable as ``main(argv)`` (returns the exit code), so a tiny synthetic run is a test.
+Callable as ``main(argv)`` (returns the exit code: 0 trained, 2 refused or no model produced),
+so a tiny synthetic run is a test. Before training, a matching report goes to stderr: pairs
+matched, pairs naming a slide without features or a sample without a profile, features and
+profiles named in no pair, items per split. Training is refused below ``--min-train-items``
+matched training items (default 8).
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from trainer.config import TrainConfig
+from trainer.config import DEFAULT_VAL_FRACTION, TrainConfig
 
 EPILOG = """examples:
   threads-search train --features feats/ --pairs pairs.csv --rna rna.parquet --dna muts.maf \\
@@ -17,13 +21,26 @@ EPILOG = """examples:
 
 outputs (MODEL_DIR): config.json, model.safetensors (best epoch), genes_rna.txt, genes_dna.txt,
 rna_normalization.json, last/ (last epoch), training_log.jsonl, training_curves.png,
-checkpoints/state.pt (for --resume)."""
+checkpoints/state.pt (for --resume). config.json's "training" holds the settings, the best
+epoch's metrics, how it was selected and the matching report ("data").
+
+matching: pairs are matched to slides with finished features and to samples with a profile; the
+report (stderr, and config.json) counts what did not match, with examples and hints on ids that
+differ. Fewer than --min-train-items matched training items (default %(min)d), or fewer than 2
+training items of a modality given (--rna/--dna), is refused (exit 2): InfoNCE contrasts the
+items of a batch. An epoch that makes no optimiser step ends the run with exit 2 and saves
+nothing.
+
+model selection: the best epoch has the highest --select-metric on the validation split (a split
+column in --metadata, else --val-fraction of the patients, default %(val).2f; 0 = none).
+Without validation it is the epoch of lowest training loss, reported as train_loss."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
+    epilog = EPILOG % {"min": d.min_train_items, "val": DEFAULT_VAL_FRACTION}
     p = argparse.ArgumentParser(
-        prog="threads-search train", description=__doc__.splitlines()[0], epilog=EPILOG,
+        prog="threads-search train", description=__doc__.splitlines()[0], epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     io = p.add_argument_group("inputs and output")
@@ -61,7 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--temperature", type=float, default=d.temperature, help="initial InfoNCE temperature"
     )
-    t.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    t.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"share of patients held out for validation when --metadata has no split column "
+        f"(default {DEFAULT_VAL_FRACTION}; 0: no validation split; not allowed with one)",
+    )
+    t.add_argument(
+        "--min-train-items",
+        type=int,
+        default=d.min_train_items,
+        help="refuse to train on fewer matched training items (bags with a paired profile; "
+        "default %(default)s)",
+    )
     t.add_argument(
         "--select-metric", default=d.select_metric, choices=["val_mean_recall", "val_rankme"]
     )
@@ -83,7 +112,8 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         features=a.features, pairs=a.pairs, out=a.out, rna=a.rna, dna=a.dna,
         rna_units=a.rna_units, metadata=a.metadata, pair_by=a.pair_by, bag_by=a.bag_by,
-        val_fraction=a.val_fraction, slide_encoder=a.slide_encoder, slide_config=slide_config,
+        val_fraction=a.val_fraction, min_train_items=a.min_train_items,
+        slide_encoder=a.slide_encoder, slide_config=slide_config,
         epochs=a.epochs, batch_size=a.batch_size, max_patches=a.max_patches, lr=a.lr,
         weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, grad_clip=a.grad_clip,
         accum_steps=a.accum_steps, temperature=a.temperature, select_metric=a.select_metric,
@@ -94,24 +124,38 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from threads_search.molecular import MolecularDataError
-    from trainer.data import TrainingDataError
+    from trainer.errors import TrainingDataError, TrainingError
     from trainer.loop import train
 
     cfg = config_from_args(args)
+    errors = (TrainingDataError, TrainingError, MolecularDataError, FileNotFoundError, ValueError)
     try:
-        result = train(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs,
-                       progress=not args.quiet)  # fmt: skip
-    except (TrainingDataError, MolecularDataError, FileNotFoundError, ValueError) as e:
+        result = train(
+            cfg,
+            resume=args.resume,
+            stop_after_epochs=args.stop_after_epochs,
+            progress=not args.quiet,
+            echo=_stderr,
+        )
+    except errors as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result.best_epoch < 1:
+        msg = f"error: no epoch produced a model; no bundle in {result.out_dir}"
+        print(msg, file=sys.stderr)
         return 2
     last = result.history[-1] if result.history else {}
     print(
         f"trained {len(result.history)} epochs; best epoch {result.best_epoch} "
-        f"({cfg.select_metric} = {result.best_metric:.4f}); last train loss "
-        f"{last.get('train_loss', float('nan')):.4f}; bundle: {result.out_dir}"
+        f"({result.best_metric_name} = {result.best_metric:.4f}, {result.selection}); last "
+        f"train loss {last.get('train_loss', float('nan')):.4f}; bundle: {result.out_dir}"
         + (" (stopped early)" if result.stopped_early else "")
     )
     return 0
+
+
+def _stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

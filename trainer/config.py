@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+DEFAULT_VAL_FRACTION = 0.15  # of the patients, when no split column is given
+MIN_TRAIN_ITEMS = 8  # fewest matched training items (bags) a run accepts
+
 
 @dataclass
 class TrainConfig:
@@ -18,7 +21,12 @@ class TrainConfig:
     metadata: str | None = None  # optional table with a patient-level ``split`` column
     pair_by: str = "sample"  # sample | patient (TCGA barcodes by their first 12 characters)
     bag_by: str = "patient"  # patient: a patient's slides form one bag | slide
-    val_fraction: float = 0.15  # used when no split column is given
+    # Share of patients held out for validation when the metadata has no split column
+    # (None: DEFAULT_VAL_FRACTION; 0: no validation split). Not allowed with a split column.
+    val_fraction: float | None = None
+    # Refuse to train on fewer matched training items (bags with a paired profile). InfoNCE
+    # contrasts the items of a batch, so a handful of items cannot train a model.
+    min_train_items: int = MIN_TRAIN_ITEMS
     slide_encoder: str = "threads"
     slide_config: dict = field(default_factory=dict)
     rna_config: dict = field(default_factory=dict)
@@ -38,6 +46,20 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int = 0  # torch CPU threads (0 = leave as is)
+
+    def check(self) -> None:
+        """Settings that cannot train → ValueError naming the option."""
+        bad = []
+        if self.batch_size < 2:
+            bad.append(f"--batch-size {self.batch_size}: InfoNCE needs at least 2 items a batch")
+        if self.min_train_items < 2:
+            bad.append(f"--min-train-items {self.min_train_items}: at least 2")
+        if self.epochs < 1 or self.accum_steps < 1 or self.max_patches < 1:
+            bad.append("--epochs, --accum-steps and --max-patches must be at least 1")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
+            bad.append(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+        if bad:
+            raise ValueError("; ".join(bad))
 
     def to_dict(self) -> dict:
         return asdict(self)

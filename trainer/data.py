@@ -3,6 +3,12 @@
 Each item is one bag (a patient's slides by default, or one slide with ``bag_by="slide"``) with
 the RNA sample and/or DNA sample paired to it. Items with only RNA or only DNA are kept: the loss
 is computed per available modality.
+
+What matched and what did not is counted in ``TrainingData.report`` (see ``trainer.matching``).
+Training is refused (:class:`TrainingDataError`) with fewer than ``cfg.min_train_items`` matched
+training items (default 8), or with a modality given (``--rna``/``--dna``) that fewer than 2
+training items carry: InfoNCE contrasts at least 2 items of a modality, so that encoder could
+not learn.
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from threads_search.features.h5io import read_features
 from threads_search.molecular import RnaNormalizer, multi_hot
 from threads_search.molecular.dna import read_dna
 from threads_search.molecular.rna import read_rna_matrix
-from threads_search.molecular.tables import read_metadata, read_pairs
+from threads_search.molecular.tables import read_pairs
 from trainer.config import TrainConfig
+from trainer.errors import TrainingDataError
+from trainer.matching import count_items, format_report, match_report
+from trainer.splits import assign_splits
 
-
-class TrainingDataError(ValueError):
-    """The inputs cannot form a training set; the message says what to fix."""
+__all__ = ["Item", "TrainingData", "TrainingDataError", "collate", "load_training_data"]
 
 
 def _few(ids, n: int = 5) -> str:
@@ -52,6 +59,7 @@ class TrainingData:
     normalizer: RnaNormalizer | None
     genes_dna: list[str] | None
     patch_encoder: dict
+    report: dict = field(default_factory=dict)  # matching report (trainer.matching), JSON-ready
 
     def split(self, name: str) -> list[Item]:
         return [it for it in self.items if it.split == name]
@@ -61,16 +69,19 @@ class TrainingData:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _features_info(features_dir: Path) -> tuple[dict, list[str]]:
-    """The patch-encoder description and the slide ids with finished features."""
+def _features_info(features_dir: Path) -> tuple[dict, list[str], list[str]]:
+    """The patch-encoder description, the slide ids with finished features and those whose
+    features failed."""
     cfg_path = features_dir / "config.json"
     if not cfg_path.exists():
         raise TrainingDataError(f"{features_dir} is not a FEATURES_DIR: no config.json")
     cfg = json.loads(cfg_path.read_text())
     status = features_dir / "status.parquet"
+    failed: list[str] = []
     if status.exists():
         st = pd.read_parquet(status)
         done = st.loc[st.state == "done", "slide_id"].astype(str).tolist()
+        failed = st.loc[st.state == "failed", "slide_id"].astype(str).tolist()
     else:
         done = [p.stem for p in (features_dir / "h5").glob("*.h5")]
     grid = cfg.get("segment", {}).get("grid", {})
@@ -80,7 +91,7 @@ def _features_info(features_dir: Path) -> tuple[dict, list[str]]:
         "patch_size": grid.get("patch_size", 512),
         "target_mpp": grid.get("target_mpp", 0.5),
     }
-    return pe, done
+    return pe, done, failed
 
 
 def _load_bags(features_dir: Path, slide_ids: list[str], pe: dict) -> dict[str, np.ndarray]:
@@ -102,41 +113,51 @@ def _load_bags(features_dir: Path, slide_ids: list[str], pe: dict) -> dict[str, 
     return bags
 
 
-def _assign_splits(items: list[Item], cfg: TrainConfig) -> None:
-    split_of: dict[str, str] = {}
-    if cfg.metadata:
-        meta = read_metadata(cfg.metadata)
-        if "split" in meta.columns and "patient_id" in meta.columns:
-            split_of = dict(zip(meta["patient_id"], meta["split"].astype(str), strict=True))
-    patients = sorted({it.patient_id for it in items})
-    if not split_of:
-        rng = np.random.default_rng(cfg.seed)
-        n_val = max(1, round(cfg.val_fraction * len(patients))) if len(patients) > 2 else 0
-        val = set(rng.permutation(patients)[:n_val].tolist())
-        split_of = {p: "val" if p in val else "train" for p in patients}
-    for it in items:
-        it.split = split_of.get(it.patient_id, "train")
+def _check_counts(cfg: TrainConfig, report: dict) -> None:
+    """Refuse a training set too small to train on, with the report and the likely cause."""
+    it = report["items"]
+    problems = []
+    if it["train"] < cfg.min_train_items:
+        problems.append(
+            f"only {it['train']} matched training item(s); at least {cfg.min_train_items} are "
+            "needed (--min-train-items)"
+        )
+    for mod, given in (("rna", cfg.rna), ("dna", cfg.dna)):
+        if given and it[f"train_{mod}"] < 2:
+            problems.append(
+                f"--{mod} given but only {it[f'train_{mod}']} training item(s) have a paired "
+                f"{mod.upper()} profile: InfoNCE needs at least 2 to train the {mod.upper()} "
+                f"encoder (fix the pairs, or drop --{mod})"
+            )
+    if problems:
+        cause = (
+            "likely cause: ids that do not match between the pairs, the features and the "
+            "profiles (see the hints)"
+            if report["hints"] or report["pairs_matched"] < report["pairs"] / 2
+            else "likely cause: the cohort or its training split is too small"
+        )
+        lines = "".join(f"\n  - {p}" for p in problems)
+        raise TrainingDataError(f"cannot train:{lines}\n{cause}.\n{format_report(report)}")
 
 
 def load_training_data(cfg: TrainConfig) -> TrainingData:
-    """Read features, pairs and profiles; fit RNA normalisation on the training split."""
+    """Read features, pairs and profiles; match them (``report``); split; refuse a training set
+    below the minimum; fit RNA normalisation on the training split."""
     if not cfg.rna and not cfg.dna:
         raise TrainingDataError("give --rna and/or --dna: there is nothing to align slides to")
     fdir = Path(cfg.features)
-    pe, done = _features_info(fdir)
+    pe, done, failed = _features_info(fdir)
     pairs = read_pairs(cfg.pairs, pair_by=cfg.pair_by)
     rna_m = read_rna_matrix(cfg.rna, units=cfg.rna_units) if cfg.rna else None
     dna_m = read_dna(cfg.dna) if cfg.dna else None
     rna_ids = set(rna_m.samples) if rna_m is not None else set()
     dna_ids = set(dna_m.index.astype(str)) if dna_m is not None else set()
+    report = match_report(pairs, done, failed, rna_ids, dna_ids, str(fdir))
     ok = pairs[pairs.slide_id.isin(set(done)) & pairs.sample_id.isin(rna_ids | dna_ids)]
     if ok.empty:
         raise TrainingDataError(
             "no pairs matched: no pair links a slide with features to a sample with a profile.\n"
-            f"  pairs slide ids: {_few(pairs.slide_id.unique())}\n"
-            f"  slides with features in {fdir}: {_few(done)}\n"
-            f"  pairs sample ids: {_few(pairs.sample_id.unique())}\n"
-            f"  profile sample ids: {_few(rna_ids | dna_ids)}"
+            + format_report(report)
         )
     ok = ok.assign(patient_id=ok.patient_id.fillna(ok.sample_id))
     key_col = "patient_id" if cfg.bag_by == "patient" else "slide_id"
@@ -148,11 +169,12 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
         items.append(
             Item(str(key), str(grp.patient_id.iloc[0]), sorted(grp.slide_id.unique()), rna, dna)
         )
-    _assign_splits(items, cfg)
+    report["split"] = assign_splits(items, cfg)
+    report["bag_by"] = cfg.bag_by
+    report["items"] = count_items(items)
+    _check_counts(cfg, report)
     items = [it for it in items if it.split in ("train", "val")]
     train = [it for it in items if it.split == "train"]
-    if not train:
-        raise TrainingDataError("no training items after the split")
     bags = _load_bags(fdir, sorted({s for it in items for s in it.slides}), pe)
     normalizer, rna = None, {}
     if rna_m is not None:
@@ -174,7 +196,7 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
         used = sorted({it.dna for it in items if it.dna})
         x = multi_hot(dna_m.loc[used], genes_dna, "DNA")
         dna = dict(zip(used, x, strict=True))
-    return TrainingData(items, bags, rna, dna, normalizer, genes_dna, pe)
+    return TrainingData(items, bags, rna, dna, normalizer, genes_dna, pe, report)
 
 
 def collate(bags: list[np.ndarray], max_patches: int, rng: np.random.Generator | None):

@@ -4,6 +4,12 @@ AdamW, linear warm-up then cosine decay (per optimiser step), gradient clipping,
 gradient accumulation, bf16 autocast on GPU. Every epoch: validation, ``best`` bundle in
 MODEL_DIR (by ``select_metric``), ``last`` bundle in MODEL_DIR/last, training state for exact
 ``--resume``, log and curves. Deterministic given ``seed``: each epoch reseeds from (seed, epoch).
+
+Model selection: the highest ``select_metric`` on the validation split; without validation
+items (or where the metric cannot be computed on them) the lowest training loss, logged and
+reported as ``train_loss``. An epoch that made no optimiser step (no batch held 2 items of one
+modality) ends training with :class:`TrainingError` and writes nothing: no bundle is ever saved
+that no optimiser step produced.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,17 +30,55 @@ from threads_search.models.bundle import build_model, save_model
 from threads_search.models.loss import InfoNCE
 from trainer.config import TrainConfig
 from trainer.data import TrainingData, collate, load_training_data
+from trainer.errors import TrainingError
+from trainer.matching import format_report
 from trainer.state import load_state, plot_curves, save_state, write_log
 from trainer.validate import validate
 
 
 @dataclass
 class TrainResult:
+    """``best_metric`` is the value of ``best_metric_name`` at ``best_epoch`` (a loss when the
+    name is ``train_loss``: selection was by the lowest training loss); ``selection`` says why,
+    in words."""
+
     out_dir: Path
     best_epoch: int
     best_metric: float
     history: list[dict]
     stopped_early: bool = False
+    best_metric_name: str = "val_mean_recall"
+    selection: str = ""
+    data_report: dict | None = None
+
+
+def _selection(cfg: TrainConfig, metrics: dict, train_loss: float, n_val: int):
+    """(metric name, its value, score to maximise, why in words) for one epoch."""
+    if cfg.select_metric in metrics:
+        value = metrics[cfg.select_metric]
+        return cfg.select_metric, value, value, f"highest on {n_val} validation items"
+    why = (
+        "no validation split"
+        if not n_val
+        else f"{cfg.select_metric} not computable on {n_val} validation item(s)"
+    )
+    return "train_loss", train_loss, -train_loss, f"lowest training loss: {why}"
+
+
+def _no_step_error(epoch: int, cfg: TrainConfig, train_items, best_epoch: int) -> TrainingError:
+    n_rna = sum(1 for it in train_items if it.rna)
+    n_dna = sum(1 for it in train_items if it.dna)
+    if best_epoch > 0:
+        kept = f"the bundle of epoch {best_epoch} in {cfg.out} stays the best"
+    elif (Path(cfg.out) / "config.json").exists():
+        kept = f"no bundle was written ({cfg.out} still holds an earlier run's bundle)"
+    else:
+        kept = "no bundle was written"
+    return TrainingError(
+        f"epoch {epoch} made no optimiser step: no batch of {cfg.batch_size} held 2 items of one "
+        f"modality (training items: {len(train_items)}, with RNA {n_rna}, with DNA {n_dna}). "
+        f"Nothing of this epoch was saved; {kept}. Raise --batch-size or pair more samples."
+    )
 
 
 def _schedule(cfg: TrainConfig, steps_per_epoch: int):
@@ -82,17 +127,33 @@ def _step_loss(model, loss_fn, data: TrainingData, batch, rng, cfg, device, auto
     return torch.stack(losses).mean() if losses else None
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None = None,
-          progress: bool = True) -> TrainResult:  # fmt: skip
+def _config_diff(old: dict, new: dict) -> list[str]:
+    """Settings that differ from a saved run's; a setting the saved run predates counts as its
+    default."""
+    defaults = TrainConfig().to_dict()
+    return [k for k, v in new.items() if old.get(k, defaults.get(k)) != v]
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] | None = None,
+) -> TrainResult:
     """Run (or resume) training into ``cfg.out``. ``stop_after_epochs`` ends this run early but
-    resumably after that many epochs (for time-boxed jobs)."""
+    resumably after that many epochs (for time-boxed jobs). ``echo`` receives the matching
+    report (what matched, what did not) before the first epoch."""
+    cfg.check()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     data = load_training_data(cfg)
+    if echo is not None:
+        echo(format_report(data.report))
+    out.mkdir(parents=True, exist_ok=True)
     train_items, val_items = data.split("train"), data.split("val")
     model = _build(cfg, data).to(device)
     loss_fn = InfoNCE(init_temperature=cfg.temperature).to(device)
@@ -112,8 +173,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
     if resume and state is None:
         raise FileNotFoundError(f"--resume: no training state in {out / 'checkpoints'}")
     if state is not None:
-        if state["config"] != cfg.to_dict():
-            diff = [k for k, v in cfg.to_dict().items() if state["config"].get(k) != v]
+        diff = _config_diff(state["config"], cfg.to_dict())
+        if diff:
             raise ValueError(f"--resume with other settings than the interrupted run: {diff}")
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
@@ -144,7 +205,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
         batches = [[train_items[j] for j in order[i : i + cfg.batch_size]]
                    for i in range(0, len(order), cfg.batch_size)]  # fmt: skip
         model.train()
-        losses = []
+        losses, steps, pending = [], 0, False
         bar = tqdm(
             batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
         )
@@ -154,8 +215,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
             if loss is not None:
                 (loss / cfg.accum_steps).backward()
                 losses.append(float(loss.detach()))
+                pending = True
             last = i == len(batches) - 1
             if (i + 1) % cfg.accum_steps == 0 or last:
+                steps, pending = steps + pending, False
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()
@@ -165,21 +228,35 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
             bar.set_postfix(loss=f"{np.mean(losses[-20:]) if losses else float('nan'):.3f}",
                             T=f"{loss_fn.temperature:.3f}")  # fmt: skip
         train_s = time.perf_counter() - t0
+        if steps == 0:
+            raise _no_step_error(epoch + 1, cfg, train_items, best_epoch)
         metrics = validate(model, data, val_items, device)
+        train_loss = float(np.mean(losses))
+        name, _, score, selection = _selection(cfg, metrics, train_loss, len(val_items))
         row = {
             "epoch": epoch + 1,
-            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "train_loss": train_loss,
+            "optimizer_steps": steps,
             "temperature": loss_fn.temperature,
             "lr": float(sched.get_last_lr()[0]),
             "train_seconds": train_s,
             "val_seconds": time.perf_counter() - t0 - train_s,
             "slides_per_s": sum(len(it.slides) for it in train_items) / train_s,
             **metrics,
+            "selected_by": name,
         }
+        model.training_params = {
+            **cfg.to_dict(),
+            "epoch": epoch + 1,
+            "metrics": metrics,
+            "train_loss": train_loss,
+            "selected_by": name,
+            "selection": selection,
+            "data": data.report,
+        }
+        row["best"] = bool(score > best)
         history.append(row)
-        score = metrics.get(cfg.select_metric, -row["train_loss"])
-        model.training_params = {**cfg.to_dict(), "epoch": epoch + 1, "metrics": metrics}
-        if score > best:
+        if row["best"]:
             best, best_epoch, stale = score, epoch + 1, 0
             save_model(model, out)
         else:
@@ -193,12 +270,20 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
         plot_curves(out, history)
         if progress:
             shown = {
-                k: round(v, 3)
-                for k, v in row.items()
-                if k in ("train_loss", "temperature", cfg.select_metric)
+                k: round(v, 3) for k, v in row.items() if k in ("train_loss", "temperature", name)
             }
             tqdm.write(f"epoch {epoch + 1}: {shown}")
         if cfg.patience and stale >= cfg.patience:
             stopped_early = True
             break
-    return TrainResult(out, best_epoch, best, history, stopped_early)
+    return _result(out, cfg, best_epoch, history, stopped_early, len(val_items), data.report)
+
+
+def _result(out, cfg, best_epoch, history, stopped_early, n_val, report) -> TrainResult:
+    row = next((h for h in history if h["epoch"] == best_epoch), None)
+    if row is None:
+        nan = float("nan")
+        return TrainResult(out, best_epoch, nan, history, stopped_early, "", "", report)
+    metrics = {k: v for k, v in row.items() if k.startswith("val_")}
+    name, value, _, selection = _selection(cfg, metrics, row["train_loss"], n_val)
+    return TrainResult(out, best_epoch, value, history, stopped_early, name, selection, report)

@@ -1,7 +1,10 @@
 """threads-search UI (Streamlit entry script).
 
 Run ``threads-search ui INDEX_DIR`` (see ``ui.launch``), or directly
-``streamlit run ui/app.py -- INDEX_DIR`` (or with ``THREADS_SEARCH_INDEX`` set). Sections in the
+``streamlit run ui/app.py -- INDEX_DIR`` (or with ``THREADS_SEARCH_INDEX`` set); either way the
+page sends no usage metrics: ``ui.launch`` passes ``--browser.gatherUsageStats false`` and
+``ui/.streamlit/config.toml`` (read by Streamlit from any working directory; also
+``.streamlit/config.toml`` at the repository root) sets it for direct starts. Sections in the
 sidebar: Archive, Slide search, Viewer, Molecular search, Molecular prompting, Index info; the
 sidebar's filters apply to every section. Only the public API is used: ``open_index`` and the
 index's search / classify methods, plus the guarded where-builder.

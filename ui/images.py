@@ -35,11 +35,13 @@ class QuerySlide:
 
 
 def slide_thumbnail(path: str | Path, side: int = THUMB_SIDE) -> Image.Image:
-    """RGB thumbnail of a slide file, at most ``side`` px. Raises the reader's error."""
-    import openslide
+    """RGB thumbnail of a slide file, at most ``side`` px, read region by region within a
+    fixed budget (``Slide.overview``; OpenSlide's ``get_thumbnail`` reads a whole level at
+    once). Raises ``SlideError``."""
+    from threads_search.wsi import open_slide
 
-    with openslide.open_slide(str(path)) as s:
-        return s.get_thumbnail((side, side)).convert("RGB")
+    with open_slide(path, require_mpp=False) as s:
+        return Image.fromarray(s.overview(side))
 
 
 def grid_step(att: pd.DataFrame) -> int:

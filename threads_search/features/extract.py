@@ -3,6 +3,10 @@
 One bad slide is recorded as failed with its reason and the others complete; a re-run skips
 slides already done with the same config (``retry_failed`` redoes failures); every file
 appears atomically, so a run killed at any moment leaves nothing a re-run would trust wrongly.
+One writer at a time: a run holds ``FEATURES_DIR/.lock`` (``features_lock``) from start to end,
+and a second one is refused naming the holder. Every per-slide file is named through
+``threads_search.paths.slide_file`` (never outside FEATURES_DIR); paths and messages are stored
+as valid UTF-8 (``display_text``), so a file name that is not UTF-8 is one more slide.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import numpy as np
 from threads_search.features.config import FeaturesConfig, load_config
 from threads_search.features.h5io import FeatureFileError, read_features, write_features
 from threads_search.features.status import StatusTable
+from threads_search.locking import DirLock, WriterLockedError
+from threads_search.paths import display_text, slide_file
 from threads_search.procs import pid_alive
 from threads_search.wsi import SlideError, discover_slides, load_mpp_csv, lookup_override
 from threads_search.wsi.reader import patch_loader
@@ -42,7 +48,25 @@ class SlideOutcome:
 
 
 def h5_path(out_dir: Path, slide_id: str) -> Path:
-    return out_dir / "h5" / f"{slide_id}.h5"
+    """``FEATURES_DIR/h5/<slide_id>.h5`` (``UnsafeSlideIdError`` for an unsafe id)."""
+    return slide_file(Path(out_dir) / "h5", slide_id, ".h5")
+
+
+def thumbnail_path(out_dir: Path, slide_id: str) -> Path:
+    """``FEATURES_DIR/thumbnails/<slide_id>.jpg``."""
+    return slide_file(Path(out_dir) / "thumbnails", slide_id, ".jpg")
+
+
+def contours_path(out_dir: Path, slide_id: str) -> Path:
+    """``FEATURES_DIR/contours/<slide_id>.geojson``."""
+    return slide_file(Path(out_dir) / "contours", slide_id, ".geojson")
+
+
+def features_lock(out_dir: str | Path, command: str = "") -> DirLock:
+    """The writer lock of a FEATURES_DIR (``FEATURES_DIR/.lock``), held by the features command,
+    the index's features stage and the Ray engine's plan for their whole run; a second writer
+    gets ``WriterLockedError`` (also known as ``IndexLockedError``) naming the holder."""
+    return DirLock(out_dir, command or f"threads-search features → {out_dir}", WriterLockedError)
 
 
 def check_config(out_dir: Path, config: FeaturesConfig) -> None:
@@ -97,7 +121,10 @@ def _h5_attrs(plan: SlidePlan, config: FeaturesConfig) -> dict:
 
 
 def process_slide(ref, out_dir: Path, encoder, config, mpp=None, on_start=None, on_batch=None):
-    """Segment + encode one slide and write its h5, thumbnail and contours. Returns n patches."""
+    """Segment + encode one slide and write its h5, thumbnail and contours. Returns n patches.
+    Raises ``SlideError`` (also for a ``ref.problem`` found at discovery)."""
+    if ref.problem is not None:
+        raise SlideError(ref.path, *ref.problem)
     plan = plan_slide(ref.path, ref.slide_id, mpp=mpp, config=config.segment)
     if on_start is not None:
         on_start(len(plan.coords))
@@ -107,8 +134,8 @@ def process_slide(ref, out_dir: Path, encoder, config, mpp=None, on_start=None, 
     if config.dtype == "float16":
         feats = feats.astype(np.float16)
     write_thumbnail_jpeg(_display_thumb(plan, mpp), plan.tissue,
-                         out_dir / "thumbnails" / f"{ref.slide_id}.jpg")  # fmt: skip
-    write_geojson(plan.tissue, ref.slide_id, out_dir / "contours" / f"{ref.slide_id}.geojson")
+                         thumbnail_path(out_dir, ref.slide_id))  # fmt: skip
+    write_geojson(plan.tissue, ref.slide_id, contours_path(out_dir, ref.slide_id))
     write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, _h5_attrs(plan, config))
     return len(plan.coords)
 
@@ -133,6 +160,27 @@ def _remove_orphans(out_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
+def id_conflict(prev: dict | None, path) -> str:
+    """The reason ``path`` cannot take the status row ``prev`` of its slide id (a row made for
+    another file that still exists: e.g. ``features A --out F`` then ``features B --out F`` with
+    ``A/x.svs`` and ``B/x.svs``), else ``""``. A row whose file is gone (a moved archive) or
+    is the same file by another path is this slide's."""
+    old = str((prev or {}).get("path") or "")
+    if not old or old == display_text(path) or not os.path.exists(old):
+        return ""
+    try:
+        if os.path.samefile(old, path):
+            return ""
+    except OSError:
+        pass
+    sid = prev.get("slide_id")
+    return (
+        f"id-conflict: this FEATURES_DIR already holds slide id {sid!r} for {old}, another file; "
+        "give all the folders in one run (ids then differ, e.g. A/x.svs and B/x.svs) or use "
+        "another --out"
+    )
+
+
 def adopt_existing(path: Path, config_hash: str) -> int | None:
     """An h5 renamed into place before its status row was written (killed in between)."""
     if not path.exists():
@@ -153,13 +201,22 @@ def extract_features(
     retry_failed: bool = False,
     progress=None,
     encoder=None,
+    lock_command: str = "",
 ) -> list[SlideOutcome]:
     """Run the features stage over files/folders ``inputs``. ``progress`` is a
-    ``FeaturesProgress``-like object (or None). Returns one outcome per slide."""
-    from threads_search.models.patch import create_patch_encoder
-
+    ``FeaturesProgress``-like object (or None). Returns one outcome per slide (``path`` as
+    found; ``error`` as stored, valid UTF-8). Holds the FEATURES_DIR lock throughout (its
+    holder is described by ``lock_command``); raises ``WriterLockedError`` when another writer
+    has it."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with features_lock(out, lock_command):
+        return _extract(inputs, out, config, mpp_csv, mpp, retry_failed, progress, encoder)
+
+
+def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, encoder):
+    from threads_search.models.patch import create_patch_encoder
+
     check_config(out, config)
     _remove_orphans(out)
     refs = discover_slides(inputs)
@@ -177,6 +234,12 @@ def extract_features(
     for ref in refs:
         prev = status.get(ref.slide_id)
         h5 = h5_path(out, ref.slide_id)
+        clash = id_conflict(prev, ref.path)
+        if clash:  # another file's slide: its row and h5 stay as they are
+            outcomes.append(SlideOutcome(ref.slide_id, str(ref.path), "failed", clash))
+            if progress:
+                progress.slide_done(ref.slide_id, "failed", clash)
+            continue
         if (
             prev
             and prev["config_hash"] == chash
@@ -190,16 +253,18 @@ def extract_features(
             if progress:
                 progress.slide_done(ref.slide_id, "skipped")
             continue
-        adopted = adopt_existing(h5, chash)
+        adopted = adopt_existing(h5, chash) if ref.problem is None else None
         if adopted is not None:
-            status.set(ref.slide_id, path=str(ref.path), state="done", error="",
+            status.set(ref.slide_id, path=display_text(ref.path), state="done", error="",
                        n_patches=adopted, seconds=0.0, config_hash=chash,
                        finished=time.time())  # fmt: skip
             outcomes.append(SlideOutcome(ref.slide_id, str(ref.path), "skipped", "", adopted))
             continue
         t0 = time.perf_counter()
-        slide_mpp = mpp if mpp is not None else lookup_override(overrides, ref.path, ref.slide_id)
         try:
+            slide_mpp = mpp
+            if slide_mpp is None and ref.problem is None:
+                slide_mpp = lookup_override(overrides, ref.path, ref.slide_id)
             n = process_slide(
                 ref, out, encoder, config, slide_mpp,
                 on_start=(lambda n, r=ref: progress.start_slide(r.slide_id, n)) if progress else None,
@@ -213,10 +278,11 @@ def extract_features(
             if os.environ.get("THREADS_SEARCH_DEBUG"):
                 traceback.print_exc()
         dt = time.perf_counter() - t0
+        error = display_text(error)
         if state == "failed":
             h5.unlink(missing_ok=True)  # a stale file from older settings must not be trusted
-        status.set(ref.slide_id, path=str(ref.path), state=state, error=error, n_patches=n,
-                   seconds=dt, config_hash=chash, finished=time.time())  # fmt: skip
+        status.set(ref.slide_id, path=display_text(ref.path), state=state, error=error,
+                   n_patches=n, seconds=dt, config_hash=chash, finished=time.time())  # fmt: skip
         outcomes.append(SlideOutcome(ref.slide_id, str(ref.path), state, error, n, dt))
         if progress:
             progress.slide_done(ref.slide_id, state, error)

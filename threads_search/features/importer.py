@@ -4,6 +4,8 @@ TRIDENT writes ``features_<encoder>/<slide>.h5`` and CLAM ``h5_files/<slide>.h5`
 datasets ``features`` ``[N, D]`` and ``coords`` ``[N, 2]`` (level-0 px). Their ``coords``
 attributes differ (TRIDENT: ``patch_size``, ``patch_size_level0``, ``target_magnification``;
 CLAM: ``patch_size``, ``patch_level``, ``downsample``); what is missing is filled from flags.
+The slide id is the file's stem, or where stems collide the path under ``src_dir`` without
+``.h5`` (the rule of ``threads_search.wsi.discover``); the FEATURES_DIR lock is held throughout.
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from threads_search.features.config import FeaturesConfig
-from threads_search.features.extract import SlideOutcome, check_config, h5_path
+from threads_search.features.extract import SlideOutcome, check_config, features_lock, h5_path
 from threads_search.features.h5io import FeatureFileError, read_features, write_features
 from threads_search.features.status import StatusTable
+from threads_search.paths import display_text
+from threads_search.wsi.discover import assign_ids
 
 
 @dataclass
@@ -50,7 +54,7 @@ def _attrs(src: dict, config: FeaturesConfig, params: ImportParams, path: Path) 
         "level0_height": int(src.get("level0_height", -1)),
         "encoder": config.patch_encoder,
         "config_hash": config.hash(),
-        "imported_from": str(path),
+        "imported_from": display_text(path),
     }
 
 
@@ -65,15 +69,20 @@ def import_h5(
     params = params or ImportParams()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    with features_lock(out, f"threads-search features --import-h5 {src_dir} → {out}"):
+        return _import(Path(src_dir), out, config, params)
+
+
+def _import(src_dir: Path, out: Path, config: FeaturesConfig, params: ImportParams):
     check_config(out, config)
-    files = sorted(Path(src_dir).rglob("*.h5"))
+    files = sorted(p for p in src_dir.rglob("*.h5") if not p.name.startswith("."))
     if not files:
         raise FileNotFoundError(f"no .h5 files under {src_dir}")
+    ids = assign_ids([(src_dir, f) for f in files], keep_suffix=False)
     status = StatusTable(out)
     dim = None
     outcomes = []
-    for f in files:
-        sid = f.stem
+    for f, sid in zip(files, ids, strict=True):
         t0 = time.perf_counter()
         try:
             ff = read_features(f)
@@ -89,7 +98,8 @@ def import_h5(
         except FeatureFileError as e:
             state, err, n = "failed", f"invalid-h5: {e}", 0
         dt = time.perf_counter() - t0
-        status.set(sid, path=str(f), state=state, error=err, n_patches=n, seconds=dt,
+        err = display_text(err)
+        status.set(sid, path=display_text(f), state=state, error=err, n_patches=n, seconds=dt,
                    config_hash=config.hash(), finished=time.time())  # fmt: skip
         outcomes.append(SlideOutcome(sid, str(f), state, err, n, dt))
     config.save(out, {"imported": True, "feature_dim": dim})

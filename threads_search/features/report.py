@@ -8,15 +8,20 @@ from rich.console import Console
 from rich.table import Table
 
 
-def print_outcomes(outcomes, console: Console) -> int:
-    """Print counts and the failed slides with reasons; return the number failed."""
+def print_outcomes(outcomes, console: Console, imported: bool = False) -> int:
+    """Print counts and the failed slides with reasons; return the number failed. ``imported``:
+    the outcomes are of ``--import-h5`` (patches were copied from h5 files, not encoded)."""
     counts = Counter(o.state for o in outcomes)
     patches = sum(o.n_patches for o in outcomes if o.state == "done")
     seconds = sum(o.seconds for o in outcomes if o.state == "done")
     rate = f", {patches / seconds:.1f} patches/s" if seconds > 0 else ""
+    if imported:
+        work = f"{patches} patches imported{rate} (copied from h5 files, nothing encoded)"
+    else:
+        work = f"{patches} patches encoded{rate}"
     console.print(
         f"done {counts['done']}, skipped {counts['skipped']} (already done), "
-        f"failed {counts['failed']} — {patches} patches encoded{rate}"
+        f"failed {counts['failed']} — {work}"
     )
     failed = [o for o in outcomes if o.state == "failed"]
     if failed:

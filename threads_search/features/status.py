@@ -1,4 +1,10 @@
-"""``status.parquet``: one row per slide (done | failed), rewritten atomically after each slide."""
+"""``status.parquet``: one row per slide (done | failed), rewritten atomically after each slide.
+
+Only the holder of the FEATURES_DIR lock writes it (``features.extract.features_lock``), so the
+in-memory copy a run starts from is never overwritten by another run. Text columns are stored
+as valid UTF-8 (``threads_search.paths.display_text``: a file name that is not UTF-8 shows its
+odd bytes as ``\\xNN``), so no path or message can make the write fail.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from threads_search.paths import display_text
+
 STATUS_NAME = "status.parquet"
 COLUMNS = ["slide_id", "path", "state", "error", "n_patches", "seconds", "config_hash", "finished"]
+TEXT_COLUMNS = ("slide_id", "path", "state", "error", "config_hash")
 
 
 class StatusTable:
@@ -32,6 +41,8 @@ class StatusTable:
 
     def frame(self) -> pd.DataFrame:
         df = pd.DataFrame(list(self.rows.values()), columns=COLUMNS)
+        for c in TEXT_COLUMNS:
+            df[c] = [v if v is None or isinstance(v, float) else display_text(v) for v in df[c]]
         return df.sort_values("slide_id").reset_index(drop=True)
 
     def save(self) -> None:

@@ -1,25 +1,26 @@
 """INDEX_DIR on disk: generations committed by atomically replacing ``index.json``.
 
 An index spans many files, so each update writes a new *generation* folder
-(``generations/<name>/`` holding the tables, FAISS files and catalog of DESIGN.md) and commits it
-by replacing ``index.json`` at the root, which names the current generation. A reader resolves
-``index.json`` once and only touches that generation, so it never sees a half-written index;
-older generations are deleted only after the commit (the newest previous one is kept, so a
-reader that opened it just before keeps working). Writers hold ``INDEX_DIR/.lock``.
+(``generations/g<sequence>-<random>/`` holding the tables, FAISS files and catalog of DESIGN.md)
+and commits it by replacing ``index.json`` at the root, which names the current generation. A
+reader resolves ``index.json`` once and only touches that generation, so it never sees a
+half-written index. Generations are ordered by their sequence number (one more than any
+existing), never by clock time; folders named by the previous version (``<local time>-<random>``)
+count as sequence 0, ordered by name. Older generations are deleted only after the commit, and
+never the one ``index.json`` named before it (a reader may have opened it just before). Writers
+hold ``INDEX_DIR/.lock`` (``threads_search.locking``: an OS lock, released when the writer ends).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
+import re
 import shutil
-import socket
-import time
 import uuid
 from pathlib import Path
 
-from threads_search.procs import pid_alive
+from threads_search.locking import DirLock, WriterLockedError
 
 INDEX_JSON = "index.json"
 GENERATIONS = "generations"
@@ -42,8 +43,9 @@ class IndexNotFoundError(FileNotFoundError):
     """No committed index at the path."""
 
 
-class IndexLockedError(RuntimeError):
-    """Another writer holds the index lock; the message names it."""
+# Another writer holds a lock the run needs (INDEX_DIR, or the FEATURES_DIR it writes features
+# into); the message names the holder. One class for both, so callers catch one name.
+IndexLockedError = WriterLockedError
 
 
 def read_manifest(index_dir: str | Path) -> dict:
@@ -65,21 +67,65 @@ def read_manifest(index_dir: str | Path) -> dict:
     return manifest
 
 
+_NEW_NAME = re.compile(r"g(\d+)-[0-9a-f]+")
+
+
+def generation_key(name: str) -> tuple[int, str]:
+    """Order of generation folders: (sequence, name); old time-named folders are sequence 0."""
+    m = _NEW_NAME.fullmatch(name)
+    return (int(m.group(1)), name) if m else (0, name)
+
+
+def _generations(root: Path) -> list[Path]:
+    gens = root / GENERATIONS
+    if not gens.exists():
+        return []
+    return sorted((p for p in gens.iterdir() if p.is_dir()), key=lambda p: generation_key(p.name))
+
+
+def _committed(root: Path) -> str | None:
+    """The generation ``index.json`` names (whether or not its folder exists); None without
+    ``index.json``. Raises ``ValueError`` when ``index.json`` cannot be read."""
+    path = root / INDEX_JSON
+    if not path.exists():
+        return None
+    try:
+        name = json.loads(path.read_text())["generation"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path} cannot be read ({e})") from e
+    if not isinstance(name, str):
+        raise ValueError(f"{path}: 'generation' is not a name")
+    return name
+
+
+def _committed_or_none(root: Path) -> str | None:
+    try:
+        return _committed(root)
+    except ValueError:
+        return None
+
+
 def new_generation(index_dir: str | Path) -> Path:
-    """An empty, not yet visible generation folder."""
-    name = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-    path = Path(index_dir) / GENERATIONS / name
+    """An empty, not yet visible generation folder, numbered after every existing one."""
+    root = Path(index_dir)
+    names = [p.name for p in _generations(root)]
+    names += [n for n in [_committed_or_none(root)] if n]
+    seq = 1 + max((generation_key(n)[0] for n in names), default=0)
+    path = root / GENERATIONS / f"g{seq:06d}-{uuid.uuid4().hex[:8]}"
     path.mkdir(parents=True)
     (path / "faiss").mkdir()
     return path
 
 
 def commit(index_dir: str | Path, generation: Path, manifest: dict, keep: int = 2) -> dict:
-    """Make ``generation`` current by atomically replacing ``index.json``; then delete all but
-    the ``keep`` newest generations. Returns the manifest written."""
+    """Make ``generation`` current by atomically replacing ``index.json``; then delete older
+    generations but the ``keep - 1`` newest and the one ``index.json`` named before this commit.
+    Returns the manifest written."""
     root = Path(index_dir)
+    previous = _committed_or_none(root)
     manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
-                "generation": generation.name}  # fmt: skip
+                "generation": generation.name,
+                "generation_sequence": generation_key(generation.name)[0]}  # fmt: skip
     manifest.pop("generation_dir", None)
     tmp = root / f".{INDEX_JSON}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
@@ -87,71 +133,36 @@ def commit(index_dir: str | Path, generation: Path, manifest: dict, keep: int = 
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, root / INDEX_JSON)
-    _prune_generations(root, generation.name, keep)
+    _prune_generations(root, generation.name, keep, previous)
     return manifest
 
 
-def _prune_generations(root: Path, current: str, keep: int) -> None:
-    gens = sorted((p for p in (root / GENERATIONS).iterdir() if p.is_dir()), key=lambda p: p.name)
-    keepers = {current} | {p.name for p in [g for g in gens if g.name <= current][-keep:]}
-    for p in gens:
+def _prune_generations(root: Path, current: str, keep: int, previous: str | None) -> None:
+    key = generation_key(current)
+    older = [p for p in _generations(root) if generation_key(p.name) < key]
+    keepers = {current, previous} | {p.name for p in older[len(older) - max(keep - 1, 0) :]}
+    for p in older:
         if p.name not in keepers:
             shutil.rmtree(p, ignore_errors=True)
 
 
 def remove_uncommitted(index_dir: str | Path) -> None:
-    """Delete generation folders newer than the committed one (left by killed writers)."""
+    """Delete generation folders after the committed one in sequence order (left by killed
+    writers; call with the lock held). With nothing committed, every generation folder goes;
+    with an unreadable ``index.json``, none (nothing is deleted that might be current)."""
     root = Path(index_dir)
-    gens = root / GENERATIONS
-    if not gens.exists():
-        return
     try:
-        current = read_manifest(root)["generation"]
-    except IndexNotFoundError:
-        current = ""
-    for p in gens.iterdir():
-        if p.is_dir() and p.name > current:
+        current = _committed(root)
+    except ValueError:
+        return
+    for p in _generations(root):
+        if current is None or generation_key(p.name) > generation_key(current):
             shutil.rmtree(p, ignore_errors=True)
 
 
-class IndexLock:
-    """Exclusive writer lock ``INDEX_DIR/.lock`` holding the holder's pid, host and command.
-
-    A lock whose process is gone (same host) is stale and taken over with a note."""
+class IndexLock(DirLock):
+    """Exclusive writer lock ``INDEX_DIR/.lock`` (``threads_search.locking.DirLock``); a second
+    writer gets ``IndexLockedError`` naming the holder's pid, host and command."""
 
     def __init__(self, index_dir: str | Path, command: str = "") -> None:
-        self.path = Path(index_dir) / ".lock"
-        self.command = command
-        self.took_over: dict | None = None
-
-    def __enter__(self) -> IndexLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
-                "command": self.command}  # fmt: skip
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder and holder.get("host") == info["host"] and not pid_alive(holder["pid"]):
-                    self.took_over = holder
-                    self.path.unlink(missing_ok=True)
-                    continue
-                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
-                raise IndexLockedError(
-                    f"{self.path.parent} is being written by pid {holder.get('pid')} on "
-                    f"{holder.get('host')} since {since} ({holder.get('command') or 'unknown'}); "
-                    f"wait for it, or delete {self.path} if that process is gone"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(info, f)
-            return self
-        raise IndexLockedError(f"could not take {self.path}")
-
-    def _holder(self) -> dict:
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            return json.loads(self.path.read_text())
-        return {"pid": -1, "host": "?"}
-
-    def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
+        super().__init__(index_dir, command, IndexLockedError)

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from threads_search.index import store
 from threads_search.index.autotune import build_index
 from threads_search.index.vectors import save_index
+from threads_search.paths import slide_file
 
 SLIDE_COLUMNS = ["slide_id", "path", "patient_id", "mpp", "width", "height", "n_patches",
                  "tissue_area_mm2"]  # fmt: skip
@@ -86,8 +87,9 @@ def write_generation(
 ) -> dict:
     """Write and commit a generation. ``slides`` rows align with ``slide_emb`` ``[N, E]``;
     ``molecular`` rows with ``molecular_emb`` ``[M, E]``; ``attention``: slide_id → frame
-    (x, y, score[, score_h<k>]) in level-0 px; ``thumbnails``: slide_id → JPEG path to copy.
-    Returns the committed manifest."""
+    (x, y, score[, score_h<k>]) in level-0 px; ``thumbnails``: slide_id → JPEG path to copy;
+    per-slide files are named by ``threads_search.paths.slide_file`` (an unsafe id raises
+    ``UnsafeSlideIdError`` before anything is committed). Returns the committed manifest."""
     t0 = time.perf_counter()
     root = Path(index_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -124,12 +126,12 @@ def _write(root, gen, t0, slides, slide_emb, molecular, molecular_emb, attention
                              "faiss": _faiss(molecular_emb, gen / store.FAISS_MOLECULAR, "flat", None)}  # fmt: skip
     (gen / store.ATTENTION).mkdir()
     for sid, frame in (attention or {}).items():
-        dest = gen / store.ATTENTION / f"{sid}.parquet"
+        dest = slide_file(gen / store.ATTENTION, sid, ".parquet")
         dest.parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(dest, index=False)
     (gen / store.THUMBNAILS).mkdir()
     for sid, src in (thumbnails or {}).items():
-        dest = gen / store.THUMBNAILS / f"{sid}.jpg"
+        dest = slide_file(gen / store.THUMBNAILS, sid, ".jpg")
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(src, dest)  # same file system: no copy

@@ -36,7 +36,7 @@ from torch import nn
 
 from threads_search.models.molecular import create_molecular_encoder
 from threads_search.models.slide import SlideEncoder, create_slide_encoder
-from threads_search.molecular import RnaNormalizer, multi_hot, transform_units
+from threads_search.molecular import RnaNormalizer, multi_hot
 from threads_search.molecular.dna import as_dna_frame
 from threads_search.molecular.rna import UNITS, as_rna_frame
 
@@ -175,7 +175,7 @@ class ThreadsModel(nn.Module):
             raise ValueError("this model bundle has no RNA encoder")
         frame, single, own_units = as_rna_frame(profile)
         units = units or own_units or self.rna_units
-        z = self.normalizer.transform(transform_units(frame, units), "profile")
+        z = self.normalizer.transform_raw(frame, units, "profile")
         emb = self._encode(self.rna, z, batch_size)
         return emb[0] if single else emb
 
@@ -404,6 +404,17 @@ def load_model(model_dir: str | Path, device: str = "cpu") -> ThreadsModel:
     except RuntimeError as e:
         raise ValueError(f"model bundle {d}: weights do not match config.json: {e}") from e
     return model.to(resolve_device(device)).eval()
+
+
+def bundle_rna_units(model_dir: str | Path) -> str | None:
+    """The RNA units a bundle's encoder was trained on, read from ``config.json`` alone (no
+    weights loaded); None when the bundle has no RNA encoder or no readable config."""
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    rna = (cfg.get("molecular_encoders") or {}).get("rna")
+    return None if rna is None else rna.get("units", "tpm")
 
 
 def _read_genes(path: Path) -> list[str]:

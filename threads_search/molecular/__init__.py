@@ -1,8 +1,9 @@
 """Molecular data: RNA expression matrices, DNA mutations (MAF or binary matrix), pairs, metadata.
 
 - ``rna``: ``read_rna_matrix`` → :class:`RnaMatrix`; ``transform_units`` (tpm/counts/log → log
-  space); :class:`RnaNormalizer` (per-gene z-score fitted on the training set, vocabulary
-  alignment).
+  space); ``gene_names`` (vectorised Ensembl-version stripping).
+- ``normalizer``: :class:`RnaNormalizer` (per-gene z-score fitted on the training set,
+  vectorised vocabulary alignment).
 - ``dna``: ``read_maf`` / ``maf_to_matrix`` / ``read_binary_matrix`` / ``read_dna`` → binary
   sample × gene frame; ``multi_hot`` over a panel vocabulary.
 - ``tables``: ``read_pairs`` (slide ↔ sample, optionally by TCGA patient barcode) and
@@ -14,6 +15,16 @@ from __future__ import annotations
 
 class MolecularDataError(ValueError):
     """A molecular input is unusable; the message names the file, sample(s) and gene(s) at fault."""
+
+
+class RnaUnitsError(MolecularDataError):
+    """RNA values do not fit their declared ``units`` (negative tpm/counts values, or a profile
+    with zero total counts). ``detail``: what is wrong; ``hint``: the library's advice (Python
+    argument names), appended to the message; callers with better advice use ``detail``."""
+
+    def __init__(self, detail: str, units: str, hint: str = "") -> None:
+        super().__init__(detail + (f"; {hint}" if hint else ""))
+        self.detail, self.units, self.hint = detail, units, hint
 
 
 class MissingGenesWarning(UserWarning):
@@ -34,9 +45,9 @@ from threads_search.molecular.dna import (  # noqa: E402
     read_maf,
     validate_binary_matrix,
 )
+from threads_search.molecular.normalizer import RnaNormalizer  # noqa: E402
 from threads_search.molecular.rna import (  # noqa: E402
     RnaMatrix,
-    RnaNormalizer,
     as_rna_frame,
     read_rna_matrix,
     strip_gene_version,
@@ -55,6 +66,7 @@ __all__ = [
     "MolecularDataError",
     "RnaMatrix",
     "RnaNormalizer",
+    "RnaUnitsError",
     "UnknownGenesWarning",
     "as_dna_frame",
     "as_rna_frame",

@@ -27,6 +27,12 @@ SILENT_CLASSIFICATIONS = frozenset(
     ["Silent", "Intron", "3'UTR", "5'UTR", "3'Flank", "5'Flank", "IGR", "RNA"]
 )
 MAF_COLUMNS = ("Hugo_Symbol", "Tumor_Sample_Barcode", "Variant_Classification")
+# standard MAF columns: any of them marks a table as a MAF (a mutation matrix has gene columns)
+_MAF_OTHER = (
+    "Entrez_Gene_Id Chromosome Start_Position End_Position Reference_Allele Tumor_Seq_Allele1 "
+    "Tumor_Seq_Allele2 Variant_Type NCBI_Build Matched_Norm_Sample_Barcode HGVSp_Short"
+)
+MAF_HINT_COLUMNS = frozenset([*MAF_COLUMNS, *_MAF_OTHER.split()])
 
 
 def read_maf(path: str | Path) -> pd.DataFrame:
@@ -73,9 +79,11 @@ def maf_to_matrix(maf: pd.DataFrame, source: str = "MAF") -> pd.DataFrame:
 def validate_binary_matrix(df: pd.DataFrame, source: str = "DNA matrix") -> pd.DataFrame:
     """Check every value is 0/1 (or bool) → int8 copy; otherwise :class:`MolecularDataError`
     naming up to five offending (sample, gene, value) cells."""
-    num = df.apply(pd.to_numeric, errors="coerce")
-    arr = num.to_numpy(dtype=np.float64)
-    bad = ~np.isin(arr, (0.0, 1.0))  # NaN and non-numeric text are not in {0, 1}
+    try:  # numeric/bool frames: one conversion, no per-column work
+        arr = df.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        arr = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad = (arr != 0.0) & (arr != 1.0)  # NaN and non-numeric text are neither
     if bad.any():
         rows, cols = bad.nonzero()
         vals = [df.iat[r, c] for r, c in zip(rows[:5], cols[:5], strict=True)]
@@ -97,14 +105,40 @@ def read_binary_matrix(path: str | Path, id_column: str | None = None) -> pd.Dat
 
 
 def read_dna(path: str | Path, id_column: str | None = None) -> pd.DataFrame:
-    """A MAF (by its columns) or a binary matrix → int8 sample × gene frame."""
-    df = read_table(path, "DNA")
-    if {"Hugo_Symbol", "Tumor_Sample_Barcode"} <= set(map(str, df.columns)):
-        if "Variant_Classification" not in df.columns:
-            raise MolecularDataError(f"MAF {path}: missing column Variant_Classification")
+    """A MAF (by its columns, or a ``.maf`` name) or a binary matrix → int8 sample × gene frame.
+    A file that looks like a MAF (any standard MAF column) but lacks one of
+    :data:`MAF_COLUMNS` → :class:`MolecularDataError` naming what is missing. A gene column
+    written twice in a binary matrix counts as mutated if either says so."""
+    df = read_table(path, "DNA", allow_duplicate_columns=True)
+    if _looks_like_maf(df.columns) or _suffix(path) == ".maf":
+        _check_maf_columns(df.columns, f"MAF {path}")
         return maf_to_matrix(df[list(MAF_COLUMNS)].astype(object), f"MAF {path}")
     df = set_sample_index(df, str(path), id_column, "DNA matrix")
     return validate_binary_matrix(df, f"DNA matrix {path}")
+
+
+def _suffix(path) -> str:
+    name = Path(path).name.lower()
+    return Path(name[:-3] if name.endswith(".gz") else name).suffix
+
+
+def _looks_like_maf(columns) -> bool:
+    return bool(set(map(str, columns)) & MAF_HINT_COLUMNS)
+
+
+def _check_maf_columns(columns, source: str) -> None:
+    cols = [str(c) for c in columns]
+    missing = [c for c in MAF_COLUMNS if c not in cols]
+    if missing:
+        has = [c for c in cols if c in MAF_HINT_COLUMNS]
+        raise MolecularDataError(
+            f"{source}: looks like a MAF (has {', '.join(has) or 'a .maf name'}) but has no "
+            f"{' / '.join(missing)} column; a MAF needs {', '.join(MAF_COLUMNS)} (one row per "
+            "variant, the sample in Tumor_Sample_Barcode)"
+        )
+    twice = [c for c in MAF_COLUMNS if cols.count(c) > 1]
+    if twice:
+        raise MolecularDataError(f"{source}: column(s) {twice} appear more than once")
 
 
 def multi_hot(matrix: pd.DataFrame, genes: list[str], source: str = "DNA") -> np.ndarray:
@@ -115,8 +149,8 @@ def multi_hot(matrix: pd.DataFrame, genes: list[str], source: str = "DNA") -> np
     matrix = validate_binary_matrix(matrix, source)
     if matrix.columns.duplicated().any():  # the same gene twice: mutated if either says so
         matrix = matrix.T.groupby(level=0, sort=False).max().T
-    panel = set(genes)
-    outside = [c for c in matrix.columns if c not in panel and matrix[c].any()]
+    cols = pd.Index(matrix.columns)
+    outside = list(cols[~cols.isin(genes) & matrix.to_numpy().any(axis=0)])
     if outside:
         warnings.warn(
             UnknownGenesWarning(
@@ -143,7 +177,8 @@ def as_dna_frame(mutations) -> tuple[pd.DataFrame, bool]:
         return mutations.to_frame(name=mutations.name or "profile").T, True
     if not isinstance(mutations, pd.DataFrame):
         raise TypeError(f"DNA mutations must be list/dict/Series/DataFrame, not {type(mutations)}")
-    if {"Hugo_Symbol", "Tumor_Sample_Barcode"} <= set(mutations.columns):
+    if _looks_like_maf(mutations.columns):
+        _check_maf_columns(mutations.columns, "MAF rows")
         return maf_to_matrix(mutations), False
     if "sample_id" in mutations.columns:
         return mutations.set_index("sample_id"), False

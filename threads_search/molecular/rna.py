@@ -20,17 +20,16 @@ naming the sample(s) and gene(s).
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from threads_search.molecular import MissingGenesWarning, MolecularDataError
+from threads_search.molecular import MolecularDataError, RnaUnitsError
 from threads_search.molecular.tables import _examples, read_table, set_sample_index
 
 UNITS = ("tpm", "counts", "log")
@@ -42,6 +41,7 @@ NON_GENE_COLUMNS = frozenset(
         "site", "batch", "diagnosis", "vital_status", "days_to_death", "days_to_last_follow_up",
     }
 )  # fmt: skip
+_NON_GENE = sorted(NON_GENE_COLUMNS)
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*\d+)\.\d+(_PAR_Y)?$")
 
 
@@ -86,6 +86,27 @@ class RnaMatrix:
         )
 
 
+def gene_arrow(columns) -> pa.Array:
+    """Column labels → pyarrow string array of gene names with Ensembl versions stripped (as
+    :func:`strip_gene_version`), vectorised: no Python loop per gene for str labels."""
+    idx = pd.Index(columns)
+    if isinstance(idx.dtype, pd.StringDtype) and idx.dtype.storage == "pyarrow":
+        arr = pa.array(idx.array)
+    else:
+        try:
+            arr = pa.array(idx.to_numpy(dtype=object), pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # labels that are not all str
+            arr = pa.array([str(c) for c in idx], pa.string())
+    if len(arr) and pc.any(pc.starts_with(arr, "ENS")).as_py():
+        arr = pc.replace_substring_regex(arr, _ENSEMBL.pattern, r"\1\2")
+    return arr
+
+
+def gene_names(columns) -> pd.Index:
+    """Column labels → object Index of str gene names, Ensembl versions stripped (vectorised)."""
+    return pd.Index(gene_arrow(columns).to_numpy(zero_copy_only=False), dtype=object)
+
+
 def read_rna_matrix(
     path: str | Path,
     *,
@@ -95,41 +116,70 @@ def read_rna_matrix(
     id_column: str | None = None,
 ) -> RnaMatrix:
     """Load an expression matrix (see the module docstring). Values are returned as in the file;
-    ``RnaMatrix.log_values()`` applies the units transform."""
+    ``RnaMatrix.log_values()`` applies the units transform. A gene column written twice in the
+    header is merged like versions that collide (summed for tpm/counts, an error for log); a
+    text cell in a gene column → :class:`MolecularDataError` naming sample, gene and value."""
     _check_units(units)
     source = str(path)
-    df = set_sample_index(read_table(path, "RNA matrix"), source, id_column, "RNA matrix")
+    table = read_table(path, "RNA matrix", allow_duplicate_columns=True)
+    df = set_sample_index(table, source, id_column, "RNA matrix")
+    cols = pd.Index(df.columns.astype(str))
+    numeric = numeric_columns(df)
     if genes is not None:
-        wanted = {strip_gene_version(g) for g in genes}
-        gene_cols = [c for c in df.columns if strip_gene_version(c) in wanted]
-        absent = sorted(wanted - {strip_gene_version(c) for c in gene_cols})
-        if absent:
+        names = gene_names(cols)
+        wanted = gene_names(genes)
+        is_gene = np.asarray(names.isin(wanted))
+        absent = wanted[~wanted.isin(names[is_gene])].unique()
+        if len(absent):
             raise MolecularDataError(
                 f"RNA matrix {source}: genes= not in file: {_examples(absent)}"
             )
-        bad = [c for c in gene_cols if not _is_numeric(df[c])]
-        if bad:
-            raise MolecularDataError(
-                f"RNA matrix {source}: non-numeric values in gene columns {_examples(bad)}"
-            )
+        reject_text_cells(df, is_gene & ~numeric, f"RNA matrix {source}", always=True)
     else:
-        skip = set(exclude)
-        gene_cols = [
-            c
-            for c in df.columns
-            if c not in skip and c.lower() not in NON_GENE_COLUMNS and _is_numeric(df[c])
-        ]
-    if not gene_cols:
+        lower = cols.str.lower()
+        candidate = ~(np.asarray(cols.isin(list(exclude))) | lower.isin(_NON_GENE))
+        reject_text_cells(df, candidate & ~numeric, f"RNA matrix {source}")
+        is_gene = candidate & numeric
+    if not is_gene.any():
         raise MolecularDataError(
             f"RNA matrix {source}: no numeric gene columns (columns: {_examples(df.columns)})"
         )
-    ignored = [c for c in df.columns if c not in set(gene_cols)]
-    values = clean_gene_columns(df[gene_cols].astype(np.float64), units, source)
-    return RnaMatrix(values, units, df[ignored].copy(), ignored, source)
+    values = clean_gene_columns(df.iloc[:, np.flatnonzero(is_gene)], units, source)
+    meta = df.iloc[:, np.flatnonzero(~is_gene)].copy()
+    return RnaMatrix(values, units, meta, list(meta.columns), source)
 
 
-def _is_numeric(s: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
+def numeric_columns(df: pd.DataFrame) -> np.ndarray:
+    """bool ``[n_columns]``: the column holds numbers (not booleans); by position, one test per
+    distinct dtype."""
+    dtypes = df.dtypes
+    test = {d: _numeric_dtype(d) for d in pd.unique(dtypes.to_numpy())}
+    return np.fromiter((test[d] for d in dtypes.to_numpy()), bool, len(dtypes))
+
+
+def _numeric_dtype(dtype) -> bool:
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
+
+
+def reject_text_cells(df: pd.DataFrame, mask: np.ndarray, source: str, always=False) -> None:
+    """Columns ``mask`` (by position) hold text. Those whose non-empty cells are mostly numbers
+    (or every such column, ``always``) are gene columns with bad cells →
+    :class:`MolecularDataError` naming up to five (sample, gene, value) cells; the others are
+    non-gene (metadata) columns and pass."""
+    bad = []
+    for j in np.flatnonzero(mask):
+        col = df.iloc[:, j]
+        num = pd.to_numeric(col, errors="coerce")
+        text = col.notna().to_numpy() & num.isna().to_numpy()
+        n_num = int(num.notna().sum())
+        if text.any() and (always or 0 < int(text.sum()) <= n_num):
+            bad += [(df.index[i], df.columns[j], col.iat[i]) for i in np.flatnonzero(text)[:5]]
+    if bad:
+        cells = [f"sample {s!r}, gene {g!r} = {v!r}" for s, g, v in bad]
+        raise MolecularDataError(
+            f"RNA {source}: non-numeric expression value(s): {_examples(cells)}; expression "
+            "values must be numbers: fix these cells (a gene column with text is not ignored)"
+        )
 
 
 def _check_units(units: str) -> None:
@@ -139,192 +189,108 @@ def _check_units(units: str) -> None:
 
 def check_finite(values: pd.DataFrame, source: str) -> None:
     """NaN/inf anywhere → :class:`MolecularDataError` naming the samples and genes."""
-    arr = values.to_numpy(dtype=np.float64)
+    _check_finite(values.to_numpy(dtype=np.float64), values.index, values.columns, source)
+
+
+def _check_finite(arr: np.ndarray, index, columns, source: str) -> None:
     bad = ~np.isfinite(arr)
     if bad.any():
         rows, cols = bad.any(axis=1).nonzero()[0], bad.any(axis=0).nonzero()[0]
         raise MolecularDataError(
             f"RNA {source}: {int(bad.sum())} missing or infinite value(s) in sample(s) "
-            f"{_examples(values.index[rows])}, gene(s) {_examples(values.columns[cols])}"
+            f"{_examples(index[rows])}, gene(s) {_examples(columns[cols])}"
         )
+
+
+def float_array(values: pd.DataFrame, source: str) -> np.ndarray:
+    """float64 ``[samples, genes]``; text cells → :class:`MolecularDataError` naming them."""
+    try:
+        return values.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):
+        reject_text_cells(values, ~numeric_columns(values), source, always=True)
+        raise MolecularDataError(f"RNA {source}: non-numeric expression values") from None
 
 
 def clean_gene_columns(values: pd.DataFrame, units: str, source: str) -> pd.DataFrame:
     """Check finiteness, strip Ensembl versions, merge duplicates (sum for tpm/counts; error for
-    log). Returns float64, columns in first-seen order."""
+    log). Returns float64, columns in first-seen order. Vectorised (numpy, no loop per gene)."""
     _check_units(units)
-    try:
-        values = values.astype(np.float64)
-    except (TypeError, ValueError) as e:
-        raise MolecularDataError(f"RNA {source}: non-numeric expression values ({e})") from e
-    values.columns = [strip_gene_version(c) for c in values.columns]
-    check_finite(values, source)
-    dup = values.columns[values.columns.duplicated()].unique()
-    if len(dup):
+    arr = float_array(values, source)
+    names = gene_names(values.columns)
+    _check_finite(arr, values.index, names, source)
+    dup = names.duplicated()
+    if dup.any():
         if units == "log":
             raise MolecularDataError(
-                f"RNA {source}: gene(s) {_examples(dup)} appear more than once (after stripping "
-                "Ensembl versions); log-scale values cannot be merged: drop the duplicates"
+                f"RNA {source}: gene(s) {_examples(names[dup].unique())} appear more than once "
+                "(repeated header, or after stripping Ensembl versions); log-scale values cannot "
+                "be merged: drop the duplicates"
             )
-        order = list(dict.fromkeys(values.columns))
-        values = values.T.groupby(level=0, sort=False).sum().T[order]
-    return values
+        codes, names = pd.factorize(names)  # first-seen order
+        merged = np.zeros((arr.shape[0], len(names)))
+        np.add.at(merged.T, codes, arr.T)
+        arr = merged
+    return pd.DataFrame(arr, index=values.index, columns=pd.Index(names, dtype=object))
 
 
 def transform_units(values: pd.DataFrame, units: str, source: str = "profile") -> pd.DataFrame:
-    """Samples × genes in ``units`` → log space (see the module docstring); float64."""
+    """Samples × genes in ``units`` → log space (see the module docstring); float64. Negative
+    tpm/counts values, or a profile with zero total counts → :class:`RnaUnitsError`."""
     values = clean_gene_columns(values, units, source)
     if units == "log":
         return values
     arr = values.to_numpy()
+    check_linear(arr, units, values.index, values.columns, source)
+    if units == "counts":
+        arr = arr / arr.sum(axis=1, keepdims=True) * 1e6
+    return pd.DataFrame(np.log1p(arr), index=values.index, columns=values.columns)
+
+
+def check_linear(arr: np.ndarray, units: str, index, columns, source: str) -> None:
+    """tpm/counts values ``arr`` ``[samples, genes]``: negatives, or (counts) a sample with zero
+    total → :class:`RnaUnitsError` naming the samples (and genes)."""
     neg = arr < 0
     if neg.any():
         rows, cols = neg.any(axis=1).nonzero()[0], neg.any(axis=0).nonzero()[0]
-        raise MolecularDataError(
-            f"RNA {source}: negative {units} values in sample(s) {_examples(values.index[rows])}, "
-            f"gene(s) {_examples(values.columns[cols])}; log-scale data needs units='log'"
+        raise RnaUnitsError(
+            f"RNA {source}: negative {units} values in sample(s) {_examples(index[rows])}, "
+            f"gene(s) {_examples(columns[cols])}",
+            units,
+            "log-scale data needs units='log'",
         )
     if units == "counts":
-        lib = arr.sum(axis=1, keepdims=True)
-        empty = (lib[:, 0] <= 0).nonzero()[0]
+        empty = (arr.sum(axis=1) <= 0).nonzero()[0]
         if len(empty):
-            raise MolecularDataError(
-                f"RNA {source}: sample(s) {_examples(values.index[empty])} have zero total counts"
+            raise RnaUnitsError(
+                f"RNA {source}: sample(s) {_examples(index[empty])} have zero total counts", units
             )
-        arr = arr / lib * 1e6
-    return pd.DataFrame(np.log1p(arr), index=values.index, columns=values.columns)
 
 
 def as_rna_frame(profile) -> tuple[pd.DataFrame, bool, str | None]:
     """Coerce one profile or many → (samples × genes frame, ``single``, units or None).
 
     dict gene → value / Series: one sample (``single``). DataFrame: rows are samples; a
-    ``sample_id`` column becomes the index; non-numeric, boolean and :data:`NON_GENE_COLUMNS`
-    columns are dropped. :class:`RnaMatrix`: its values, with its units."""
+    ``sample_id`` column becomes the index; boolean and :data:`NON_GENE_COLUMNS` columns are
+    dropped, and so are text columns unless their cells are mostly numbers (a gene column with a
+    bad cell: :class:`MolecularDataError`). :class:`RnaMatrix`: its values, with its units."""
     if isinstance(profile, RnaMatrix):
         return profile.values, False, profile.units
-    if isinstance(profile, dict):
-        return pd.DataFrame([profile], index=["profile"]), True, None
+    if isinstance(profile, dict):  # arrays straight from the dict: no per-gene pandas work
+        n = len(profile)
+        genes = pd.Index(np.fromiter(profile.keys(), dtype=object, count=n), dtype=object)
+        try:
+            row = np.fromiter(profile.values(), dtype=np.float64, count=n)
+        except (TypeError, ValueError):  # text or None: kept, and named by the value check
+            row = np.fromiter(profile.values(), dtype=object, count=n)
+        return pd.DataFrame(row[None, :], index=["profile"], columns=genes), True, None
     if isinstance(profile, pd.Series):
-        return profile.to_frame(name=profile.name or "profile").T, True, None
+        name = profile.name if profile.name is not None else "profile"
+        row = profile.to_numpy()[None, :]
+        return pd.DataFrame(row, index=[name], columns=profile.index), True, None
     if not isinstance(profile, pd.DataFrame):
         raise TypeError(f"RNA profile must be dict/Series/DataFrame/RnaMatrix, not {type(profile)}")
     df = profile.set_index("sample_id") if "sample_id" in profile.columns else profile
-    keep = [c for c in df.columns if str(c).lower() not in NON_GENE_COLUMNS and _is_numeric(df[c])]
-    return df[keep], False, None
-
-
-@dataclass
-class RnaNormalizer:
-    """Per-gene z-score over the vocabulary ``genes`` (model order), fitted in log space.
-
-    ``std`` is floored at ``std_floor`` (near-constant training genes do not explode); z-scores
-    are clipped to ``±clip``. Saved as ``rna_normalization.json``.
-    """
-
-    genes: list[str]
-    mean: np.ndarray
-    std: np.ndarray
-    units: str = "tpm"
-    std_floor: float = 0.1
-    clip: float = 10.0
-    n_samples: int = 0
-    min_coverage: float = 0.5
-
-    @classmethod
-    def fit(
-        cls, log_values: pd.DataFrame, units: str = "tpm", std_floor: float = 0.1, **kw
-    ) -> RnaNormalizer:
-        """Fit on a training matrix already in log space (samples × genes; the columns become
-        the vocabulary, in order). ``units`` records what the raw data were."""
-        _check_units(units)
-        if len(log_values) == 0 or log_values.shape[1] == 0:
-            raise MolecularDataError("RNA normaliser: cannot fit on an empty matrix")
-        check_finite(log_values, "training matrix")
-        arr = log_values.to_numpy(dtype=np.float64)
-        genes = [strip_gene_version(g) for g in log_values.columns]
-        if len(set(genes)) != len(genes):
-            dup = pd.Index(genes)[pd.Index(genes).duplicated()].unique()
-            raise MolecularDataError(f"RNA normaliser: duplicate genes {_examples(dup)}")
-        std = np.maximum(arr.std(axis=0), std_floor)
-        return cls(genes, arr.mean(axis=0), std, units, std_floor, n_samples=len(arr), **kw)
-
-    def align(self, log_values: pd.DataFrame, source: str = "profile") -> pd.DataFrame:
-        """Reindex samples × genes (log space) to the vocabulary. Genes absent are filled with the
-        training mean (z = 0) and reported with a :class:`MissingGenesWarning`; coverage below
-        ``min_coverage`` → :class:`MolecularDataError`. Genes outside the vocabulary are dropped."""
-        cols = [strip_gene_version(c) for c in log_values.columns]
-        present = set(cols) & set(self.genes)
-        missing = [g for g in self.genes if g not in present]
-        n = len(self.genes)
-        frac = len(present) / n
-        if frac < self.min_coverage:
-            raise MolecularDataError(
-                f"RNA {source}: covers {len(present)} of the model's {n} genes ({frac:.1%}), below "
-                f"the {self.min_coverage:.0%} minimum; e.g. missing: {_examples(missing)}"
-            )
-        if missing:
-            warnings.warn(
-                MissingGenesWarning(
-                    f"RNA {source}: {len(missing)} of the model's {n} genes "
-                    f"({len(missing) / n:.1%}) are absent, filled with the training mean "
-                    f"(z = 0): {_examples(missing)}"
-                ),
-                stacklevel=2,
-            )
-        values = log_values.set_axis(cols, axis=1)
-        values = values.loc[:, ~values.columns.duplicated()]
-        out = values.reindex(columns=self.genes)
-        fill = pd.Series(self.mean, index=self.genes)
-        return out.fillna(fill)
-
-    def transform(self, log_values: pd.DataFrame, source: str = "profile") -> np.ndarray:
-        """Samples × genes (log space) → aligned z-scores float32 ``[n, len(genes)]``."""
-        check_finite(log_values, source)
-        arr = self.align(log_values, source).to_numpy(dtype=np.float64)
-        z = np.clip((arr - self.mean) / self.std, -self.clip, self.clip)
-        return z.astype(np.float32)
-
-    def to_dict(self) -> dict:
-        return {
-            "format": "threads-search-rna-normalization",
-            "version": 1,
-            "units": self.units,
-            "std_floor": self.std_floor,
-            "clip": self.clip,
-            "min_coverage": self.min_coverage,
-            "n_samples": self.n_samples,
-            "genes": list(self.genes),
-            "mean": [float(x) for x in self.mean],
-            "std": [float(x) for x in self.std],
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RnaNormalizer:
-        try:
-            genes, mean, std = list(d["genes"]), np.asarray(d["mean"]), np.asarray(d["std"])
-        except KeyError as e:
-            raise MolecularDataError(f"RNA normalisation: missing key {e}") from e
-        if not len(genes) == len(mean) == len(std):
-            raise MolecularDataError(
-                f"RNA normalisation: {len(genes)} genes but {len(mean)} means, {len(std)} stds"
-            )
-        return cls(
-            genes, mean.astype(np.float64), std.astype(np.float64), d.get("units", "tpm"),
-            d.get("std_floor", 0.1), d.get("clip", 10.0), d.get("n_samples", 0),
-            d.get("min_coverage", 0.5),
-        )  # fmt: skip
-
-    def save(self, path: str | Path) -> None:
-        """Write JSON atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> RnaNormalizer:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"RNA normalisation file not found: {path}")
-        return cls.from_dict(json.loads(path.read_text()))
+    numeric = numeric_columns(df)
+    candidate = ~np.asarray(pd.Index(df.columns).astype(str).str.lower().isin(_NON_GENE))
+    reject_text_cells(df, candidate & ~numeric, "profile")
+    return df.iloc[:, np.flatnonzero(candidate & numeric)], False, None

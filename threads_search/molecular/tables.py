@@ -28,10 +28,15 @@ def _examples(items, n: int = 5) -> str:
     return ", ".join(str(x) for x in items[:n]) + more
 
 
-def read_table(path: str | Path, what: str = "table") -> pd.DataFrame:
+def read_table(
+    path: str | Path, what: str = "table", allow_duplicate_columns: bool = False
+) -> pd.DataFrame:
     """Read a CSV (``,``), TSV/TXT/TAB/MAF (tab; ``#`` lines before the header skipped) or
     Parquet file (each text kind optionally ``.gz``). ``slide_id``/``sample_id``/``patient_id``
-    columns are read as strings (leading zeros kept)."""
+    columns are read as strings (leading zeros kept). Text must be UTF-8 (otherwise
+    :class:`MolecularDataError` naming the file and line). A header naming a column twice (which
+    pandas would silently rename ``GENE.1``) → :class:`MolecularDataError`, or with
+    ``allow_duplicate_columns`` the frame keeps both columns under the name as written."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{what} file not found: {path}")
@@ -54,22 +59,79 @@ def read_table(path: str | Path, what: str = "table") -> pd.DataFrame:
     sep = _TEXT_SUFFIXES[suffix]
     skip = _leading_comment_lines(path) if sep == "\t" else 0
     try:
-        header = pd.read_csv(path, sep=sep, skiprows=skip, nrows=0).columns
-    except pd.errors.EmptyDataError as e:
-        raise MolecularDataError(f"{what} {path} is empty") from e
-    # ids stay strings (leading zeros kept), including an unnamed first column (a written index)
-    ids = [c for c in header if c in ID_COLUMNS or c == header[0] and c.startswith("Unnamed: ")]
-    return pd.read_csv(
-        path, sep=sep, skiprows=skip, dtype=dict.fromkeys(ids, str), low_memory=False
-    )
+        try:
+            header = pd.read_csv(path, sep=sep, skiprows=skip, nrows=0).columns
+        except pd.errors.EmptyDataError as e:
+            raise MolecularDataError(f"{what} {path} is empty") from e
+        # ids stay strings (leading zeros kept), including an unnamed first column (an index)
+        ids = [c for c in header if c in ID_COLUMNS or c == header[0] and c.startswith("Unnamed: ")]
+        df = pd.read_csv(
+            path, sep=sep, skiprows=skip, dtype=dict.fromkeys(ids, str), low_memory=False
+        )
+    except UnicodeDecodeError as e:
+        raise MolecularDataError(_not_utf8(path, what)) from e
+    return _restore_duplicate_columns(df, path, what, sep, skip, allow_duplicate_columns)
 
 
-def _leading_comment_lines(path: Path) -> int:
+def _open_text(path: Path, errors: str = "strict"):
+    import gzip
+
+    if path.name.lower().endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors=errors, newline="")
+    return open(path, encoding="utf-8", errors=errors, newline="")  # noqa: SIM115
+
+
+def _not_utf8(path: Path, what: str) -> str:
+    """The message for a file that is not UTF-8: where the first bad byte is, and the fix."""
     import gzip
 
     opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        where = f" (byte 0x{data[e.start]:02x} on line {line})"
+    return (
+        f"{what} {path}: not UTF-8 text{where}, e.g. saved as Latin-1/Windows-1252; save it as "
+        f"UTF-8 (Excel: 'CSV UTF-8'; or iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name})"
+    )
+
+
+def _restore_duplicate_columns(
+    df: pd.DataFrame, path: Path, what: str, sep: str, skip: int, allow: bool
+) -> pd.DataFrame:
+    """pandas renames a repeated header ``G`` to ``G.1``: find repeats in the raw header and
+    refuse them, or (``allow``) give the columns back their written names."""
+    import csv
+
+    with _open_text(path, "replace") as f:
+        for _ in range(skip):
+            f.readline()
+        raw = next(csv.reader(f, delimiter=sep), [])
+    if len(raw) != df.shape[1]:
+        return df
+    seen: dict[str, int] = {}
+    for c in raw:
+        if c.strip():
+            seen[c] = seen.get(c, 0) + 1
+    dup = [c for c, n in seen.items() if n > 1]
+    if not dup:
+        return df
+    if not allow or any(c in ID_COLUMNS for c in dup):
+        raise MolecularDataError(
+            f"{what} {path}: column(s) {_examples(map(repr, dup))} appear more than once in the "
+            "header; rename or remove the repeats"
+        )
+    cols = [r if r in seen and seen[r] > 1 else c for r, c in zip(raw, df.columns, strict=True)]
+    return df.set_axis(cols, axis=1)
+
+
+def _leading_comment_lines(path: Path) -> int:
     n = 0
-    with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+    with _open_text(path, "replace") as f:
         for line in f:
             if not line.startswith("#"):
                 break
@@ -105,6 +167,8 @@ def set_sample_index(
             f"{what} {source}: no 'sample_id' column (columns: {_examples(cols)}); "
             "name the id column sample_id or pass id_column="
         )
+    if cols.count(col) > 1:
+        raise MolecularDataError(f"{what} {source}: the id column {col!r} appears more than once")
     ids = _as_str(df[col])
     bad = ids.isna() | (ids == "")
     if bad.any():
@@ -158,6 +222,8 @@ def read_pairs(path: str | Path, pair_by: str = "sample") -> pd.DataFrame:
                 f"pairs {path}: slide_id or sample_id empty on rows {_examples(rows)} "
                 "(pair_by='patient' accepts rows with one id)"
             )
+        for kind in ("slide_id", "sample_id"):
+            _one_patient_each(df[[kind, "patient_id"]].dropna(), kind, path)
         out = df[["slide_id", "sample_id", "patient_id"]].drop_duplicates(["slide_id", "sample_id"])
         return out.reset_index(drop=True)
 
@@ -167,7 +233,9 @@ def read_pairs(path: str | Path, pair_by: str = "sample") -> pd.DataFrame:
             p if isinstance(p, str) and p else patient_barcode(i)
             for i, p in zip(part[kind], part["patient_id"], strict=True)
         ]
-        return pd.DataFrame({kind: part[kind].to_numpy(), "patient_id": pat}).drop_duplicates()
+        out = pd.DataFrame({kind: part[kind].to_numpy(), "patient_id": pat}).drop_duplicates()
+        _one_patient_each(out, kind, path)
+        return out
 
     slides, samples = patients("slide_id"), patients("sample_id")
     out = slides.merge(samples, on="patient_id", how="inner")
@@ -183,13 +251,56 @@ def read_pairs(path: str | Path, pair_by: str = "sample") -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def _one_patient_each(links: pd.DataFrame, kind: str, path) -> None:
+    """``links`` (``kind``, ``patient_id``; no nulls): an id with two patients → error."""
+    links = links.drop_duplicates()
+    n = links.groupby(kind, sort=False)["patient_id"].nunique()
+    bad = list(n[n > 1].index)
+    if not bad:
+        return
+    what = kind.removesuffix("_id")
+    cases = []
+    for i in bad[:5]:
+        pats = sorted(links.loc[links[kind] == i, "patient_id"])
+        cases.append(f"{what} {i!r}: patients {', '.join(map(repr, pats))}")
+    raise MolecularDataError(
+        f"pairs {path}: {len(bad)} {what}(s) belong to more than one patient "
+        f"({'; '.join(cases)}{', ...' if len(bad) > 5 else ''}); a {what} has one patient: "
+        "fix the pairs file"
+    )
+
+
+def _check_metadata_names(columns, path) -> None:
+    """Metadata columns become SQL filter columns, whose names DuckDB matches ignoring case:
+    two names differing only in case, or an id column in another case, are refused."""
+    by_lower: dict[str, list[str]] = {}
+    for c in columns:
+        by_lower.setdefault(c.lower(), []).append(c)
+    clash = [names for names in by_lower.values() if len(names) > 1]
+    if clash:
+        pairs = "; ".join(" and ".join(map(repr, names)) for names in clash[:5])
+        raise MolecularDataError(
+            f"metadata {path}: columns {pairs} differ only in case, which filters (SQL: "
+            "--where) cannot tell apart; rename or merge them"
+        )
+    for c in columns:
+        if c.lower() in ID_COLUMNS and c not in ID_COLUMNS:
+            raise MolecularDataError(
+                f"metadata {path}: column {c!r} is not an id column (ids are lowercase: "
+                f"{c.lower()!r}); rename it to {c.lower()!r}"
+            )
+
+
 def read_metadata(path: str | Path) -> pd.DataFrame:
     """Metadata table: at least one of ``slide_id``/``sample_id``/``patient_id`` (str), any other
     columns kept as they are. Duplicate non-empty ``slide_id`` or ``sample_id`` values, or
     duplicate ``patient_id`` among rows that name neither a slide nor a sample, are ambiguous →
-    :class:`MolecularDataError` naming them."""
+    :class:`MolecularDataError` naming them; so are column names that differ only in case
+    (``site`` and ``Site``: SQL filters cannot tell them apart) and id columns written in
+    another case (``Slide_ID``)."""
     df = read_table(path, "metadata")
     df = df.set_axis([str(c) for c in df.columns], axis=1)
+    _check_metadata_names(df.columns, path)
     present = [c for c in ID_COLUMNS if c in df.columns]
     if not present:
         raise MolecularDataError(

@@ -24,8 +24,36 @@ def _errors() -> tuple[type[BaseException], ...]:
     return (ValueError, FileNotFoundError, IndexNotFoundError, MolecularDataError, OSError)
 
 
+# Library messages name Python arguments; a CLI user sees the flag that does the same thing
+# (or no advice where the CLI has no such flag).
+_CLI_WORDS = [
+    (r"\bunits='(tpm|counts|log)'", r"--rna-units \1"),
+    (r"\bpair_by='(sample|patient)'", r"--pair-by \1"),
+    (r"\bexclude_same_patient=True\b", "--no-same-patient"),
+    (r"\bexclude_same_patient=False\b", "--same-patient"),
+    (r"\bmin_samples\b", "--min-samples"),
+    (r"\bprototypes must be", "--prototypes must be"),
+    (r"\bkind must be 'rna', 'dna' or None", "--kind must be rna or dna"),
+    (r"\bk must be >= 1", "-k must be >= 1"),
+    (r" or pass id_column=", ""),
+    (r"; pass model= to open_index", "; re-run `threads-search index` to record one"),
+]
+
+
+def cli_message(message: str) -> str:
+    """``message`` (a library error) in CLI words: ``units='log'`` → ``--rna-units log``,
+    ``min_samples`` → ``--min-samples``, ``exclude_same_patient=False`` → ``--same-patient``;
+    advice naming an argument the CLI does not have is dropped."""
+    import re
+
+    for pattern, repl in _CLI_WORDS:
+        message = re.sub(pattern, repl, message)
+    return message
+
+
 def _guarded(fn: Callable[[], int]) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     err = Console(stderr=True)
     try:
@@ -33,7 +61,8 @@ def _guarded(fn: Callable[[], int]) -> int:
             warnings.simplefilter("default")
             return fn()
     except _errors() as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False, markup=True, soft_wrap=True)
+        msg = escape(cli_message(str(e)))
+        err.print(f"[red]error:[/red] {msg}", highlight=False, markup=True, soft_wrap=True)
         return 2
 
 
@@ -83,10 +112,11 @@ def _check_format(fmt: str) -> None:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
 
 
-def _rna_profile(path: Path, sample: str | None):
+def _rna_profile(path: Path, sample: str | None, units: str):
+    """One sample of an RNA matrix file, read in ``units`` (the index's model's)."""
     from threads_search.molecular import read_rna_matrix
 
-    m = read_rna_matrix(path)
+    m = read_rna_matrix(path, units=units)
     sid = _pick_sample(m.samples, sample, path, "--rna")
     return dataclasses.replace(m, values=m.values.loc[[sid]], metadata=m.metadata.loc[[sid]])
 
@@ -112,11 +142,13 @@ def _pick_sample(samples: list, sample: str | None, path: Path, flag: str) -> st
 def search_command(
     index_dir: Path, slide: str | None = None, rna: Path | None = None, dna: Path | None = None,
     sample: str | None = None, k: int = 10, where: str | None = None, fmt: str = "table",
-    molecules: bool = False, same_patient: bool = False, columns: str | None = None,
+    molecules: bool = False, same_patient: bool | None = None, columns: str | None = None,
 ) -> int:  # fmt: skip
     """``search``: by ``slide`` (id or path) → slides (or molecular samples with ``molecules``);
-    by ``rna``/``dna`` profile files (+ ``sample`` to pick a row) or by an indexed ``sample``
-    id alone → slides. ``same_patient`` keeps the query patient's own results. ``columns``
+    by ``rna``/``dna`` profile files (+ ``sample`` to pick a row; RNA read in the model's units)
+    or by an indexed ``sample`` id alone → slides. ``same_patient``: True keeps, False drops the
+    query patient's own results; None: the API's default (dropped for slide → slide, kept for
+    the cross-modal searches, where the patient's own pair is the expected match). ``columns``
     (comma-separated) keeps only those result columns, after ``rank`` and ``score``."""
 
     def run() -> int:
@@ -128,16 +160,16 @@ def search_command(
         if slide is None and not (rna or dna or sample):
             raise ValueError("give --slide ID_OR_PATH, or --rna/--dna FILE [--sample ID]")
         index = open_index(index_dir)
-        excl = False if same_patient else None
+        excl = {} if same_patient is None else {"exclude_same_patient": not same_patient}
         if slide is not None:
             if molecules:
-                df = index.search_molecules(slide, k, where, exclude_same_patient=excl)
+                df = index.search_molecules(slide, k, where, **excl)
             else:
-                df = index.search_slides(slide, k, where, exclude_same_patient=excl)
+                df = index.search_slides(slide, k, where, **excl)
             title = f"nearest {'molecular samples' if molecules else 'slides'} to {slide}"
         else:
             if rna or dna:
-                q_rna = _rna_profile(rna, sample) if rna else None
+                q_rna = _rna_profile(rna, sample, index.model.rna_units) if rna else None
                 q_dna = _dna_profile(dna, sample) if dna else None
             else:  # an indexed sample id: every kind it was indexed as
                 kinds = set(index.molecular.loc[index.molecular["sample_id"] == sample, "kind"])
@@ -145,7 +177,7 @@ def search_command(
                     raise ValueError(f"--sample {sample!r} is not an indexed molecular sample")
                 q_rna = sample if "rna" in kinds else None
                 q_dna = sample if "dna" in kinds else None
-            df = index.search_by_molecule(q_rna, q_dna, k, where)
+            df = index.search_by_molecule(q_rna, q_dna, k, where, **excl)
             title = f"nearest slides to {sample or 'the profile'}"
         _emit(_pick_columns(df, columns), fmt, title)
         return 0
@@ -249,7 +281,11 @@ def register(app) -> None:
             False, "--molecules", help="With --slide: return molecular samples, not slides."
         ),
         same_patient: bool = typer.Option(
-            False, "--same-patient", help="Keep results from the query's own patient."
+            None,
+            "--same-patient/--no-same-patient",
+            help="Keep / drop results from the query's own patient [default: dropped for "
+            "--slide → slides; kept for molecule → slides and --slide --molecules, where the "
+            "patient's own pair is the expected match].",
         ),
         columns: str = typer.Option(
             None, "--columns", help="Comma-separated result columns to show (after rank, score)."

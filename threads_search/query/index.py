@@ -32,6 +32,7 @@ import pandas as pd
 
 from threads_search.index import store
 from threads_search.index.vectors import load_index, normalize
+from threads_search.molecular import RnaUnitsError
 from threads_search.query import prototypes as proto
 from threads_search.query.catalog import FilterCatalog
 from threads_search.query.space import Space
@@ -126,13 +127,25 @@ class Index:
         return int(self._s.index.d) if self._s.index is not None else 0
 
     def thumbnail(self, slide_id: str) -> str | None:
-        """Absolute path of the slide's thumbnail JPEG, or None."""
-        p = os.path.join(self._thumbs, f"{slide_id}.jpg")
+        """Absolute path of the slide's thumbnail JPEG, or None (also for an id that cannot
+        name a file of this index: absolute, ``..``; see ``threads_search.paths``)."""
+        from threads_search.paths import UnsafeSlideIdError, slide_file
+
+        try:
+            p = str(slide_file(self._thumbs, slide_id, ".jpg"))
+        except UnsafeSlideIdError:
+            return None
         return p if os.path.isfile(p) else None
 
     def attention(self, slide_id: str) -> pd.DataFrame | None:
-        """Per-patch attention (x, y in level-0 px; score...) of an indexed slide, or None."""
-        p = self.generation_dir / store.ATTENTION / f"{slide_id}.parquet"
+        """Per-patch attention (x, y in level-0 px; score...) of an indexed slide, or None (also
+        for an id that cannot name a file of this index)."""
+        from threads_search.paths import UnsafeSlideIdError, slide_file
+
+        try:
+            p = slide_file(self.generation_dir / store.ATTENTION, slide_id, ".parquet")
+        except UnsafeSlideIdError:
+            return None
         return pd.read_parquet(p) if p.is_file() else None
 
     def info(self) -> dict:
@@ -206,6 +219,18 @@ class Index:
                     )
                 self._model_ok = True
             return self._model
+
+    @property
+    def rna_units(self) -> str | None:
+        """The RNA units the index's model was trained on, in which profiles are read unless
+        told otherwise (from its ``config.json``: the model is not loaded); None when it has
+        no RNA encoder or no bundle is known."""
+        if self._model is not None:
+            return self._model.rna_units if self._model.rna is not None else None
+        from threads_search.models.bundle import bundle_rna_units
+
+        path = self._model_path(required=False)
+        return None if path is None else bundle_rna_units(path)
 
     # -- filters -------------------------------------------------------------------------
     def filter_ids(self, where: str | None, table: str = "slides") -> np.ndarray | None:
@@ -293,6 +318,11 @@ class Index:
         model = self.model
         try:
             emb = np.asarray((model.embed_rna if kind == "rna" else model.embed_dna)(value))
+        except RnaUnitsError as e:
+            raise QueryError(
+                f"cannot embed the RNA profile: {e.detail}: the index's model reads profiles in "
+                f"{e.units} units (those it was trained on): give the profile in {e.units}"
+            ) from e
         except (TypeError, ValueError, KeyError) as e:
             raise QueryError(f"cannot embed the {kind.upper()} profile: {e}") from e
         if emb.ndim == 2:
@@ -346,11 +376,16 @@ class Index:
         exclude_same_patient: bool = False,
     ) -> pd.DataFrame:  # fmt: skip
         """Nearest slides to a molecular query. ``rna`` / ``dna``: a profile (RNA: dict gene →
-        value, Series, one-row DataFrame or RnaMatrix; DNA: list of mutated genes, dict, Series,
-        one-row binary DataFrame or one sample's MAF rows), embedded with the index's model, or
-        the sample_id of an indexed sample of that kind. Both given: the query is the mean of
-        the two normalised embeddings. ``exclude_same_patient`` (default False: finding the
-        sample's own slides is the usual aim) needs indexed sample ids."""
+        value, Series, one-row DataFrame or RnaMatrix, in the model's units unless an RnaMatrix
+        says otherwise; DNA: list of mutated genes, dict, Series, one-row binary DataFrame or one
+        sample's MAF rows), embedded with the index's model, or the sample_id of an indexed
+        sample of that kind. Both given: the query is the mean of the two normalised embeddings.
+
+        Same patient: like :meth:`search_molecules` (the other cross-modal direction), the
+        query patient's own slides are kept by default, since a sample's own slides are the
+        match cross-modal retrieval looks for; ``exclude_same_patient=True`` drops them (needs
+        indexed sample ids, whose patient is known). Only slide → slide search
+        (:meth:`search_slides`) drops the query's patient by default."""
         sp = self._space("slides")
         given = [(kd, v) for kd, v in (("rna", rna), ("dna", dna)) if v is not None]
         if not given:
@@ -364,12 +399,14 @@ class Index:
 
     def search_molecules(
         self, query, k: int = 10, where: str | None = None, kind: str | None = None,
-        exclude_same_patient: bool | None = None,
+        exclude_same_patient: bool = False,
     ) -> pd.DataFrame:  # fmt: skip
         """Nearest molecular samples to a slide (slide_id, path or vector, as in
         ``search_slides``). ``kind``: "rna" | "dna" | None (both). ``where`` filters the
-        molecular table. ``exclude_same_patient`` (default: True when the query slide's
-        patient_id is known) drops the query patient's own samples."""
+        molecular table. Same patient: as in :meth:`search_by_molecule` (the other cross-modal
+        direction), the query patient's own samples are kept by default (they are the expected
+        match); ``exclude_same_patient=True`` drops them (needs a query slide whose patient_id
+        is known)."""
         sp = self._space("molecular")
         if kind not in (None, "rna", "dna"):
             raise QueryError(f"kind must be 'rna', 'dna' or None, got {kind!r}")

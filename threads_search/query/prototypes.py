@@ -131,6 +131,8 @@ def classify_slides(
     if kind is not None:
         mask &= (src.table["kind"] == kind).to_numpy()
     src_rows = np.flatnonzero(mask)
+    if src_rows.size == 0:
+        raise ValueError(_no_labels(src, slides, label, by_slide, kind))
     labels = src.table[label].iloc[src_rows].map(_py).reset_index(drop=True)
     what = "slides" if by_slide else "molecular samples"
     protos = build_prototypes(src.rows(src_rows), labels, min_samples, what)
@@ -161,3 +163,30 @@ def classify_slides(
         min_samples=min_samples, prototypes="slide" if by_slide else "molecular", label=label,
     )  # fmt: skip
     return out
+
+
+def _no_labels(src, slides, label: str, by_slide: bool, kind: str | None) -> str:
+    """Why no prototype sample has a ``label`` value, and how to fix it."""
+    if by_slide:
+        return f"no slide has a value in column {label!r}: give one in the metadata (--metadata)"
+    mol = src.table if kind is None else src.table[src.table["kind"] == kind]
+    what = f"{kind.upper()} sample" if kind else "molecular sample"
+    if len(mol) == 0:
+        return f"the index holds no {what}s: index profiles with --rna/--dna"
+    msg = f"no {what} has a value in column {label!r}"
+    n_slides = int(slides.table[label].notna().sum()) if label in slides.table.columns else 0
+    if n_slides:
+        no_patient = (
+            int(mol["patient_id"].isna().sum()) if "patient_id" in mol.columns else len(mol)
+        )
+        msg += (
+            f", but {n_slides} slide(s) do: the metadata gives {label!r} per slide, and a slide's "
+            "values reach molecular samples only through a patient_id shared by the slide and "
+            f"the sample ({no_patient} of the {len(mol)} {what}s have no patient_id). Re-run "
+            "`threads-search index` with --pairs linking slides to samples (slide_id, sample_id"
+            "[, patient_id]) and a patient_id column on the metadata's slide rows, or add "
+            "metadata rows keyed by sample_id or patient_id"
+        )
+    else:
+        msg += ": give it in the metadata (--metadata) on rows keyed by sample_id or patient_id"
+    return msg

@@ -20,6 +20,8 @@ from threads_search.index.vectors import (
     subset_vectors,
 )
 
+RESULT_COLUMNS = ("rank", "score", "thumbnail")  # added to result frames by the query engine
+
 
 @dataclass
 class Space:
@@ -99,8 +101,14 @@ class Space:
         return sc[top], allowed[top]
 
     def frame(self, ids: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-        """``rank``, ``score`` then the table's columns for rows ``ids``."""
+        """``rank``, ``score`` then the table's columns for rows ``ids``. A table column named
+        like a result column (``rank``, ``score``, ``thumbnail``: an index written before such
+        metadata columns were renamed when indexing) comes back as ``meta_<name>``, never as a
+        second column of the same name."""
         meta = self.table.take(np.asarray(ids, np.int64)).reset_index(drop=True)
+        clash = [c for c in RESULT_COLUMNS if c in meta.columns]
+        if clash:
+            meta = meta.rename(columns={c: f"meta_{c}" for c in clash})
         head = pd.DataFrame(
             {"rank": np.arange(1, len(ids) + 1), "score": np.asarray(scores, np.float64)}
         )

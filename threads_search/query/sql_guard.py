@@ -17,6 +17,15 @@ A filter is checked in three steps before it is ever executed:
    ``read_csv``/``glob``, ``*``/``COLUMNS``, lambdas, parameters, unknown functions, URL string
    constants) is a :class:`FilterError` naming what was refused.
 
+Bounded cost: a filter nests at most ``MAX_DEPTH`` expressions (deeper ones, e.g. 500 nested
+NOTs, are refused from the parser's JSON text before any recursive Python walks it), and no
+allowed function can make text much longer than the filter itself: padding (``lpad``/``rpad``),
+``repeat`` and ``regexp_replace`` (whose empty matches and back-references multiply text) are
+not allowed, and ``replace(text, from, to)`` needs string literals ``from``/``to`` with ``to``
+no longer than ``from`` in UTF-8 bytes, so it never lengthens text (nested replaces could
+otherwise grow a short filter's text exponentially, gigabytes per row). What remains (``||``,
+``concat``) grows text only linearly in the filter's length.
+
 Defence in depth: the query engine runs the accepted expression on an in-memory copy of the
 metadata with ``enable_external_access = false`` and a locked configuration (see
 ``threads_search.query.index``), so even a guard bug could not read or write files.
@@ -44,8 +53,8 @@ ALLOWED_FUNCTIONS = frozenset(
         "lower", "upper", "lcase", "ucase", "length", "strlen", "trim", "ltrim", "rtrim",
         "substr", "substring", "left", "right", "replace", "concat", "starts_with",
         "ends_with", "suffix", "prefix", "contains", "strpos", "instr", "position",
-        "regexp_matches", "regexp_full_match", "regexp_extract", "regexp_replace",
-        "like_escape", "ilike_escape", "split_part", "lpad", "rpad", "reverse",
+        "regexp_matches", "regexp_full_match", "regexp_extract", "like_escape",
+        "ilike_escape", "split_part", "reverse",
         # numbers
         "abs", "round", "floor", "ceil", "ceiling", "sign", "sqrt", "ln", "log", "log2",
         "log10", "exp", "pow", "power", "least", "greatest", "isnan", "isinf", "isfinite",
@@ -70,6 +79,18 @@ _OPERATORS = frozenset(
     {"COMPARE_IN", "COMPARE_NOT_IN", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL", "OPERATOR_NOT",
      "OPERATOR_COALESCE"}
 )  # fmt: skip
+# functions refused with a reason (they can turn a short filter into gigabytes of text)
+_AMPLIFIERS = {
+    "lpad": "padding to a length taken from the filter can allocate gigabytes",
+    "rpad": "padding to a length taken from the filter can allocate gigabytes",
+    "repeat": "repeating text can allocate gigabytes",
+    "regexp_replace": "its replacements can multiply the text; use regexp_matches",
+}
+# deepest JSON nesting of an accepted filter's parse tree: each expression level is at most 3
+# JSON levels (object, argument list, argument object) below the statement's ~8
+_MAX_JSON_DEPTH = 3 * MAX_DEPTH + 16
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
 _URL = re.compile(r"^\s*[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 _IGNORED_KEYS = {"query_location", "query_location_length", "where_clause"}
 
@@ -84,7 +105,9 @@ _reference: dict | None = None
 
 
 def _parse(sql: str) -> dict:
-    """DuckDB's JSON AST of ``sql`` (parser only), on a private connection with file access off."""
+    """DuckDB's JSON AST of ``sql`` (parser only), on a private connection with file access off.
+    Raises :class:`FilterError` when the tree nests deeper than ``MAX_DEPTH`` expressions,
+    checked on the JSON text (no recursion) before ``json.loads`` would recurse into it."""
     global _parser
     with _parser_lock:
         if _parser is None:
@@ -94,10 +117,31 @@ def _parse(sql: str) -> dict:
             _parser = con
         cur = _parser.cursor()
     try:
-        out = json.loads(cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        text = cur.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0]
     finally:
         cur.close()
-    return out
+    if _json_depth(text) > _MAX_JSON_DEPTH:
+        raise _too_deep()
+    try:
+        return json.loads(text)
+    except RecursionError:  # backstop: only if the caller's own stack is already very deep
+        raise _too_deep() from None
+
+
+def _json_depth(text: str) -> int:
+    """Deepest bracket nesting of the JSON ``text``, brackets inside strings ignored."""
+    depth = deepest = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if m.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _too_deep() -> FilterError:
+    return FilterError(
+        f"filter nested too deeply (more than {MAX_DEPTH} levels of NOT, operators, CASE or "
+        "function calls inside one another); simplify it, e.g. drop doubled NOTs"
+    )
 
 
 def _strip(node, drop=_IGNORED_KEYS):
@@ -164,6 +208,8 @@ def validate_where(expr: str, columns: Iterable[str]) -> str:
     ast = _parse(_PREFIX + expr + ")")
     if ast.get("error"):
         msg = ast.get("error_message", "syntax error")
+        if "expression depth" in msg:  # DuckDB's own limit; its advice (SET ...) is not ours
+            raise _too_deep()
         raise FilterError(f"filter is not a valid SQL expression: {msg}")
     stmts = ast.get("statements", [])
     if len(stmts) != 1:
@@ -203,7 +249,7 @@ def _walk(n: dict | None, known: dict[str, str], depth: int) -> None:
     if n is None:
         raise FilterError("filter is empty")
     if depth > MAX_DEPTH:
-        raise FilterError(f"filter nested too deeply (more than {MAX_DEPTH} levels)")
+        raise _too_deep()
     cls, typ = n.get("class"), n.get("type")
     kids: list = []
     if cls == "COLUMN_REF":
@@ -255,6 +301,8 @@ def _function_args(n: dict) -> list:
     name = str(n.get("function_name", "")).lower()
     if n.get("schema") or n.get("catalog"):
         raise FilterError(f"qualified function names are not allowed: {name!r}")
+    if name in _AMPLIFIERS:
+        raise FilterError(f"function {name!r} is not allowed in filters: {_AMPLIFIERS[name]}")
     if name not in ALLOWED_FUNCTIONS:
         raise FilterError(
             f"function {name!r} is not allowed in filters; allowed: "
@@ -269,7 +317,26 @@ def _function_args(n: dict) -> list:
         if a.get("name"):
             raise FilterError(f"named arguments are not allowed in filters ({name})")
         args.append(a["expression"])
+    if name == "replace":
+        _check_replace(args)
     return args
+
+
+def _check_replace(args: list) -> None:
+    """``replace(text, from, to)`` must not lengthen text: ``from``/``to`` string literals,
+    ``from`` not empty, ``to`` no longer than ``from`` (UTF-8 bytes, as DuckDB stores text)."""
+    lits = [(a.get("literal") or {}) if a.get("class") == "CONSTANT" else {} for a in args[1:]]
+    lits = [lit.get("text") if lit.get("kind") == "STRING" else None for lit in lits]
+    if (
+        len(args) != 3
+        or any(not isinstance(t, str) for t in lits)
+        or not lits[0]
+        or len(lits[1].encode()) > len(lits[0].encode())
+    ):
+        raise FilterError(
+            "replace(text, 'from', 'to') in filters needs string literals for 'from' and 'to', "
+            "with 'to' no longer than 'from' (a filter may not lengthen text)"
+        )
 
 
 def quote_identifier(name: str) -> str:

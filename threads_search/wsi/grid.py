@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -10,15 +11,38 @@ import numpy as np
 @dataclass(frozen=True)
 class GridParams:
     """``patch_size`` px at ``target_mpp`` µm/px; ``overlap`` px (at target mpp) shared by
-    neighbours; a patch is kept when its tissue fraction is at least ``min_tissue``."""
+    neighbours; a patch is kept when its tissue fraction is at least ``min_tissue``.
+    ``max_upsample``: a slide whose level-0 µm/px exceeds ``target_mpp`` by more than this
+    factor is refused (its patches would be blown up from few pixels; 2 admits 10x scans at
+    1 µm/px for 0.5 µm/px patches; see ``upsample_problem``)."""
 
     patch_size: int = 512
     target_mpp: float = 0.5
     overlap: int = 0
     min_tissue: float = 0.25
+    max_upsample: float = 2.0
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def upsample_problem(level0_mpp: float, params: GridParams, source: str = "") -> str:
+    """Why patches at ``params.target_mpp`` should not be cut from a slide at ``level0_mpp``
+    µm/px (upsampled more than ``params.max_upsample`` times), or ``""`` when they may.
+    ``source``: where the slide's µm/px came from, for the message."""
+    factor = level0_mpp / params.target_mpp
+    if factor <= params.max_upsample * (1 + 1e-6):
+        return ""
+    side0 = params.patch_size * params.target_mpp / level0_mpp
+    src = f" ({source})" if source else ""
+    return (
+        f"level 0 is {level0_mpp:.4g} µm/px{src} but patches are {params.target_mpp:g} µm/px: "
+        f"each {params.patch_size} px patch would be blown up {factor:.1f}x from "
+        f"{side0:.0f} px of the slide (limit --max-upsample {params.max_upsample:g}). If the "
+        "µm/px is wrong, give the right one (--mpp-csv); if the slide really is this coarse, "
+        f"use patches at its resolution (--target-mpp {level0_mpp:.4g}) or accept upsampled "
+        f"patches (--max-upsample {math.ceil(factor)})"
+    )
 
 
 def patch_grid(
@@ -38,6 +62,8 @@ def patch_grid(
         raise ValueError(f"overlap {p.overlap} must be in [0, patch_size={p.patch_size})")
     if not 0.0 <= p.min_tissue <= 1.0:
         raise ValueError(f"min_tissue {p.min_tissue} must be in [0, 1]")
+    if not p.max_upsample >= 1.0:
+        raise ValueError(f"max_upsample {p.max_upsample} must be >= 1")
     side0 = p.patch_size * p.target_mpp / level0_mpp
     step0 = (p.patch_size - p.overlap) * p.target_mpp / level0_mpp
     w0, h0 = level0_size

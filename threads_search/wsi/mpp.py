@@ -2,6 +2,14 @@
 
 override (flag or CSV) → ``openslide.mpp-x/y`` → vendor keys → TIFF resolution tags →
 objective power (20x = 0.5 µm/px, flagged as an estimate).
+
+Plausible level-0 values are ``MPP_RANGE`` = 0.02–20 µm/px: scanners give 0.1–1 µm/px (40x is
+about 0.25, 20x 0.5, 10x 1.0); 2–10 µm/px are downsampled copies; above 20 µm/px an "image" is
+a macro photograph or a wrong value (a 300 dpi TIFF tag is 84.7 µm/px; a 90 µm/px override
+made 144,787 patches of a 1536 px image). A file value outside the range is treated as absent
+(the next source is tried); an override outside it is refused with ``ValueError``. How much
+patches may be upsampled from a coarse slide is the patch grid's business
+(``GridParams.max_upsample``).
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ _VENDOR_KEYS: list[tuple[str, str, float]] = [
     ("ventana.ScanRes", "ventana.ScanRes", 1.0),
 ]
 _OBJECTIVE_KEYS = ("openslide.objective-power", "aperio.AppMag", "hamamatsu.SourceLens")
-_PLAUSIBLE = (0.01, 100.0)  # µm/px; outside this a value is treated as absent
+MPP_RANGE = (0.02, 20.0)  # plausible level-0 µm/px (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,21 @@ def _num(value) -> float | None:
 
 
 def _plausible(v: float | None) -> bool:
-    return v is not None and _PLAUSIBLE[0] <= v <= _PLAUSIBLE[1]
+    return v is not None and MPP_RANGE[0] <= v <= MPP_RANGE[1]
+
+
+def check_override(value, what: str = "µm/px override") -> float:
+    """``value`` as a float when it is a plausible level-0 µm/px; else ValueError saying why and
+    what to check."""
+    v = _num(value)
+    if v is None or not _plausible(v):
+        raise ValueError(
+            f"{what} {value!r} is not a plausible level-0 resolution: expected "
+            f"{MPP_RANGE[0]:g}–{MPP_RANGE[1]:g} µm/px (scanners give 0.1–1: 40x ≈ 0.25, "
+            "20x ≈ 0.5, 10x ≈ 1.0); check the value and its unit (micrometres per pixel, "
+            "not mm per pixel nor pixels per µm)"
+        )
+    return v
 
 
 def _pair(x: float | None, y: float | None) -> tuple[float, float] | None:
@@ -75,9 +97,8 @@ def _tiff_mpp(props: Mapping[str, str]) -> tuple[float, float] | None:
 def resolve_mpp(props: Mapping[str, str], override: float | None = None) -> MppInfo | None:
     """Level-0 µm/px from OpenSlide ``props``; None when nothing usable is found."""
     if override is not None:
-        if not _plausible(override):
-            raise ValueError(f"mpp override {override} is outside {_PLAUSIBLE} µm/px")
-        return MppInfo(override, override, "override")
+        v = check_override(override)
+        return MppInfo(v, v, "override")
     pair = _pair(_num(props.get("openslide.mpp-x")), _num(props.get("openslide.mpp-y")))
     if pair:
         return MppInfo(*pair, "openslide.mpp")
@@ -107,10 +128,7 @@ def load_mpp_csv(path: str | Path) -> dict[str, float]:
             raise ValueError(f"{path}: mpp CSV needs columns 'slide,mpp', found {fields}")
         for i, row in enumerate(reader, start=2):
             row = {k.strip().lower(): v for k, v in row.items() if k}
-            value = _num(row["mpp"])
-            if not _plausible(value):
-                raise ValueError(f"{path}:{i}: mpp {row['mpp']!r} is not a plausible µm/px")
-            out[row["slide"].strip()] = value  # type: ignore[assignment]
+            out[row["slide"].strip()] = check_override(row["mpp"], f"{path}:{i}: mpp")
     return out
 
 

@@ -5,9 +5,11 @@ OpenSlide fills a buffer of premultiplied ARGB ``uint32`` (native byte order). T
 for transparency (outside the slide → white) and a copy into its batch, which together cost
 about a fifth as much as decoding the JPEG tiles. The fast path here reads into a buffer reused
 across calls, checks opacity on the ``uint32`` words (alpha is the top byte) and unpacks the
-opaque case straight to RGB in one C pass (PIL's ``BGRX`` raw mode on little-endian machines).
-Transparent regions, big-endian machines and OpenSlide builds without the low-level entry
-point take the public route, which gives the same pixels.
+opaque case straight to RGB in one C pass (PIL's ``BGRX`` raw mode on little-endian machines);
+regions whose pixels are each opaque or fully transparent (outside the slide, missing tiles)
+are unpacked with transparent as white. Partly transparent pixels, big-endian machines and
+OpenSlide builds without the low-level entry point take the public route, which gives the same
+pixels.
 """
 
 from __future__ import annotations
@@ -39,6 +41,19 @@ def rgba_to_rgb(img: Image.Image) -> np.ndarray:
     return np.array(img)
 
 
+def _opaque_or_clear(words: np.ndarray, w: int, h: int) -> np.ndarray | None:
+    """RGB of premultiplied ARGB ``words`` whose pixels are each either opaque or fully
+    transparent (outside the slide, missing tiles; premultiplied, those words are 0):
+    transparent becomes white. None when some pixel is partly transparent (the public route
+    composites those)."""
+    if not words.any():  # all transparent
+        return np.full((h, w, 3), 255, np.uint8)
+    if ((words - np.uint32(1)) < _OPAQUE - np.uint32(1)).any():  # 0 < word < 0xFF000000
+        return None
+    filled = np.where(words == 0, np.uint32(0xFFFFFFFF), words)
+    return np.asarray(Image.frombuffer("RGB", (w, h), filled, "raw", "BGRX", 0, 1))
+
+
 class RegionReader:
     """Reads regions of one ``openslide.OpenSlide`` into RGB arrays (one per process/thread)."""
 
@@ -68,6 +83,8 @@ class RegionReader:
             if words.min() >= _OPAQUE:  # every pixel opaque: premultiplied == straight
                 img = Image.frombuffer("RGB", (w, h), buf, "raw", "BGRX", 0, 1)
                 rgb = np.asarray(img)
+            else:
+                rgb = _opaque_or_clear(words, w, h)
         if rgb is None:
             rgb = rgba_to_rgb(self._osr.read_region((x, y), level, (w, h)))
         if out is None:

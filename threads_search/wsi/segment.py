@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from threads_search.wsi.grid import GridParams, patch_grid
+from threads_search.wsi.errors import SlideError
+from threads_search.wsi.grid import GridParams, patch_grid, upsample_problem
 from threads_search.wsi.slide import open_slide
 from threads_search.wsi.tissue import TissueParams, TissueResult, detect_tissue
 
@@ -24,7 +25,34 @@ class SegmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SegmentConfig:
-        return cls(TissueParams(**d.get("tissue", {})), GridParams(**d.get("grid", {})))
+        """Settings from ``to_dict``; keys that no longer exist (written by older versions, e.g.
+        ``exclude_pen``) are dropped, missing ones take today's defaults."""
+        return cls(_known(TissueParams, d.get("tissue", {})), _known(GridParams, d.get("grid", {})))
+
+
+def apply_options(cfg: SegmentConfig, **options) -> SegmentConfig:
+    """A copy of ``cfg`` with the given settings (None: keep) replaced: ``min_tissue`` and
+    ``max_upsample`` go to the grid, the rest to ``TissueParams`` by name. ValueError names a
+    setting that does not exist or is out of range."""
+    given = {k: v for k, v in options.items() if v is not None}
+    grid_keys = {f.name for f in fields(GridParams)} - {"patch_size", "target_mpp"}
+    tissue_keys = {f.name for f in fields(TissueParams)}
+    unknown = sorted(set(given) - grid_keys - tissue_keys)
+    if unknown:
+        raise ValueError(f"unknown segmentation settings: {', '.join(unknown)}")
+    grid = replace(cfg.grid, **{k: v for k, v in given.items() if k in grid_keys})
+    tissue = replace(cfg.tissue, **{k: v for k, v in given.items() if k in tissue_keys})
+    tissue.validate()
+    if not 0.0 <= grid.min_tissue <= 1.0:
+        raise ValueError(f"min_tissue {grid.min_tissue} must be in [0, 1]")
+    if not grid.max_upsample >= 1.0:
+        raise ValueError(f"max_upsample {grid.max_upsample} must be >= 1")
+    return SegmentConfig(tissue, grid)
+
+
+def _known(kind, values: dict):
+    names = {f.name for f in fields(kind)}
+    return kind(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass
@@ -54,9 +82,12 @@ def plan_slide(
     mpp: float | None = None,
     config: SegmentConfig | None = None,
 ) -> SlidePlan:
-    """Open ``path`` and compute its tissue mask and patch grid. Raises ``SlideError``."""
+    """Open ``path`` and compute its tissue mask and patch grid. Raises ``SlideError``
+    (``too-coarse`` when patches would be upsampled past ``config.grid.max_upsample``)."""
     cfg = config or SegmentConfig()
     with open_slide(path, mpp=mpp) as slide:
+        if problem := upsample_problem(slide.mpp, cfg.grid, slide.mpp_info.source):
+            raise SlideError(path, "too-coarse", problem)
         thumb, thumb_mpp = slide.thumbnail(cfg.tissue.thumb_mpp)
         tissue = detect_tissue(thumb, thumb_mpp, slide.mpp, cfg.tissue, slide.dimensions)
         coords = patch_grid(tissue.mask, tissue.mask_mpp, slide.mpp, slide.dimensions, cfg.grid)

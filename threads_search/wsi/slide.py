@@ -6,6 +6,7 @@ Coordinates are level-0 pixels ``(x, y)`` of a region's top-left corner; resolut
 from __future__ import annotations
 
 import math
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 from threads_search.wsi.errors import SlideError
 from threads_search.wsi.mpp import MppInfo, resolve_mpp
 from threads_search.wsi.pixels import RegionReader, rgba_to_rgb
+from threads_search.wsi.thumbnail import MAX_READ_PX, ThumbnailTooLarge, read_thumbnail
 
 
 def _dicom_file(path: Path) -> Path:
@@ -36,19 +38,23 @@ class Slide:
         target = _dicom_file(self.path) if self.path.is_dir() else self.path
         if not self.path.exists():
             raise SlideError(path, "missing", "no such file")
+        if (kind := _special_file(target)) is not None:
+            raise SlideError(
+                path, "unsupported", f"{kind}, not a regular file; give the slide file"
+            )
         if target.stat().st_size == 0:
             raise SlideError(path, "empty", "the file is 0 bytes")
         try:
             fmt = openslide.OpenSlide.detect_format(str(target))
         except Exception as e:  # noqa: BLE001 - OpenSlide raises various types on garbage
-            raise SlideError(path, "corrupt", f"format detection failed ({e})") from e
+            raise SlideError(path, "corrupt", f"format detection failed ({describe(e)})") from e
         if fmt is None:
             reason, detail = _why_unreadable(target)
             raise SlideError(path, reason, detail)
         try:
             self._osr = openslide.OpenSlide(str(target))
         except Exception as e:  # noqa: BLE001
-            raise SlideError(path, "corrupt", f"OpenSlide could not open it ({e})") from e
+            raise SlideError(path, "corrupt", f"OpenSlide could not open it ({describe(e)})") from e
         self._pixels = RegionReader(self._osr)
         self.vendor = fmt
         self.level_dimensions: tuple[tuple[int, int], ...] = tuple(self._osr.level_dimensions)
@@ -58,7 +64,11 @@ class Slide:
         self.level_downsamples: tuple[float, ...] = tuple(self._osr.level_downsamples)
         self.properties: dict[str, str] = dict(self._osr.properties)
         self.associated_images: list[str] = sorted(self._osr.associated_images)
-        self.mpp_info: MppInfo | None = resolve_mpp(self.properties, mpp)
+        try:
+            self.mpp_info: MppInfo | None = resolve_mpp(self.properties, mpp)
+        except ValueError as e:
+            self.close()
+            raise SlideError(path, "bad-mpp", str(e)) from e
         if self.mpp_info is None and require_mpp:
             self.close()
             raise SlideError(
@@ -107,7 +117,11 @@ class Slide:
         try:
             return self._pixels.read(int(x), int(y), int(level), w, h, out=out)
         except Exception as e:  # noqa: BLE001
-            raise SlideError(self.path, "read", f"reading ({x}, {y}) at level {level}: {e}") from e
+            raise SlideError(
+                self.path,
+                "read",
+                f"reading {w} x {h} px at ({x}, {y}), level {level}: {describe(e)}",
+            ) from e
 
     def read_patch(
         self,
@@ -132,18 +146,38 @@ class Slide:
         out[...] = np.asarray(img)
         return out
 
-    def thumbnail(self, target_mpp: float = 8.0, max_side: int = 8192) -> tuple[np.ndarray, float]:
+    def thumbnail(
+        self, target_mpp: float = 8.0, max_side: int = 8192, max_read_px: int = MAX_READ_PX
+    ) -> tuple[np.ndarray, float]:
         """RGB thumbnail near ``target_mpp`` µm/px (capped at ``max_side`` px); returns
-        ``(rgb [h, w, 3] uint8, thumbnail µm/px along x)``."""
+        ``(rgb [h, w, 3] uint8, thumbnail µm/px along x)``. Read region by region from the
+        coarsest level at least as fine (see ``thumbnail.read_thumbnail``): bounded memory;
+        a source level over ``max_read_px`` px raises ``SlideError`` (reason ``too-large``)."""
         w0, h0 = self.dimensions
         scale = min(self.mpp / target_mpp, max_side / max(w0, h0), 1.0)
         size = (max(1, math.floor(w0 * scale)), max(1, math.floor(h0 * scale)))
-        try:
-            img = self._osr.get_thumbnail(size)
-        except Exception as e:  # noqa: BLE001
-            raise SlideError(self.path, "read", f"thumbnail: {e}") from e
-        arr = rgba_to_rgb(img)
+        arr = self._thumbnail(size, max_read_px)
         return arr, self.mpp * w0 / arr.shape[1]
+
+    def overview(self, max_side: int = 1024, max_read_px: int = MAX_READ_PX) -> np.ndarray:
+        """RGB uint8 ``[h, w, 3]`` picture of the whole slide, longest side ``max_side`` px (or
+        level 0 when smaller); needs no µm/px. Same reading rules as ``thumbnail``."""
+        w0, h0 = self.dimensions
+        scale = min(max_side / max(w0, h0), 1.0)
+        return self._thumbnail(
+            (max(1, math.floor(w0 * scale)), max(1, math.floor(h0 * scale))), max_read_px
+        )
+
+    def _thumbnail(self, size: tuple[int, int], max_read_px: int) -> np.ndarray:
+        try:
+            levels = (self.level_dimensions, self.level_downsamples)
+            return read_thumbnail(self.read_region_wh, *levels, size, max_read_px)
+        except ThumbnailTooLarge as e:
+            raise SlideError(self.path, "too-large", str(e)) from e
+
+    def read_region_wh(self, x: int, y: int, level: int, w: int, h: int) -> np.ndarray:
+        """``read_region`` with the size as two arguments (the thumbnail reader's signature)."""
+        return self.read_region(x, y, level, (w, h))
 
     def associated_image(self, name: str) -> np.ndarray:
         return rgba_to_rgb(self._osr.associated_images[name])
@@ -189,6 +223,30 @@ def open_slide(path: str | Path, mpp: float | None = None, require_mpp: bool = T
     Raises ``SlideError`` naming the file and the reason.
     """
     return Slide(path, mpp=mpp, require_mpp=require_mpp)
+
+
+def describe(e: BaseException) -> str:
+    """An exception as text that is never empty (OpenSlide sometimes raises with no message)."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text else f"{type(e).__name__} (no message)"
+
+
+_SPECIAL = {
+    stat.S_ISFIFO: "a FIFO (named pipe)",
+    stat.S_ISSOCK: "a socket",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+}
+
+
+def _special_file(path: Path) -> str | None:
+    """What ``path`` is when it is not a regular file or folder (never opened: a FIFO would
+    block), else None."""
+    mode = path.stat().st_mode
+    for test, what in _SPECIAL.items():
+        if test(mode):
+            return what
+    return None
 
 
 _MAGIC = {

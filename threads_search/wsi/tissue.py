@@ -1,11 +1,25 @@
 """Tissue detection on a slide thumbnail, contours as QuPath-readable GeoJSON, thumbnail JPEGs.
 
-Algorithm (all radii in µm, converted with the thumbnail's µm/px): HSV; median-smoothed
-saturation thresholded by Otsu, clamped to ``[min_saturation, max_saturation]`` (a blank slide
-yields nothing; pale tissue beside strongly stained tissue is kept); black (dust, ink, folds,
-slide edges) and pen marks (green/cyan hues, strongly saturated blue) excluded; morphological
-close then open; holes up to ``max_hole_area_mm2`` filled; components under ``min_area_mm2``
-dropped. Contours are outer rings (plus hole rings) of each component in level-0 px.
+Algorithm (radii in µm, converted with the detection µm/px; colour measures in ``stain``):
+
+1. The thumbnail is block-averaged to about ``thumb_mpp`` and measured white-balanced to its
+   glass colour (``stain.glass_colour``), so that clean glass is white and its OD 0.
+2. *Stained* pixels: HSV saturation above a threshold (Otsu, clamped to ``[min_saturation,
+   max_saturation]``: a blank slide yields nothing; pale tissue beside strongly stained tissue
+   is kept) and optical density (sum over R, G, B) above ``min_od`` (pink haze on glass is
+   bright and stays below). Black pixels (HSV value < ``black_value``: dust, folds, edges) are
+   never tissue. Both classes are median-filtered (a majority over ``median_um`` windows).
+3. *Ink* (``exclude_ink``): green, cyan, teal and blue marker inks and marking dyes, told from
+   haematoxylin by stain separation (red excess > ``ink_red_excess``; see ``stain``), never by
+   hue alone, so dense haematoxylin stays tissue. Ink on tissue is tissue: ink pixels connected
+   to stained pixels and within ``ink_on_tissue_um`` of them are kept (margin dye); other ink
+   (on glass) is removed. With ``exclude_ink`` off, ink counts like any stained pixel.
+4. Closing (``close_um``, bridges gaps inside tissue), optional opening (``open_um``; 0 by
+   default, as any opening erases tissue strands narrower than twice its radius), holes up to
+   ``max_hole_area_mm2`` filled, components under ``min_area_mm2`` dropped (this, not an
+   opening, removes specks and debris).
+
+Contours are outer rings (plus hole rings) of each component in level-0 px.
 """
 
 from __future__ import annotations
@@ -21,6 +35,19 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage import draw, filters, measure, morphology
 
+from threads_search.wsi.stain import colour_measures, glass_colour, ink_mask
+
+_NON_NEGATIVE = (
+    "median_um",
+    "close_um",
+    "open_um",
+    "max_hole_area_mm2",
+    "min_area_mm2",
+    "keep_near_um",
+    "ink_on_tissue_um",
+    "simplify_px",
+)
+
 
 @dataclass
 class TissueParams:
@@ -29,15 +56,34 @@ class TissueParams:
     thumb_mpp: float = 8.0  # µm/px detection runs at; finer thumbnails are block-averaged to it
     min_saturation: float = 0.05  # floor of the Otsu saturation threshold (0..1)
     max_saturation: float = 0.15  # ceiling of the Otsu threshold, keeps pale tissue
-    black_value: float = 0.15  # HSV value below this is black (ink, dust, folds, edges)
-    median_um: float = 24.0  # median filter width on saturation
+    min_od: float = 0.12  # optical density (sum over R, G, B, glass = 0) tissue and ink need
+    black_value: float = 0.15  # HSV value below this is black (dust, folds, edges, black ink)
+    median_um: float = 24.0  # median filter width on the colour image
     close_um: float = 32.0  # closing radius (bridges gaps inside tissue)
-    open_um: float = 16.0  # opening radius (removes specks and thin threads)
+    open_um: float = 0.0  # opening radius (0: none; removes strands narrower than 2x this)
     max_hole_area_mm2: float = 0.5  # enclosed holes up to this area are filled (0: none)
-    min_area_mm2: float = 0.02  # smaller components are dropped
-    exclude_pen: bool = True  # drop green/cyan/blue marker ink
-    pen_dilate_um: float = 16.0  # pen mask grown by this radius (ink rims)
+    min_area_mm2: float = 0.02  # smaller components are dropped (unless near a larger one)
+    keep_near_um: float = 64.0  # small components this close to a larger one are kept
+    exclude_ink: bool = True  # remove green/cyan/blue marker ink lying on glass
+    ink_red_excess: float = 0.15  # red excess (stain.red_excess) above which a pixel is ink
+    ink_on_tissue_um: float = 48.0  # ink this close to (and touching) tissue is tissue
     simplify_px: float = 0.5  # polygon simplification tolerance, in mask px
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting out of range."""
+        checks = [
+            ("thumb_mpp", self.thumb_mpp > 0, "> 0"),
+            ("min_saturation", 0 <= self.min_saturation <= 1, "in [0, 1]"),
+            ("max_saturation", 0 <= self.max_saturation <= 1, "in [0, 1]"),
+            ("min_od", self.min_od >= 0, ">= 0"),
+            ("black_value", 0 <= self.black_value <= 1, "in [0, 1]"),
+            ("ink_red_excess", -1 <= self.ink_red_excess <= 1, "in [-1, 1]"),
+        ]
+        for name in _NON_NEGATIVE:
+            checks.append((name, getattr(self, name) >= 0, ">= 0"))
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"tissue setting {name}={getattr(self, name)!r} must be {want}")
 
 
 @dataclass
@@ -67,6 +113,7 @@ def detect_tissue(
     slide from level-0 (0, 0)); the mask is at ``thumb_mpp`` times the integer block factor.
     ``level0_size`` (width, height): contours are clipped to it (else to the mask's extent)."""
     p = params or TissueParams()
+    p.validate()
     rgb = np.asarray(thumb_rgb)
     if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
         raise ValueError(f"thumbnail must be uint8 [h, w, 3|4], got {rgb.dtype} {rgb.shape}")
@@ -77,20 +124,15 @@ def detect_tissue(
     mpp = thumb_mpp * factor
     px_per_mm2 = (1000.0 / mpp) ** 2
 
-    hsv = _hsv(rgb)
-    sat = ndi.median_filter(hsv[..., 1], size=_odd(p.median_um / mpp))
-    bad = hsv[..., 2] < p.black_value
-    if p.exclude_pen:
-        bad |= _dilate(_pen_mask(hsv, p.min_saturation), _radius(p.pen_dilate_um, mpp))
-    thr = _threshold(sat[~bad], p)
-    mask = (sat > thr) & ~bad
+    mask, excluded, thr = _classify(rgb, mpp, p)
     if mask.any():
         if (r := _radius(p.close_um, mpp)) > 0:
             mask = ndi.binary_closing(np.pad(mask, r), morphology.disk(r))[r:-r, r:-r]
+        mask &= ~excluded  # closing does not bridge onto ink on glass or black pixels
         if (r := _radius(p.open_um, mpp)) > 0:
             mask = ndi.binary_opening(mask, morphology.disk(r))
         mask = _fill_small_holes(mask, p.max_hole_area_mm2 * px_per_mm2)
-        mask = _drop_small(mask, p.min_area_mm2 * px_per_mm2)
+        mask = _drop_small(mask, p.min_area_mm2 * px_per_mm2, _radius(p.keep_near_um, mpp))
     scale = mpp / level0_mpp
     h0, w0 = mask.shape[0] * scale, mask.shape[1] * scale
     if level0_size is not None:
@@ -192,25 +234,63 @@ def _block_mean(rgb: np.ndarray, f: int) -> np.ndarray:
     return np.clip(blocks + 0.5, 0, 255).astype(np.uint8)
 
 
-def _hsv(rgb: np.ndarray) -> np.ndarray:
-    """float32 ``[h, w, 3]``: hue in degrees [0, 360), saturation and value in [0, 1]."""
-    x = rgb.astype(np.float32) / 255.0
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(-1)
-    delta = v - x.min(-1)
-    s = np.where(v > 0, delta / np.maximum(v, 1e-6), 0.0)
-    d = np.maximum(delta, 1e-6)
-    hue = np.where(v == r, (g - b) / d, np.where(v == g, 2.0 + (b - r) / d, 4.0 + (r - g) / d))
-    hue = np.where(delta > 0, (hue * 60.0) % 360.0, 0.0)
-    return np.stack([hue, s, v], -1).astype(np.float32)
+def _classify(rgb: np.ndarray, mpp: float, p: TissueParams):
+    """Per-pixel classes of a detection-resolution RGB image: ``(tissue, excluded, threshold)``;
+    ``tissue``: stained pixels plus ink on tissue; ``excluded``: ink on glass and black."""
+    value, sat, od_sum, excess = colour_measures(rgb, glass_colour(rgb))
+    k = _odd(p.median_um / mpp)
+    black = _majority(value < p.black_value, k)
+    ink = np.zeros_like(black)
+    if p.exclude_ink:
+        ink = _ink(
+            ink_mask(excess, od_sum, p.ink_red_excess, p.min_od),
+            ink_mask(excess, od_sum, p.ink_red_excess * 2 / 3, p.min_od),
+        )
+        ink &= ~black
+    thr = _threshold(sat[~(black | ink)], p)
+    stained = _majority((sat > thr) & (od_sum > p.min_od), k) & ~black & ~ink
+    on_tissue = _ink_on_tissue(ink, stained, _radius(p.ink_on_tissue_um, mpp))
+    return stained | on_tissue, (ink & ~on_tissue) | black, thr
 
 
-def _pen_mask(hsv: np.ndarray, min_sat: float) -> np.ndarray:
-    """Marker ink: green/cyan hues (never H&E), or strongly saturated blue."""
-    hue, sat = hsv[..., 0], hsv[..., 1]
-    green_cyan = (hue >= 70) & (hue < 195) & (sat > max(min_sat, 0.1))
-    blue = (hue >= 195) & (hue < 235) & (sat > 0.35)
-    return green_cyan | blue
+def _majority(mask: np.ndarray, k: int) -> np.ndarray:
+    """Median filter of a bool mask over ``k`` x ``k`` windows (edges repeated)."""
+    if k <= 1:
+        return mask
+    return ndi.uniform_filter(mask.astype(np.float32), k, mode="nearest") > 0.5
+
+
+def _ink(strong: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    """Ink pixels: ``strong`` (red excess above ``ink_red_excess``), grown through connected
+    ``weak`` pixels (above two thirds of it): a thin stroke blended with glass by the
+    thumbnail's averaging keeps less red excess; dense haematoxylin (about 0.08) stays below
+    the default 0.10."""
+    if not strong.any():
+        return strong
+    labels, n = ndi.label(weak | strong, np.ones((3, 3), bool))
+    hit = np.zeros(n + 1, bool)
+    hit[labels[strong]] = True
+    hit[0] = False
+    return hit[labels]
+
+
+def _ink_on_tissue(ink: np.ndarray, stained: np.ndarray, r: int) -> np.ndarray:
+    """Ink pixels within ``r`` px of a stained pixel and connected to one through ink or stained
+    pixels (8-connectivity): marking dye and pen on tissue."""
+    if not ink.any() or not stained.any() or r <= 0:
+        return np.zeros_like(ink)
+    rows, cols = np.nonzero(ink)  # work on the box around the ink, grown by r
+    r0, r1 = max(rows.min() - r, 0), min(rows.max() + r + 1, ink.shape[0])
+    c0, c1 = max(cols.min() - r, 0), min(cols.max() + r + 1, ink.shape[1])
+    ink_b, st_b = ink[r0:r1, c0:c1], stained[r0:r1, c0:c1]
+    near = ink_b & ndi.binary_dilation(st_b, morphology.disk(r))
+    labels, n = ndi.label(near | st_b, np.ones((3, 3), bool))
+    touching = np.zeros(n + 1, bool)
+    touching[np.unique(labels[st_b])] = True
+    touching[0] = False
+    out = np.zeros_like(ink)
+    out[r0:r1, c0:c1] = near & touching[labels]
+    return out
 
 
 def _threshold(values: np.ndarray, p: TissueParams) -> float:
@@ -229,10 +309,6 @@ def _odd(px: float) -> int:
     return n if n % 2 else n + 1
 
 
-def _dilate(mask: np.ndarray, r: int) -> np.ndarray:
-    return ndi.binary_dilation(mask, morphology.disk(r)) if r > 0 and mask.any() else mask
-
-
 def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
     if max_px <= 0:
         return mask
@@ -245,12 +321,23 @@ def _fill_small_holes(mask: np.ndarray, max_px: float) -> np.ndarray:
     return mask | small[holes]
 
 
-def _drop_small(mask: np.ndarray, min_px: float) -> np.ndarray:
+def _drop_small(mask: np.ndarray, min_px: float, near_px: int) -> np.ndarray:
+    """Drop components under ``min_px`` px unless one of their pixels lies within ``near_px``
+    (square distance) of a component that is kept for its size."""
     labels, n = ndi.label(mask)
     if n == 0:
         return mask
-    keep = np.bincount(labels.ravel()) >= max(min_px, 1)
+    sizes = np.bincount(labels.ravel())
+    keep = sizes >= max(min_px, 1)
     keep[0] = False
+    small = ~keep
+    small[0] = False
+    if near_px > 0 and small.any() and keep.any():
+        big = keep[labels].astype(np.uint8)
+        for axis in (0, 1):
+            big = ndi.maximum_filter1d(big, 2 * near_px + 1, axis=axis)
+        keep[np.unique(labels[(big > 0) & small[labels]])] = True
+        keep[0] = False
     return keep[labels]
 
 

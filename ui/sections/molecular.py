@@ -15,12 +15,15 @@ KINDS = ("RNA profile (upload)", "Mutations (MAF upload or gene list)",
          "Indexed molecular sample", "Gene signature (genes up / down)")  # fmt: skip
 
 
-def _rna_query(cfg):
-    """The RNA query from the uploaded file (None until one is given)."""
+def _rna_query(cfg, model_units: str | None = None):
+    """The RNA query from the uploaded file (None until one is given); units default to the
+    model's (``Index.rna_units``)."""
     up = st.file_uploader("RNA profile: CSV/TSV/Parquet, a sample_id column and one column per "
                           "gene", type=[e[1:] for e in uploads.RNA_UPLOAD_EXTENSIONS],
                           key="mol_rna_file", max_upload_size=cfg.max_upload_mb)  # fmt: skip
-    units = st.selectbox("Units", ["tpm", "counts", "log"], key="mol_rna_units",
+    options = ["tpm", "counts", "log"]
+    units = st.selectbox("Units", options, index=options.index(model_units or "tpm"),
+                         key="mol_rna_units",
                          help="tpm and counts are log1p-transformed; log values are used as is")  # fmt: skip
     if up is None:
         return None
@@ -88,7 +91,7 @@ def search_section(index, filters: dict, cfg) -> None:
     query = None
     with guard("Reading the molecular query"):
         if kind == KINDS[0]:
-            query = _rna_query(cfg)
+            query = _rna_query(cfg, index.rna_units)
         elif kind == KINDS[1]:
             query = _dna_query(cfg)
         elif kind == KINDS[2]:

@@ -1,7 +1,7 @@
 """``hed-texture``: the built-in, weight-free patch encoder (hand-crafted H&E colour and texture).
 
-A patch (uint8 ``[H, W, 3]``, nominally 512 px at 0.5 µm/px, i.e. 256 µm of tissue; other sizes
-are resized, so µm below assume that field) is box-filtered to ``input_size`` = 256 px, the
+A patch (uint8 ``[S, S, 3]``, nominally 512 px at 0.5 µm/px, i.e. 256 µm of tissue; other sizes
+are resized, so µm below assume that field; non-square patches are refused, not stretched) is box-filtered to ``input_size`` = 256 px, the
 *fine* scale (1 µm/px), and to 128 px, the *coarse* scale (2 µm/px). numpy/scipy/PIL only, one
 thread, no BLAS on large arrays, deterministic, finite for any input; a 512 px patch costs about
 as long as reading it from a JPEG-tiled TIFF (``bench/encoders_micro.py``). Stains are from
@@ -341,10 +341,17 @@ def _colour(planes8: np.ndarray, hed: np.ndarray, f: np.ndarray) -> None:
 
 
 def hed_texture_features(patch: np.ndarray) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` patch (square; nominal 512 px at 0.5 µm/px) → float32 ``[DIM]``."""
+    """uint8 ``[S, S, 3]`` patch (nominal 512 px at 0.5 µm/px) → float32 ``[DIM]``.
+    ValueError for a non-square patch (it would be stretched)."""
     patch = np.asarray(patch)
     if patch.ndim != 3 or patch.shape[2] != 3 or min(patch.shape[:2]) < 2:
         raise ValueError(f"hed-texture expects an RGB patch [H, W, 3], got shape {patch.shape}")
+    if patch.shape[0] != patch.shape[1]:
+        raise ValueError(
+            f"hed-texture expects a square patch (its side stands for 256 µm; resizing a "
+            f"{patch.shape[0]} x {patch.shape[1]} px (height x width) patch to a square would "
+            "stretch nuclei and texture); crop or pad it to a square first"
+        )
     if patch.dtype != np.uint8:
         patch = np.clip(patch, 0, 255).astype(np.uint8)
     S, C = WORK_SIZE, COARSE_SIZE
