@@ -38,6 +38,7 @@ from indexer.sources import add_sources, split_inputs
 from threads_search.index import store
 from threads_search.index.writer import write_generation
 from threads_search.paths import display_text
+from threads_search.wsi.fingerprint import KEYS as FINGERPRINT_KEYS
 
 
 class LostSlidesError(ValueError):
@@ -51,6 +52,8 @@ class IndexSummary:
     failed: dict[str, str] = field(default_factory=dict)
     removed: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)  # FEATURES_DIR h5 files without status rows
+    features_redone: list[str] = field(default_factory=list)  # slide file changed since features
+    not_in_index: list[str] = field(default_factory=list)  # --remove ids the index does not hold
     n_patches: int = 0
     embed_seconds: float = 0.0
     wall_seconds: float = 0.0
@@ -92,7 +95,8 @@ def features_dir(cfg: IndexConfig, index_dir: Path) -> Path:
 
 def _run_features(cfg: IndexConfig, slides: list[Path], model, fdir: Path, progress, index_dir):
     """The features stage for the slide files given (holding the FEATURES_DIR lock): (slide_id →
-    source, slide_id → reason for the failed ones)."""
+    source, slide_id → reason for the failed ones, ids whose features were made again because
+    their file changed since)."""
     from threads_search.features import default_config, extract_features
     from threads_search.features.extract import h5_path, thumbnail_path
 
@@ -105,6 +109,7 @@ def _run_features(cfg: IndexConfig, slides: list[Path], model, fdir: Path, progr
     outcomes = extract_features(slides, fdir, fcfg, mpp_csv=cfg.mpp_csv, progress=progress,
                                 retry_failed=True, lock_command=lock)  # fmt: skip
     got, failed = {}, {}
+    redone = [o.slide_id for o in outcomes if o.note]
     for o in outcomes:
         h5 = h5_path(fdir, o.slide_id)
         if o.state == "failed":
@@ -114,8 +119,9 @@ def _run_features(cfg: IndexConfig, slides: list[Path], model, fdir: Path, progr
         else:
             thumb = thumbnail_path(fdir, o.slide_id)
             thumb = thumb if thumb.exists() else None
-            got[o.slide_id] = {"h5": h5, "path": o.path, "thumbnail": thumb}
-    return got, failed
+            src = {"h5": h5, "path": o.path, "thumbnail": thumb}
+            got[o.slide_id] = {**src, "source_fingerprint": o.fingerprint}
+    return got, failed, redone
 
 
 def _embed(model, sid: str, src: dict, fp: dict, mhash: str) -> SlideRecord:
@@ -144,9 +150,14 @@ def embed_slide_record(model, index_dir: Path, sid: str, src: dict, fp: dict, mh
 
 
 def _source_fingerprint(src: dict) -> dict:
+    """The slide file's fingerprint (its h5's when the file is not there), ``of`` naming it:
+    ``src["source_fingerprint"]`` when the features stage or the reconciliation took it (the
+    file the features were made from), else taken now."""
     p = Path(src["path"]) if src["path"] else None
-    target = p if p is not None and p.exists() else src["h5"]
-    return {"of": str(target), **fingerprint(target)}
+    if p is not None and p.exists():
+        fp = src.get("source_fingerprint") or fingerprint(p)
+        return {"of": str(p), **{k: fp[k] for k in FINGERPRINT_KEYS}}
+    return {"of": str(src["h5"]), **fingerprint(src["h5"])}
 
 
 def _attention_frame(rec: SlideRecord) -> pd.DataFrame:
@@ -260,7 +271,7 @@ def select_work(sess: IndexSession, sources: dict[str, dict]) -> list[tuple[str,
     or embedded by another model); the others are counted as skipped."""
     index_dir, mhash, summary = sess.index_dir, sess.mhash, sess.summary
     existing = list_records(index_dir)
-    summary.removed = _removals(sess.cfg, index_dir, existing, sources)
+    summary.removed, summary.not_in_index = _removals(sess.cfg, index_dir, existing, sources)
     todo = []
     for sid, src in sorted(sources.items()):
         fp = _source_fingerprint(src)
@@ -308,8 +319,9 @@ def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
         sources, files = split_inputs(cfg, sess.model, summary)
         if files:
             fdir = features_dir(cfg, sess.index_dir)
-            got, bad = _run_features(cfg, files, sess.model, fdir, progress, sess.index_dir)
+            got, bad, redone = _run_features(cfg, files, sess.model, fdir, progress, sess.index_dir)
             summary.failed.update(bad)
+            summary.features_redone.extend(redone)
             add_sources(sources, got, "the slide files given", summary)
         todo = select_work(sess, sources)
         if progress:
@@ -330,12 +342,17 @@ def run_index(cfg: IndexConfig, progress=None, console=None) -> IndexSummary:
     return summary
 
 
-def _removals(cfg: IndexConfig, index_dir: Path, existing: dict, sources: dict) -> list[str]:
-    removed = []
-    for sid in cfg.remove:
+def _removals(cfg: IndexConfig, index_dir: Path, existing: dict, sources: dict):
+    """Delete the work records of ``--remove`` ids and, with ``--prune``, of slides whose file
+    has vanished. Returns (ids removed, ``--remove`` ids the index does not hold: reported, so
+    that a typo is seen)."""
+    removed, unknown = [], []
+    for sid in dict.fromkeys(cfg.remove):
         if sid in existing:
             existing[sid].unlink(missing_ok=True)
             removed.append(sid)
+        else:
+            unknown.append(sid)
     if cfg.prune:
         for sid, path in existing.items():
             if sid in removed or sid in sources:
@@ -345,4 +362,4 @@ def _removals(cfg: IndexConfig, index_dir: Path, existing: dict, sources: dict) 
             if of and not Path(of).exists():
                 path.unlink(missing_ok=True)
                 removed.append(sid)
-    return removed
+    return removed, unknown

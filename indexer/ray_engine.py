@@ -38,11 +38,37 @@ from indexer.build import (
 from indexer.config import IndexConfig
 from indexer.records import read_meta, record_path
 from threads_search.paths import display_text
+from threads_search.wsi.fingerprint import to_text
 
 log = logging.getLogger(__name__)
 RETRIES = 3  # per task / actor call, on worker death (and on TransientError)
 STATUS_SAVE_SECONDS = 5.0  # status.parquet is rewritten at most this often (and at the end)
 MAX_INFLIGHT_SLIDES: int | None = None  # None: 2 x (reader slots + encoder actors)
+
+
+# Environment of the processes a local Ray starts: HTTP(S) through a closed loopback port (the
+# dashboard's cloud-metadata probe fails on 127.0.0.1), loopback itself direct (Ray's gRPC).
+_LOCAL_ONLY_ENV = {
+    **dict.fromkeys(
+        ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"), "http://127.0.0.1:9"
+    ),
+    **dict.fromkeys(("no_proxy", "NO_PROXY"), "127.0.0.1,localhost,::1"),
+}
+
+
+@contextlib.contextmanager
+def _local_only_env():
+    """``_LOCAL_ONLY_ENV`` in ``os.environ`` while Ray starts its processes, then restored."""
+    saved = {k: os.environ.get(k) for k in _LOCAL_ONLY_ENV}
+    os.environ.update(_LOCAL_ONLY_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @contextlib.contextmanager
@@ -55,16 +81,17 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
     Ray process listens and connects on 127.0.0.1 or Unix sockets only
     (``_node_ip_address``), the dashboard web UI is not started (``include_dashboard=False``)
     and usage stats are never sent (``RAY_USAGE_STATS_ENABLED=0`` unless the caller set it).
-    What cannot be turned off: ``ray.init`` always starts the dashboard head process
+    No setting turns off one more thing: ``ray.init`` always starts the dashboard head process
     (``ray/dashboard/dashboard.py --modules-to-load=UsageStatsHead``), and that module, whatever
     the usage-stats setting, guesses the cloud provider once at start-up
     (``usage_lib.get_cluster_config_to_report`` → ``get_cloud_from_metadata_requests``): HTTP
-    GETs with a 1 s timeout to 169.254.169.254:80 (Azure, then AWS) and a DNS lookup of
-    ``metadata.google.internal`` (GCP), about 3 connection attempts, each failing off-cloud;
-    their answer is kept in memory and, usage stats being off, sent nowhere. Only a firewall
-    prevents them (a ``~/ray_bootstrap_config.yaml`` skips the probe too, but Ray then takes
-    the machine for a ``ray up`` cluster head, e.g. in Ray Tune). With ``address`` the cluster
-    is the caller's: its processes run with whatever settings it was started with."""
+    GETs (Python ``requests``) to 169.254.169.254:80 and ``metadata.google.internal``. The local
+    Ray's processes are therefore started with an HTTP proxy that is a closed loopback port
+    (``_LOCAL_ONLY_ENV``: ``http(s)_proxy=http://127.0.0.1:9``, ``no_proxy`` = loopback, so
+    Ray's own gRPC on 127.0.0.1 goes direct): the probe fails at once on 127.0.0.1 and no
+    packet leaves the machine (not even its DNS lookup). The driver's own environment is
+    restored once Ray has started. With ``address`` the cluster is the caller's: its processes
+    run with whatever settings it was started with."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not address:  # a single-machine Ray listens on 127.0.0.1 only (read at import of ray)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -79,8 +106,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None):
         except ConnectionError as e:
             raise ValueError(f"--ray-address {address}: cannot connect to a Ray head ({e})") from e
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False)  # fmt: skip
+        with _local_only_env():
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                log_to_driver=False,
+            )
     try:
         yield ray
     finally:
@@ -109,19 +141,21 @@ def run_index_ray(cfg: IndexConfig, progress=None) -> IndexSummary:
 class _SourcePlan:
     """Every slide given in this run → its source (as the local engine's inputs),
     without running anything: FEATURES_DIR slides are ready; slide files get their future h5
-    path in FEATURES_DIR and whether their features are already there (status done, or an h5
-    renamed into place before a kill). With slide files it takes the FEATURES_DIR lock into
+    path in FEATURES_DIR and whether their features are already there, by the local engine's
+    rule (``threads_search.features.extract.reuse_features``: status done, or an h5 renamed
+    into place before a kill, and made from the file there now; a file changed since is
+    listed in ``summary.features_redone``). With slide files it takes the FEATURES_DIR lock into
     ``locks`` (an ``ExitStack`` the caller holds until the run ends); inputs discovery finds
     unusable (a link loop, a folder without slides) are recorded as failed at once."""
 
     def __init__(self, cfg: IndexConfig, index_dir: Path, model, summary, locks) -> None:
         from threads_search.features import default_config
         from threads_search.features.extract import (
-            adopt_existing,
             check_config,
             features_lock,
             h5_path,
             id_conflict,
+            reuse_features,
             thumbnail_path,
         )
         from threads_search.features.status import StatusTable
@@ -131,6 +165,7 @@ class _SourcePlan:
         self.sources, files = split_inputs(cfg, model, summary)
         self.need_features: set[str] = set()
         self.mpp: dict[str, float | None] = {}
+        self.fingerprints: dict[str, dict | None] = {}  # slide file's, taken before reading it
         self.fdir = features_dir(cfg, index_dir)
         pe = model.patch_encoder
         self.config = default_config(pe["name"], pe["patch_size"], pe["target_mpp"],
@@ -149,6 +184,7 @@ class _SourcePlan:
         chash = self.config.hash()
         overrides = load_mpp_csv(cfg.mpp_csv) if cfg.mpp_csv else {}
         new = {}
+        changed = False  # status rows set here (adopted, fingerprint recorded): saved at the end
         for ref in discover_slides(files):
             sid, h5 = ref.slide_id, h5_path(self.fdir, ref.slide_id)
             if ref.problem is not None:  # recorded as the local engine's features stage does
@@ -164,16 +200,24 @@ class _SourcePlan:
             if clash:  # another file's slide (as local: its row and h5 stay)
                 summary.failed[sid] = clash
                 continue
+            use = reuse_features(prev, h5, ref.path, chash, retry_failed=True)
             thumb = thumbnail_path(self.fdir, sid)
-            new[sid] = {"h5": str(h5), "path": str(ref.path), "thumbnail": str(thumb)}
+            src = {"h5": str(h5), "path": str(ref.path), "thumbnail": str(thumb)}
+            new[sid] = {**src, "source_fingerprint": use.fingerprint}
             self.mpp[sid] = lookup_override(overrides, ref.path, sid)
-            done = prev and prev["config_hash"] == chash and prev["state"] == "done"
-            if not (done and h5.exists()):
-                adopted = adopt_existing(h5, chash)
-                if adopted is None:
-                    self.need_features.add(sid)
-                else:
-                    self.set_status(sid, "done", "", adopted, 0.0, new)
+            self.fingerprints[sid] = use.fingerprint
+            if use.action == "compute":
+                self.need_features.add(sid)
+                if use.note:
+                    summary.features_redone.append(sid)
+            elif use.action == "adopt":
+                self.set_status(sid, "done", "", use.n_patches, 0.0, new)
+                changed = True
+            elif use.record:  # an older version's row, trusted: its file's fingerprint now
+                self.status.update(sid, source_fingerprint=to_text(use.fingerprint))
+                changed = True
+        if changed:
+            self.status.save()
         add_sources(self.sources, new, "the slide files given", summary)
 
     def set_status(self, sid, state, error, n, seconds, sources=None) -> None:
@@ -182,7 +226,7 @@ class _SourcePlan:
         self.status.rows[sid] = {
             "slide_id": sid, "path": display_text(path), "state": state, "error": error,
             "n_patches": n, "seconds": seconds, "config_hash": self.config.hash(),
-            "finished": time.time(),
+            "finished": time.time(), "source_fingerprint": to_text(self.fingerprints.get(sid)),
         }  # fmt: skip
 
 
@@ -285,7 +329,9 @@ class _Pipeline:
                     continue
                 if kind == "plan":
                     job = active[sid]
-                    job["coords"], job["attrs"] = out["coords"], out["attrs"]
+                    fp = to_text(self.plan.fingerprints.get(sid))  # as the local h5 attrs
+                    attrs = {**out["attrs"], "source_fingerprint": fp} if fp else out["attrs"]
+                    job["coords"], job["attrs"] = out["coords"], attrs
                     n = len(out["coords"])
                     job["left"] = deque(out["coords"][i : i + self.chunk]
                                         for i in range(0, n, self.chunk))  # fmt: skip

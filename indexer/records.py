@@ -2,13 +2,13 @@
 
 ``INDEX_DIR/work/slides/<slide_id>.npz`` holds one slide's embedding ``[E]`` float32, its
 attention (coords ``[N, 2]`` int64 level-0 px, scores ``[H, N]`` float32) and a JSON ``meta``
-(source fingerprint, model hash, table row). Written atomically; a committed generation is a
-pure function of the records, so a run killed at any moment is finished by re-running it.
+(source fingerprint, ``threads_search.wsi.fingerprint``; model hash; table row). Written
+atomically; a committed generation is a pure function of the records, so a run killed at any
+moment is finished by re-running it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -17,28 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.paths import slide_file, slide_id_of
+from threads_search.wsi.fingerprint import fingerprint  # noqa: F401 - importable from here too
 
 WORK = "work"
-
-
-def fingerprint(path: str | Path, chunk: int = 1 << 20) -> dict:
-    """Size, mtime and a hash of the first and last MiB of ``path`` (a file, or a folder's
-    files for DICOM): cheap enough for 10^5 slides, catches replaced files."""
-    p = Path(path)
-    files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p]
-    h = hashlib.sha256()
-    size = 0
-    mtime = 0
-    for f in files:
-        st = f.stat()
-        size += st.st_size
-        mtime = max(mtime, st.st_mtime_ns)
-        with open(f, "rb") as fh:
-            h.update(fh.read(chunk))
-            if st.st_size > chunk:
-                fh.seek(max(chunk, st.st_size - chunk))
-                h.update(fh.read(chunk))
-    return {"size": size, "mtime_ns": mtime, "partial_sha256": h.hexdigest()[:32]}
 
 
 @dataclass

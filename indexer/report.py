@@ -23,6 +23,11 @@ class IndexProgress(FeaturesProgress):
             self.bars.advance(self.embed, 1)
 
 
+def _few(ids: list[str], n: int = 10) -> str:
+    shown = ", ".join(repr(display_text(i)) for i in ids[:n])
+    return shown + (f", … ({len(ids)} in all)" if len(ids) > n else "")
+
+
 def print_summary(s, console: Console) -> None:
     m = s.manifest
     faiss = (m.get("slides") or {}).get("faiss") or {}
@@ -47,6 +52,20 @@ def print_summary(s, console: Console) -> None:
             f"[yellow]{len(adopted)} feature file(s) had no row in their FEATURES_DIR's "
             f"status.parquet and were adopted (made with the folder's settings)[/yellow]"
         )
+    redone = getattr(s, "features_redone", [])
+    if redone:
+        note = (
+            f"{len(redone)} slide file(s) changed since their features were made; features "
+            f"made again: {_few(redone)}"
+        )
+        console.print(Text(note, style="yellow"))
+    unknown = getattr(s, "not_in_index", [])
+    if unknown:
+        note = (
+            f"--remove: not in the index: {_few(unknown)} (nothing removed for these ids; "
+            "`threads-search info INDEX_DIR` lists the slides)"
+        )
+        console.print(Text(note, style="red"))
     if s.unmatched_metadata:
         console.print(
             f"[yellow]{s.unmatched_metadata} metadata row(s) matched no slide or sample[/yellow]"

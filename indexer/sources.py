@@ -1,119 +1,19 @@
-"""What an index run takes from a FEATURES_DIR: its h5 files reconciled with ``status.parquet``.
-
-Every slide of the folder ends in exactly one place, never dropped silently:
-
-- status ``done`` and its ``h5/<id>.h5`` present: a source;
-- an h5 with no status row (a run killed between writing the h5 and its row, or rows lost by an
-  older version's concurrent runs) whose ``config_hash`` is the folder's: *adopted* as a source
-  and listed in ``adopted``;
-- anything else is a *problem* (slide id → reason, reported as failed): a ``failed`` row (the
-  features stage's reason), ``done`` without its h5, an h5 without a row made with other
-  settings or unreadable.
-
-A folder without ``status.parquet`` (h5 files put there by hand) gives every h5, as before.
-Ids come from the h5 file names under ``h5/`` (``threads_search.paths.slide_id_of``).
+"""What an index run takes from its inputs: FEATURES_DIRs reconciled with their
+``status.parquet`` (``threads_search.features.reconcile``, the rule the trainer follows too:
+done rows with their h5, rowless h5 files of the folder's settings adopted, the rest reported
+as failed with the reason, including a slide file changed since its features were made), and
+the slide files and folders given, for the features stage.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+from threads_search.features.reconcile import FeatureSources, feature_sources
+from threads_search.paths import display_text
 
-from threads_search.paths import display_text, slide_file, slide_id_of
-
-
-@dataclass
-class FeatureSources:
-    """``sources``: slide_id → {h5, path, thumbnail}; ``adopted``: ids taken without a status
-    row; ``problems``: slide_id → reason."""
-
-    sources: dict[str, dict] = field(default_factory=dict)
-    adopted: list[str] = field(default_factory=list)
-    problems: dict[str, str] = field(default_factory=dict)
-
-
-def _h5_files(fdir: Path) -> dict[str, Path]:
-    root = fdir / "h5"
-    out = {}
-    for p in sorted(root.rglob("*.h5")) if root.is_dir() else []:
-        sid = slide_id_of(root, p, ".h5")
-        if sid is not None:
-            out[sid] = p
-    return out
-
-
-def _config_hash_of(h5: Path) -> str | None:
-    """The ``config_hash`` attribute an h5 was written with (None if it has none). Raises
-    ``OSError`` for an unreadable file."""
-    import h5py
-
-    with h5py.File(h5, "r") as f:
-        if "coords" not in f:
-            raise OSError("no 'coords' dataset")
-        v = f["coords"].attrs.get("config_hash")
-    return v.decode() if isinstance(v, bytes) else (None if v is None else str(v))
-
-
-def _source(fdir: Path, sid: str, h5: Path, path: str) -> dict:
-    thumb = slide_file(fdir / "thumbnails", sid, ".jpg")
-    return {"h5": h5, "path": path, "thumbnail": thumb if thumb.exists() else None}
-
-
-def feature_sources(fdir: Path, only: set[str] | None = None) -> FeatureSources:
-    """Reconcile ``fdir`` (rules in the module docstring); ``only`` limits it to those ids."""
-    fdir = Path(fdir)
-    out = FeatureSources()
-    h5s = _h5_files(fdir)
-    st_path = fdir / "status.parquet"
-    if not st_path.exists():
-        for sid, h5 in h5s.items():
-            if only is None or sid in only:
-                out.sources[sid] = _source(fdir, sid, h5, "")
-        return out
-    st = pd.read_parquet(st_path)
-    rows = {str(r["slide_id"]): r for r in st.to_dict("records")}
-    chash = (json.loads((fdir / "config.json").read_text()) or {}).get("config_hash")
-    for sid in sorted(set(rows) | set(h5s)):
-        if only is not None and sid not in only:
-            continue
-        row, h5 = rows.get(sid), h5s.get(sid)
-        state = row["state"] if row is not None else None
-        if state == "done" and h5 is not None:
-            out.sources[sid] = _source(fdir, sid, h5, str(row["path"] or ""))
-        elif state == "done":
-            out.problems[sid] = (
-                f"features: status.parquet of {fdir} says done but h5/{sid}.h5 is missing "
-                "(run the features stage again)"
-            )
-        elif state == "failed":
-            out.problems[sid] = f"features: {row['error']}"
-        elif h5 is not None:
-            _adopt_or_report(out, fdir, sid, h5, chash)
-        else:
-            out.problems[sid] = f"features: status.parquet of {fdir} has state {state!r}"
-    return out
-
-
-def _adopt_or_report(out: FeatureSources, fdir: Path, sid: str, h5: Path, chash) -> None:
-    try:
-        have = _config_hash_of(h5)
-    except OSError as e:
-        out.problems[sid] = (
-            f"features: {display_text(h5)} has no status row and is unreadable ({e})"
-        )
-        return
-    if have is not None and have == chash:
-        out.sources[sid] = _source(fdir, sid, h5, "")
-        out.adopted.append(sid)
-        return
-    made = f"config_hash {have}" if have else "no config_hash"
-    out.problems[sid] = (
-        f"features: {display_text(h5)} has no status row and was not made with this folder's "
-        f"settings ({made}, folder {chash}); not indexed: run the features stage again"
-    )
+__all__ = ["FeatureSources", "add_sources", "feature_sources", "split_inputs"]
 
 
 def _is_features_dir(p: Path) -> bool:

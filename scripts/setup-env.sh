@@ -26,12 +26,16 @@ fi
 "$venv/bin/python" -m pip install -q --no-deps --no-build-isolation -e "$root" 2>&1 | grep -v "^$" || true
 "$venv/bin/python" -c "import threads_search" || { echo "threads_search failed to import" >&2; exit 1; }
 
-# Browser for the UI tests: Debian's chromium (needs root; CI runs as root).
-if [ ! -x /usr/bin/chromium ] && [ "${THREADS_SEARCH_SKIP_BROWSER:-0}" != 1 ]; then
+# Debian packages the tests use: chromium for the UI tests, strace for the test that proves a
+# local Ray connects nowhere outside loopback (needs root; CI runs as root).
+missing=()
+[ -x /usr/bin/chromium ] || [ "${THREADS_SEARCH_SKIP_BROWSER:-0}" = 1 ] || missing+=(chromium chromium-driver)
+command -v strace >/dev/null || missing+=(strace)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        echo "==> installing chromium (apt)"
-        apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null
+        echo "==> installing ${missing[*]} (apt)"
+        apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
     else
-        echo "warning: /usr/bin/chromium missing; run: sudo apt-get install chromium chromium-driver" >&2
+        echo "warning: missing ${missing[*]}; run: sudo apt-get install ${missing[*]}" >&2
     fi
 fi

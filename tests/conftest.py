@@ -77,7 +77,8 @@ def make_bundle(out, patch_encoder: dict, rna_genes=None, dna_genes=None, seed: 
     if rna_genes:
         log = pd.DataFrame(np.random.default_rng(seed).normal(size=(8, len(rna_genes))),
                            columns=rna_genes)  # fmt: skip
-        norm = RnaNormalizer.fit(log, units="log")
+        # statistics in log space of TPM data, as the synthetic cohorts' RNA is TPM
+        norm = RnaNormalizer.fit(log, units="tpm")
     model = build_model(patch_encoder, slide_config={"head_dim": 64, "attn_dim": 32},
                         normalizer=norm, genes_dna=dna_genes)  # fmt: skip
     save_model(model, out)

@@ -317,3 +317,13 @@ def test_index_written_with_time_named_generations_still_opens_and_updates(tmp_p
     newer = _commit(out, 6)
     assert not (out / store.GENERATIONS / old).exists()
     assert {p.name for p in (out / store.GENERATIONS).iterdir()} == {new, newer}
+
+
+def test_feature_bags_refuse_an_unsafe_slide_id(tmp_path):
+    """Synthetic feature bags name their files through ``h5_path`` like every writer."""
+    cohort = make_cohort(n_patients=4, seed=5)
+    cohort.slides.loc[cohort.slides.index[0], "slide_id"] = "../escape"
+    with pytest.raises(UnsafeSlideIdError, match="escape"):
+        write_feature_bags(cohort, tmp_path / "f", dim=16, n_patches=(5, 8))
+    assert not (tmp_path / "f" / "escape.h5").exists()
+    assert not list(tmp_path.rglob("escape*"))

@@ -68,10 +68,14 @@ def test_cli_writes_layout_and_reports_the_bad_slide(small_archive, tmp_path):
     assert cfg["encoder_spec"]["dim"] == ff.features.shape[1]
     assert "corrupt" in res.output  # the reason is printed
 
-    # Re-run: nothing is redone; failed slides are skipped unless --retry-failed.
+    # Re-run: nothing is redone; failed slides are not tried again unless --retry-failed, but
+    # they are reported as failed again (never as "already done").
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "h5").glob("*.h5")}
     outcomes = extract_features([root], out, _cfg())
-    assert {o.state for o in outcomes} == {"skipped"}
+    assert {o.slide_id for o in outcomes if o.state == "failed"} == {"corrupt"}
+    [again] = [o for o in outcomes if o.state == "failed"]
+    assert "corrupt" in again.error and "--retry-failed" in again.error
+    assert {o.state for o in outcomes if o.slide_id != "corrupt"} == {"skipped"}
     assert {p: p.stat().st_mtime_ns for p in (out / "h5").glob("*.h5")} == mtimes
     retry = extract_features([root], out, _cfg(), retry_failed=True)
     assert [o.state for o in retry if o.slide_id == "corrupt"] == ["failed"]
@@ -96,6 +100,31 @@ def test_no_resolution_slide_fails_then_mpp_csv_rescues_it(tmp_path):
     csv.write_text("slide,mpp\nnores,0.5\n")
     [o] = extract_features([tmp_path / "slides"], out, _cfg(), mpp_csv=csv, retry_failed=True)
     assert o.state == "done" and o.n_patches > 0
+
+
+@pytest.mark.real
+def test_real_frozen_slide_failures_are_retried_when_fixed_never_called_done(real_dir, tmp_path):
+    """The real frozen TCGA slide has no resolution: it fails; a re-run that gives its µm/px
+    tries it again without --retry-failed (and a re-run that gives nothing says it is still
+    failed, not "already done"); at 4 µm/px it is too coarse for 1.5 µm/px patches until
+    --max-upsample allows it, in the same FEATURES_DIR (an admission limit, not a setting that
+    changes features)."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    os.symlink(real_dir / "tcga_cr7395_frozen_ts1.svs", slides / "frozen.svs")
+    out, csv = tmp_path / "feats", tmp_path / "mpp.csv"
+    csv.write_text("slide,mpp\nfrozen,4.0\n")
+    base = ["features", str(slides), "--out", str(out), "--workers", "0", "--target-mpp", "1.5"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 1 and "no-mpp" in res.output
+    res = runner.invoke(app, base)  # nothing new given: still failed, said again
+    assert res.exit_code == 1 and "failed 1" in res.output and "earlier run" in res.output
+    res = runner.invoke(app, [*base, "--mpp-csv", str(csv)])  # tried again, now too coarse
+    assert res.exit_code == 1 and "too-coarse" in res.output and "--max-upsample" in res.output
+    res = runner.invoke(app, [*base, "--mpp-csv", str(csv), "--max-upsample", "3"])
+    assert res.exit_code == 0, res.output
+    status = pd.read_parquet(out / "status.parquet").set_index("slide_id")
+    assert status.loc["frozen", "state"] == "done" and status.loc["frozen", "n_patches"] > 50
 
 
 def test_blank_slide_is_a_clear_failure(tmp_path):

@@ -142,6 +142,25 @@ def test_incremental_add_change_remove_prune(tmp_path, hed_bundle):
     assert s.removed == [gone.stem] and len(_tables(out)[0]) == 3
 
 
+def test_remove_of_an_id_not_in_the_index_is_reported(tmp_path, bags):
+    """A typo in ``--remove`` is visible: listed as not in the index, exit code 1; the other
+    removals given with it are done."""
+    root, _, model = bags
+    out = tmp_path / "idx"
+    feats = str(root / "feats")
+    first = run_index(IndexConfig(inputs=[feats], model=str(model), out=str(out)))
+    ids = sorted(first.indexed)
+    res = runner.invoke(app, ["index", feats, "--model", str(model), "--out", str(out),
+                              "--remove", "no-such-slide"])  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert "not in the index: 'no-such-slide'" in res.output
+    assert "unchanged 30" in res.output and len(_tables(out)[0]) == 30
+    s = run_index(IndexConfig(inputs=[], model=str(model), out=str(out),
+                              remove=[ids[0], "no-such-slide", ids[0]]))  # fmt: skip
+    assert s.removed == [ids[0]] and s.not_in_index == ["no-such-slide"]
+    assert sorted(_tables(out)[0].slide_id) == ids[1:]
+
+
 def test_lock_refuses_a_second_writer(tmp_path, bags):
     root, _, model = bags
     out = tmp_path / "idx"

@@ -253,10 +253,6 @@ def one(x):
 with ray_session(None, 1) as ray:
     print("RESULT", ray.get(ray.remote(one).remote(1)), flush=True)
 """
-# The only non-loopback connects a local Ray makes (documented in ray_session): the dashboard
-# head's cloud-provider probe, HTTP to the metadata address and a DNS lookup of the GCP name.
-PROBE_HTTP = ("169.254.169.254", 80)
-PROBE_DNS_NAME = "metadata.google.internal"
 
 
 def _dns_names(strace_args: str) -> set[str]:
@@ -321,21 +317,10 @@ def _local(addr: str) -> bool:
     return ip.is_loopback or ip.is_unspecified
 
 
-def _expected(conn) -> bool:
-    """The documented probe: from the dashboard process, to the metadata address or a DNS
-    server asking only for the GCP metadata name (plus any resolv.conf search suffix)."""
-    prog, addr, port, _, names = conn
-    if "dashboard/dashboard.py" not in prog:
-        return False
-    if port == 53:
-        return all(n.startswith(PROBE_DNS_NAME) for n in names)
-    return (addr, port) == PROBE_HTTP
-
-
-def test_local_ray_connects_nowhere_but_the_documented_probe(tmp_path):
+def test_local_ray_connects_nowhere_outside_loopback(tmp_path):
     """A local Ray started by ``ray_session`` (usage stats left to it) makes no connection
-    outside loopback except the documented cloud-metadata probe of its dashboard process
-    (strace of every process of the job)."""
+    outside loopback, not even its dashboard's cloud-metadata probe or that probe's DNS lookup
+    (strace of every process of the job); the probe goes to the closed loopback proxy."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace not installed (apt-get install strace)")
@@ -353,8 +338,9 @@ def test_local_ray_connects_nowhere_but_the_documented_probe(tmp_path):
     assert any("raylet" in p for p in _programs(log)), "the trace did not follow Ray's processes"
     inet = re.findall(r"^\d+\s+connect\(\d+, \{sa_family=AF_INET", text, re.MULTILINE)
     assert len(inet) > 3, "no TCP connect seen (not even Ray's own on 127.0.0.1)"
-    unexpected = [c for c in seen if not _expected(c)]
-    assert not unexpected, unexpected
+    assert not seen, seen
+    probe = re.findall(r"connect\(\d+, \{sa_family=AF_INET, sin_port=htons\(9\), ", text)
+    assert probe, "the dashboard's metadata probe did not go to the loopback proxy"
 
 
 def _programs(log) -> list[str]:

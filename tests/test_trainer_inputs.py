@@ -309,3 +309,51 @@ def test_split_conflicts_and_unmatched_metadata_are_refused(cohort, tmp_path, ca
     assert main(_args(root, paths, tmp_path / "m2", metadata=path)) == 2
     err = capsys.readouterr().err
     assert f"names none of the {N_PATIENTS} matched items" in err and "X-SYNT" in err
+
+
+def test_features_are_reconciled_as_the_index_does(cohort, tmp_path, capsys):
+    """The trainer takes the slides the indexer takes from a FEATURES_DIR (one reconciliation,
+    ``threads_search.features.reconcile``): h5 files without a status row made with the
+    folder's settings are adopted, unusable files and rows are left out and reported; no path
+    is built from an id by hand (a row naming ``../x`` never reads a file outside ``h5/``)."""
+    import shutil
+
+    import h5py
+
+    from threads_search.features.extract import h5_path
+    from threads_search.features.reconcile import feature_sources
+    from trainer.config import TrainConfig
+    from trainer.data import load_training_data
+    from trainer.matching import format_report
+
+    root, paths = cohort
+    feats = tmp_path / "feats"
+    shutil.copytree(root / "feats", feats)
+    st = pd.read_parquet(feats / "status.parquet")
+    ids = sorted(st.slide_id)
+    rowless, foreign, missing = ids[:2], ids[2], ids[3]
+    with h5py.File(h5_path(feats, foreign), "a") as f:
+        f["coords"].attrs["config_hash"] = "0123456789abcdef"
+    h5_path(feats, missing).unlink()
+    shutil.copy(h5_path(feats, ids[4]), feats / "outside.h5")  # a real file outside h5/
+    evil = st[st.slide_id == ids[4]].assign(slide_id="../outside")
+    st = pd.concat([st[~st.slide_id.isin([*rowless, foreign])], evil])
+    st.to_parquet(feats / "status.parquet", index=False)
+    pairs = pd.read_csv(paths["pairs"], dtype=str)
+    pairs = pd.concat([pairs, pairs.head(1).assign(slide_id="../outside")])
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+
+    cfg = TrainConfig(features=str(feats), pairs=str(tmp_path / "pairs.csv"), rna=paths["rna"],
+                      dna=paths["maf"], val_fraction=0, min_train_items=2)  # fmt: skip
+    data = load_training_data(cfg)
+    used = {s for it in data.items for s in it.slides}
+    indexable = set(feature_sources(feats).sources)
+    assert used == indexable & set(pairs.slide_id)
+    assert set(rowless) <= used and not {foreign, missing, "../outside"} & used
+    rep = data.report
+    assert rep["feature_files_adopted"]["count"] == 2
+    assert sorted(rep["feature_files_adopted"]["examples"]) == rowless
+    assert rep["feature_files_unusable"]["count"] == 3
+    text = format_report(rep)
+    assert "2 h5 file(s) without a status row adopted" in text
+    assert "3 unusable" in text and foreign in text and "0123456789abcdef" in text

@@ -160,6 +160,8 @@ def test_config_files_turn_usage_stats_off():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11 (tomli before)
 
     for path in (REPO / "ui" / ".streamlit" / "config.toml", REPO / ".streamlit" / "config.toml"):
-        assert tomllib.loads(path.read_text())["browser"]["gatherUsageStats"] is False, path
+        config = tomllib.loads(path.read_text())
+        assert config["browser"]["gatherUsageStats"] is False, path
+        assert config["server"]["address"] == "127.0.0.1", path  # loopback unless asked
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert ".streamlit/config.toml" in data["package-data"]["ui"]

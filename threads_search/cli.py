@@ -10,7 +10,9 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode="rich")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode="markdown"
+)
 
 
 @app.command()
@@ -295,7 +297,7 @@ def index(
         console.print(f"[red]error:[/red] {escape(cli_message(str(e)))}")
         raise typer.Exit(2) from None
     print_summary(summary, console)
-    raise typer.Exit(1 if summary.failed else 0)
+    raise typer.Exit(1 if summary.failed or summary.not_in_index else 0)  # a --remove typo: 1
 
 
 @app.command()

@@ -28,6 +28,7 @@ def _table(df: pd.DataFrame, title: str, cols: list[str], console: Console) -> N
 def _features_table(out: Path, console: Console, show: int = 8) -> None:
     """Per-slide summary (tissue, patches, resolution) and the slides that failed."""
     from threads_search.features import read_features
+    from threads_search.features.extract import h5_path
 
     st = pd.read_parquet(out / "features" / "status.parquet")
     done = st[st.state == "done"]
@@ -36,7 +37,7 @@ def _features_table(out: Path, console: Console, show: int = 8) -> None:
     for c in ("slide", "size (px)", "µm/px (source)", "tissue mm²", "patches", "seconds"):
         t.add_column(c, no_wrap=c == "slide", justify="left" if c == "slide" else "right")
     for _, r in done.head(show).iterrows():
-        a = read_features(out / "features" / "h5" / f"{r.slide_id}.h5").attrs
+        a = read_features(h5_path(out / "features", r.slide_id)).attrs
         t.add_row(r.slide_id, f"{a['level0_width']}x{a['level0_height']}",
                   f"{a['level0_mpp']:.3g} ({a.get('mpp_source', '?')})",
                   f"{a.get('tissue_area_mm2', float('nan')):.2f}", str(r.n_patches),

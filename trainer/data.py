@@ -4,7 +4,10 @@ Each item is one bag (a patient's slides by default, or one slide with ``bag_by=
 the RNA sample and/or DNA sample paired to it. Items with only RNA or only DNA are kept: the loss
 is computed per available modality.
 
-What matched and what did not is counted in ``TrainingData.report`` (see ``trainer.matching``).
+Slides with features are those the indexer takes from the same FEATURES_DIR (one
+reconciliation, ``threads_search.features.reconcile``: h5 files without a status row adopted,
+unusable files and rows left out and reported), read through ``h5_path``. What matched and
+what did not is counted in ``TrainingData.report`` (see ``trainer.matching``).
 Training is refused (:class:`TrainingDataError`) with fewer than ``cfg.min_train_items`` matched
 training items (default 8), or with a modality given (``--rna``/``--dna``) that fewer than 2
 training items carry: InfoNCE contrasts at least 2 items of a modality, so that encoder could
@@ -18,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from threads_search.features.extract import h5_path
 from threads_search.features.h5io import read_features
+from threads_search.features.reconcile import FeatureSources, feature_sources
 from threads_search.molecular import RnaNormalizer, multi_hot
 from threads_search.molecular.dna import read_dna
 from threads_search.molecular.rna import read_rna_matrix
@@ -69,21 +73,15 @@ class TrainingData:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _features_info(features_dir: Path) -> tuple[dict, list[str], list[str]]:
-    """The patch-encoder description, the slide ids with finished features and those whose
-    features failed."""
+def _features_info(features_dir: Path) -> tuple[dict, FeatureSources]:
+    """The patch-encoder description and the folder's slides reconciled as the indexer does
+    (``threads_search.features.reconcile``: ``sources`` with usable features, ``adopted`` h5
+    files without a status row, ``problems`` with reasons, ``failed`` at the features stage)."""
     cfg_path = features_dir / "config.json"
     if not cfg_path.exists():
         raise TrainingDataError(f"{features_dir} is not a FEATURES_DIR: no config.json")
     cfg = json.loads(cfg_path.read_text())
-    status = features_dir / "status.parquet"
-    failed: list[str] = []
-    if status.exists():
-        st = pd.read_parquet(status)
-        done = st.loc[st.state == "done", "slide_id"].astype(str).tolist()
-        failed = st.loc[st.state == "failed", "slide_id"].astype(str).tolist()
-    else:
-        done = [p.stem for p in (features_dir / "h5").glob("*.h5")]
+    found = feature_sources(features_dir)
     grid = cfg.get("segment", {}).get("grid", {})
     pe = {
         "name": cfg.get("patch_encoder"),
@@ -91,14 +89,14 @@ def _features_info(features_dir: Path) -> tuple[dict, list[str], list[str]]:
         "patch_size": grid.get("patch_size", 512),
         "target_mpp": grid.get("target_mpp", 0.5),
     }
-    return pe, done, failed
+    return pe, found
 
 
 def _load_bags(features_dir: Path, slide_ids: list[str], pe: dict) -> dict[str, np.ndarray]:
     bags: dict[str, np.ndarray] = {}
     encoders: dict[str, list[str]] = {}
     for sid in slide_ids:
-        ff = read_features(features_dir / "h5" / f"{sid}.h5")
+        ff = read_features(h5_path(features_dir, sid))
         name = ff.attrs.get("encoder", pe["name"])
         encoders.setdefault(f"{name} ({ff.features.shape[1]}-d)", []).append(sid)
         bags[sid] = np.ascontiguousarray(ff.features, dtype=np.float32)
@@ -146,13 +144,17 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     if not cfg.rna and not cfg.dna:
         raise TrainingDataError("give --rna and/or --dna: there is nothing to align slides to")
     fdir = Path(cfg.features)
-    pe, done, failed = _features_info(fdir)
+    pe, found = _features_info(fdir)
+    done = sorted(found.sources)
     pairs = read_pairs(cfg.pairs, pair_by=cfg.pair_by)
     rna_m = read_rna_matrix(cfg.rna, units=cfg.rna_units) if cfg.rna else None
     dna_m = read_dna(cfg.dna) if cfg.dna else None
     rna_ids = set(rna_m.samples) if rna_m is not None else set()
     dna_ids = set(dna_m.index.astype(str)) if dna_m is not None else set()
-    report = match_report(pairs, done, failed, rna_ids, dna_ids, str(fdir))
+    unusable = found.unusable()
+    report = match_report(
+        pairs, done, found.failed, rna_ids, dna_ids, str(fdir), found.adopted, unusable
+    )
     ok = pairs[pairs.slide_id.isin(set(done)) & pairs.sample_id.isin(rna_ids | dna_ids)]
     if ok.empty:
         raise TrainingDataError(

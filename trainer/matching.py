@@ -93,10 +93,16 @@ def match_report(
     rna_ids: set[str],
     dna_ids: set[str],
     features_dir: str,
+    adopted: list[str] = (),
+    unusable: dict[str, str] | None = None,
 ) -> dict:
     """Counts and examples of what matched: pairs (``slide_id``, ``sample_id``) against slides
-    with finished features (``done``; ``failed``: features that failed) and profile ids."""
+    with usable features (``done``; ``failed``: features that failed; ``adopted``: h5 files
+    without a status row, taken; ``unusable``: slide id → why its file or row cannot be used,
+    as ``threads_search.features.reconcile`` says) and profile ids."""
+    unusable = unusable or {}
     done_s, prof = set(done), rna_ids | dna_ids
+    no_use = set(failed) | set(unusable)
     no_feat = ~pairs.slide_id.isin(done_s)
     no_prof = ~pairs.sample_id.isin(prof)
     miss_slides = set(pairs.slide_id[no_feat])
@@ -107,7 +113,7 @@ def match_report(
     mostly_samples = len(miss_samples) > len(paired_samples) / 2
     hints = [
         id_hint(
-            miss_slides - set(failed),
+            miss_slides - no_use,
             done_s - paired_slides,
             "pairs slide ids",
             slides_where,
@@ -123,14 +129,23 @@ def match_report(
         "pairs_without_features": int(no_feat.sum()),
         "slides_without_features": _examples(miss_slides),
         "slides_failed_features": len(miss_slides & set(failed)),
+        "slides_unusable_features": len(miss_slides & set(unusable)),
         "pairs_without_profile": int(no_prof.sum()),
         "samples_without_profile": _examples(miss_samples),
         "feature_slides": len(done_s),
         "feature_slides_unpaired": _examples(done_s - paired_slides),
+        "feature_files_adopted": _examples(adopted),
+        "feature_files_unusable": _unusable(unusable),
         "profile_samples": {"rna": len(rna_ids), "dna": len(dna_ids)},
         "profile_samples_unpaired": _examples(prof - paired_samples),
         "hints": [h for h in hints if h],
     }
+
+
+def _unusable(reasons: dict[str, str], n: int = N_EXAMPLES) -> dict:
+    part = _examples(reasons, n)
+    part["reasons"] = {sid: reasons[sid] for sid in part["examples"]}
+    return part
 
 
 def count_items(items) -> dict:
@@ -152,8 +167,9 @@ def format_report(r: dict) -> str:
     pct = f" ({100 * m / n:.0f} %)" if n else ""
     lines = [f"pairs: {n} slide–sample links, {m} matched{pct}"]
     if r["pairs_without_features"]:
-        failed = r["slides_failed_features"]
+        failed, bad = r["slides_failed_features"], r.get("slides_unusable_features", 0)
         why = f"; {failed} of these slides failed at the features stage" if failed else ""
+        why += f"; {bad} have unusable features (listed below)" if bad else ""
         lines.append(
             f"  {r['pairs_without_features']} name a slide without features: "
             f"{_show(r['slides_without_features'])}{why}"
@@ -168,6 +184,17 @@ def format_report(r: dict) -> str:
         f"features: {r['feature_slides']} slides, {un['count']} named in no pair"
         + (f": {_show(un)}" if un["count"] else "")
     )
+    adopted = r.get("feature_files_adopted") or {"count": 0}
+    if adopted["count"]:
+        lines.append(
+            f"  {adopted['count']} h5 file(s) without a status row adopted (made with the "
+            f"folder's settings): {_show(adopted)}"
+        )
+    bad = r.get("feature_files_unusable") or {"count": 0}
+    if bad["count"]:
+        more = f" … ({bad['count']} in all)" if bad["count"] > len(bad["examples"]) else ""
+        lines.append(f"  {bad['count']} unusable, not trained on:{more}")
+        lines += [f"    {sid!r}: {why}" for sid, why in bad["reasons"].items()]
     un, ps = r["profile_samples_unpaired"], r["profile_samples"]
     lines.append(
         f"profiles: {ps['rna']} RNA, {ps['dna']} DNA samples, {un['count']} named in no pair"

@@ -40,15 +40,18 @@ class FeaturesConfig:
     device: str = "auto"
 
     def output_key(self) -> dict:
-        """The settings that change the features (not batch size, workers or device)."""
+        """The settings that change the features (not batch size, workers, device, nor
+        ``max_upsample``, which only decides which slides are refused)."""
         ckpt = None
         if self.checkpoint:
             p = Path(self.checkpoint)
             ckpt = {"name": p.name, "size": p.stat().st_size if p.exists() else None}
+        segment = self.segment.to_dict()
+        segment["grid"].pop("max_upsample", None)  # which slides are refused, not their features
         return {
             "patch_encoder": self.patch_encoder,
             "checkpoint": ckpt,
-            "segment": self.segment.to_dict(),
+            "segment": segment,
             "dtype": self.dtype,
         }
 

@@ -1,8 +1,10 @@
 """The features stage: segment, patch and encode slides into a FEATURES_DIR (DESIGN.md layout).
 
 One bad slide is recorded as failed with its reason and the others complete; a re-run skips
-slides already done with the same config (``retry_failed`` redoes failures); every file
-appears atomically, so a run killed at any moment leaves nothing a re-run would trust wrongly.
+slides already done with the same config (``retry_failed`` redoes failures) unless the slide
+file was replaced since (``reuse_features``: its fingerprint, recorded in the status row and
+the h5, differs); every file appears atomically, so a run killed at any moment leaves nothing
+a re-run would trust wrongly.
 One writer at a time: a run holds ``FEATURES_DIR/.lock`` (``features_lock``) from start to end,
 and a second one is refused naming the holder. Every per-slide file is named through
 ``threads_search.paths.slide_file`` (never outside FEATURES_DIR); paths and messages are stored
@@ -22,12 +24,20 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.features.config import FeaturesConfig, load_config
-from threads_search.features.h5io import FeatureFileError, read_features, write_features
+from threads_search.features.h5io import write_features
+from threads_search.features.reuse import (  # noqa: F401 - public here too (ray engine)
+    CHANGED,
+    Reuse,
+    adopt_existing,
+    id_conflict,
+    reuse_features,
+)
 from threads_search.features.status import StatusTable
 from threads_search.locking import DirLock, WriterLockedError
 from threads_search.paths import display_text, slide_file
 from threads_search.procs import pid_alive
 from threads_search.wsi import SlideError, discover_slides, load_mpp_csv, lookup_override
+from threads_search.wsi.fingerprint import to_text
 from threads_search.wsi.reader import patch_loader
 from threads_search.wsi.segment import SlidePlan, plan_slide
 from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
@@ -45,6 +55,8 @@ class SlideOutcome:
     error: str = ""
     n_patches: int = 0
     seconds: float = 0.0
+    note: str = ""  # why a slide done before was redone ("changed since its features were made")
+    fingerprint: dict | None = None  # of the slide file its features were made from
 
 
 def h5_path(out_dir: Path, slide_id: str) -> Path:
@@ -104,8 +116,11 @@ def encode_plan(plan: SlidePlan, encoder, config: FeaturesConfig, on_batch: Call
     return out
 
 
-def _h5_attrs(plan: SlidePlan, config: FeaturesConfig) -> dict:
+def _h5_attrs(plan: SlidePlan, config: FeaturesConfig, source_fp: dict | None = None) -> dict:
+    """The attributes of a slide's h5 (on ``coords``); ``source_fingerprint`` (JSON text) when
+    ``source_fp``, the slide file's fingerprint taken before it was read, is known."""
     grid = config.segment.grid
+    extra = {"source_fingerprint": to_text(source_fp)} if source_fp else {}
     return {
         "patch_size": grid.patch_size,
         "patch_size_level0": plan.patch_size_level0(grid),
@@ -117,12 +132,16 @@ def _h5_attrs(plan: SlidePlan, config: FeaturesConfig) -> dict:
         "config_hash": config.hash(),
         "tissue_area_mm2": plan.tissue.area_mm2,
         "mpp_source": plan.summary["mpp_source"],
+        **extra,
     }
 
 
-def process_slide(ref, out_dir: Path, encoder, config, mpp=None, on_start=None, on_batch=None):
-    """Segment + encode one slide and write its h5, thumbnail and contours. Returns n patches.
-    Raises ``SlideError`` (also for a ``ref.problem`` found at discovery)."""
+def process_slide(
+    ref, out_dir: Path, encoder, config, mpp=None, on_start=None, on_batch=None, source_fp=None
+):
+    """Segment + encode one slide and write its h5 (with ``source_fp``, the file's fingerprint
+    taken before reading it), thumbnail and contours. Returns n patches. Raises ``SlideError``
+    (also for a ``ref.problem`` found at discovery)."""
     if ref.problem is not None:
         raise SlideError(ref.path, *ref.problem)
     plan = plan_slide(ref.path, ref.slide_id, mpp=mpp, config=config.segment)
@@ -136,7 +155,8 @@ def process_slide(ref, out_dir: Path, encoder, config, mpp=None, on_start=None, 
     write_thumbnail_jpeg(_display_thumb(plan, mpp), plan.tissue,
                          thumbnail_path(out_dir, ref.slide_id))  # fmt: skip
     write_geojson(plan.tissue, ref.slide_id, contours_path(out_dir, ref.slide_id))
-    write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, _h5_attrs(plan, config))
+    attrs = _h5_attrs(plan, config, source_fp)
+    write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, attrs)
     return len(plan.coords)
 
 
@@ -158,38 +178,6 @@ def _remove_orphans(out_dir: Path) -> None:
         m = re.search(r"\.tmp(\d+)$", p.name) or re.search(r"\.(\d+)\.tmp$", p.name)
         if m and not pid_alive(int(m.group(1))):
             p.unlink(missing_ok=True)
-
-
-def id_conflict(prev: dict | None, path) -> str:
-    """The reason ``path`` cannot take the status row ``prev`` of its slide id (a row made for
-    another file that still exists: e.g. ``features A --out F`` then ``features B --out F`` with
-    ``A/x.svs`` and ``B/x.svs``), else ``""``. A row whose file is gone (a moved archive) or
-    is the same file by another path is this slide's."""
-    old = str((prev or {}).get("path") or "")
-    if not old or old == display_text(path) or not os.path.exists(old):
-        return ""
-    try:
-        if os.path.samefile(old, path):
-            return ""
-    except OSError:
-        pass
-    sid = prev.get("slide_id")
-    return (
-        f"id-conflict: this FEATURES_DIR already holds slide id {sid!r} for {old}, another file; "
-        "give all the folders in one run (ids then differ, e.g. A/x.svs and B/x.svs) or use "
-        "another --out"
-    )
-
-
-def adopt_existing(path: Path, config_hash: str) -> int | None:
-    """An h5 renamed into place before its status row was written (killed in between)."""
-    if not path.exists():
-        return None
-    try:
-        ff = read_features(path)
-    except FeatureFileError:
-        return None
-    return len(ff.coords) if ff.attrs.get("config_hash") == config_hash else None
 
 
 def extract_features(
@@ -229,6 +217,7 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
     config.save(out, {"encoder_spec": encoder.spec.to_dict()})
     chash = config.hash()
     outcomes = []
+    recorded = 0  # older rows given the fingerprint of their file
     if progress:
         progress.start_archive(len(refs))
     for ref in refs:
@@ -240,35 +229,42 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
             if progress:
                 progress.slide_done(ref.slide_id, "failed", clash)
             continue
-        if (
-            prev
-            and prev["config_hash"] == chash
-            and (
-                (prev["state"] == "done" and h5.exists())
-                or (prev["state"] == "failed" and not retry_failed)
-            )
-        ):
-            outcomes.append(SlideOutcome(ref.slide_id, str(ref.path), "skipped",
-                                         prev["error"] or "", int(prev["n_patches"] or 0)))  # fmt: skip
+        slide_mpp = mpp
+        if slide_mpp is None and ref.problem is None:
+            slide_mpp = lookup_override(overrides, ref.path, ref.slide_id)
+        # a slide that failed before is tried again when asked, or when this run gives it a
+        # resolution (the usual fix of a "no-mpp" failure)
+        retry = retry_failed or slide_mpp is not None
+        use = reuse_features(prev, h5, ref.path, chash, retry, ref.problem is None)
+        fp_text = to_text(use.fingerprint)
+        if use.action == "skip":
+            if use.record:  # an older version's row, trusted: saved once at the end
+                status.update(ref.slide_id, source_fingerprint=fp_text)
+                recorded += 1
+            if prev["state"] == "failed":  # still failed: said again, never "already done"
+                why = f"{prev['error']} (earlier run; --retry-failed tries it again)"
+                o = SlideOutcome(ref.slide_id, str(ref.path), "failed", why)
+            else:
+                o = SlideOutcome(ref.slide_id, str(ref.path), "skipped", "", use.n_patches)
+            o.fingerprint = use.fingerprint
+            outcomes.append(o)
             if progress:
-                progress.slide_done(ref.slide_id, "skipped")
+                progress.slide_done(ref.slide_id, o.state, o.error)
             continue
-        adopted = adopt_existing(h5, chash) if ref.problem is None else None
-        if adopted is not None:
+        if use.action == "adopt":
             status.set(ref.slide_id, path=display_text(ref.path), state="done", error="",
-                       n_patches=adopted, seconds=0.0, config_hash=chash,
-                       finished=time.time())  # fmt: skip
-            outcomes.append(SlideOutcome(ref.slide_id, str(ref.path), "skipped", "", adopted))
+                       n_patches=use.n_patches, seconds=0.0, config_hash=chash,
+                       finished=time.time(), source_fingerprint=fp_text)  # fmt: skip
+            skipped = SlideOutcome(ref.slide_id, str(ref.path), "skipped", "", use.n_patches)
+            skipped.fingerprint = use.fingerprint
+            outcomes.append(skipped)
             continue
         t0 = time.perf_counter()
         try:
-            slide_mpp = mpp
-            if slide_mpp is None and ref.problem is None:
-                slide_mpp = lookup_override(overrides, ref.path, ref.slide_id)
             n = process_slide(
                 ref, out, encoder, config, slide_mpp,
                 on_start=(lambda n, r=ref: progress.start_slide(r.slide_id, n)) if progress else None,
-                on_batch=progress.advance if progress else None,
+                on_batch=progress.advance if progress else None, source_fp=use.fingerprint,
             )  # fmt: skip
             state, error = "done", ""
         except SlideError as e:
@@ -282,10 +278,15 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
         if state == "failed":
             h5.unlink(missing_ok=True)  # a stale file from older settings must not be trusted
         status.set(ref.slide_id, path=display_text(ref.path), state=state, error=error,
-                   n_patches=n, seconds=dt, config_hash=chash, finished=time.time())  # fmt: skip
-        outcomes.append(SlideOutcome(ref.slide_id, str(ref.path), state, error, n, dt))
+                   n_patches=n, seconds=dt, config_hash=chash, finished=time.time(),
+                   source_fingerprint=fp_text)  # fmt: skip
+        o = SlideOutcome(ref.slide_id, str(ref.path), state, error, n, dt, use.note)
+        o.fingerprint = use.fingerprint
+        outcomes.append(o)
         if progress:
             progress.slide_done(ref.slide_id, state, error)
+    if recorded:
+        status.save()
     return outcomes
 
 

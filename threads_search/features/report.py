@@ -6,6 +6,9 @@ from collections import Counter
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+from threads_search.paths import display_text
 
 
 def print_outcomes(outcomes, console: Console, imported: bool = False) -> int:
@@ -23,6 +26,9 @@ def print_outcomes(outcomes, console: Console, imported: bool = False) -> int:
         f"done {counts['done']}, skipped {counts['skipped']} (already done), "
         f"failed {counts['failed']} — {work}"
     )
+    redone = [o for o in outcomes if getattr(o, "note", "")]
+    for o in redone:  # e.g. a slide file replaced since its features were made
+        console.print(Text(f"{display_text(o.slide_id)}: {o.note} (now {o.state})", style="yellow"))
     failed = [o for o in outcomes if o.state == "failed"]
     if failed:
         table = Table(title="failed slides")

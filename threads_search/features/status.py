@@ -4,6 +4,11 @@ Only the holder of the FEATURES_DIR lock writes it (``features.extract.features_
 in-memory copy a run starts from is never overwritten by another run. Text columns are stored
 as valid UTF-8 (``threads_search.paths.display_text``: a file name that is not UTF-8 shows its
 odd bytes as ``\\xNN``), so no path or message can make the write fail.
+
+``source_fingerprint`` (JSON text, ``threads_search.wsi.fingerprint.to_text``) is the slide
+file's fingerprint taken just before its features were made (or its failure recorded): a file
+replaced at the same path is told from it (``features.extract.reuse_features``). Files written
+before this column existed read as rows without one (None: unknown).
 """
 
 from __future__ import annotations
@@ -16,8 +21,18 @@ import pandas as pd
 from threads_search.paths import display_text
 
 STATUS_NAME = "status.parquet"
-COLUMNS = ["slide_id", "path", "state", "error", "n_patches", "seconds", "config_hash", "finished"]
-TEXT_COLUMNS = ("slide_id", "path", "state", "error", "config_hash")
+COLUMNS = [
+    "slide_id",
+    "path",
+    "state",
+    "error",
+    "n_patches",
+    "seconds",
+    "config_hash",
+    "finished",
+    "source_fingerprint",
+]
+TEXT_COLUMNS = ("slide_id", "path", "state", "error", "config_hash", "source_fingerprint")
 
 
 class StatusTable:
@@ -38,6 +53,10 @@ class StatusTable:
         row = {c: row.get(c) for c in COLUMNS if c != "slide_id"}
         self.rows[slide_id] = {"slide_id": slide_id, **row}
         self.save()
+
+    def update(self, slide_id: str, **fields) -> None:
+        """Change fields of an existing row in memory (written by the next ``save``)."""
+        self.rows[slide_id] = {**self.rows[slide_id], **fields}
 
     def frame(self) -> pd.DataFrame:
         df = pd.DataFrame(list(self.rows.values()), columns=COLUMNS)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.api.extensions import ExtensionDtype
 
 from threads_search.index.vectors import (
     SUBSET_EXACT_MAX,
@@ -34,6 +35,7 @@ class Space:
     emb_path: Path
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _patients: dict | None = field(default=None, repr=False)
+    _arrays: list | None = field(default=None, repr=False)
 
     @property
     def kind(self) -> str:
@@ -105,11 +107,20 @@ class Space:
         like a result column (``rank``, ``score``, ``thumbnail``: an index written before such
         metadata columns were renamed when indexing) comes back as ``meta_<name>``, never as a
         second column of the same name."""
-        meta = self.table.take(np.asarray(ids, np.int64)).reset_index(drop=True)
-        clash = [c for c in RESULT_COLUMNS if c in meta.columns]
-        if clash:
-            meta = meta.rename(columns={c: f"meta_{c}" for c in clash})
-        head = pd.DataFrame(
-            {"rank": np.arange(1, len(ids) + 1), "score": np.asarray(scores, np.float64)}
-        )
-        return pd.concat([head, meta], axis=1)
+        ids = np.asarray(ids, np.int64)
+        out = {"rank": np.arange(1, len(ids) + 1), "score": np.asarray(scores, np.float64)}
+        for name, values in self._columns():
+            out[f"meta_{name}" if name in RESULT_COLUMNS else name] = values[ids]
+        return pd.DataFrame(out, copy=False)
+
+    def _columns(self) -> list[tuple[str, object]]:
+        """(name, values) of the table's columns, as arrays that take row ids directly (numpy
+        arrays, or pandas extension arrays keeping their dtype); built once: a result frame is
+        then one fancy index per column (no DataFrame take and concat on the query path)."""
+        with self._lock:
+            if self._arrays is None:
+                self._arrays = [
+                    (str(c), col.array if isinstance(col.dtype, ExtensionDtype) else col.to_numpy())
+                    for c, col in self.table.items()
+                ]
+        return self._arrays

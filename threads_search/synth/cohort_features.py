@@ -186,6 +186,7 @@ def write_feature_bags(
     for the other difficulty knobs. Returns slide_id, patient_id, path, n_patches, n_signal,
     signal_fraction (realised)."""
     from threads_search.features.config import FeaturesConfig, load_config
+    from threads_search.features.extract import h5_path
     from threads_search.features.status import StatusTable
     from threads_search.wsi.grid import GridParams
     from threads_search.wsi.segment import SegmentConfig
@@ -195,6 +196,8 @@ def write_feature_bags(
     if not 1 <= n_patches[0] <= n_patches[1]:
         raise ValueError(f"n_patches={n_patches}: need 1 <= min <= max")
     out = Path(features_dir)
+    # files named through h5_path: an unsafe id is refused before anything is written
+    paths = {sid: h5_path(out, sid) for sid in cohort.slides.slide_id}
     (out / "h5").mkdir(parents=True, exist_ok=True)
     cfg = FeaturesConfig(
         patch_encoder=ENCODER_NAME,
@@ -222,7 +225,7 @@ def write_feature_bags(
     for slide in cohort.slides.to_dict("records"):
         t0 = time.perf_counter()
         bag = make_bag(cohort, slide, space, patients, n_patches, noise, slide_shift)
-        path = out / "h5" / f"{slide['slide_id']}.h5"
+        path = paths[slide["slide_id"]]
         attrs = {
             "patch_size": PATCH_SIZE, "patch_size_level0": PATCH_SIZE, "target_mpp": TARGET_MPP,
             "level0_mpp": TARGET_MPP, "level0_width": bag["width"],
