@@ -29,7 +29,7 @@ import tifffile  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_results  # noqa: E402
 
-from threads_search.models.patch import (  # noqa: E402
+from threads_search.patch_encoders import (  # noqa: E402
     create_patch_encoder,
     get_patch_encoder_spec,
     list_patch_encoders,

@@ -21,11 +21,11 @@ from common import print_table, write_results  # noqa: E402
 
 from threads_search.features import default_config  # noqa: E402
 from threads_search.features.extract import encode_plan  # noqa: E402
-from threads_search.models.patch import create_patch_encoder  # noqa: E402
+from threads_search.patch_encoders import create_patch_encoder  # noqa: E402
 from threads_search.synth import make_slide  # noqa: E402
 from threads_search.wsi import open_slide  # noqa: E402
+from threads_search.wsi.plan import plan_slide  # noqa: E402
 from threads_search.wsi.reader import patch_loader  # noqa: E402
-from threads_search.wsi.segment import plan_slide  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

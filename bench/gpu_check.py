@@ -26,7 +26,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 def check_features(tmp: Path, report: dict) -> None:
     from threads_search.features import default_config, extract_features, read_features
-    from threads_search.models.patch import create_patch_encoder
+    from threads_search.patch_encoders import create_patch_encoder
     from threads_search.synth import make_slide
 
     slide = make_slide(tmp / "slides" / "gpu.tiff", 3072, 2048, 0.5, seed=1).path

@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, write_results  # noqa: E402
 from quality_plot import plot_fewshot  # noqa: E402
 
-from threads_search.metrics import (  # noqa: E402
+from threads_search.eval import (  # noqa: E402
     cross_modal_recall,
     few_shot_curve,
     linear_probe,

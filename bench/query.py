@@ -41,7 +41,7 @@ DIM = 1024
 
 
 def make_index(root: Path, n: int, seed: int = 0) -> dict:
-    from threads_search.index.writer import write_generation
+    from threads_search.vectorstore.writer import write_generation
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(200, DIM)).astype(np.float32)

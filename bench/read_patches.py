@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_results  # noqa: E402
 
 from threads_search.synth import make_slide  # noqa: E402
+from threads_search.wsi.plan import plan_slide  # noqa: E402
 from threads_search.wsi.reader import patch_loader  # noqa: E402
-from threads_search.wsi.segment import plan_slide  # noqa: E402
 
 
 def bare_loop(path: Path, coords: np.ndarray, size: int) -> float:

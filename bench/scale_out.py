@@ -61,11 +61,11 @@ def bench_engines(work: Path, n_slides: int, width: int, height: int, workers: i
     from indexer.build import run_index
     from indexer.config import IndexConfig
     from indexer.ray_engine import ray_session
-    from threads_search.index import store
-    from threads_search.index.writer import read_embeddings
     from threads_search.models.bundle import build_model, save_model
-    from threads_search.models.patch import get_patch_encoder_spec
+    from threads_search.patch_encoders import get_patch_encoder_spec
     from threads_search.synth import make_archive
+    from threads_search.vectorstore import store
+    from threads_search.vectorstore.writer import read_embeddings
 
     t = time.perf_counter()
     make_archive(work / "slides", n_slides=n_slides, width=width, height=height, seed=3)
@@ -128,8 +128,8 @@ class _ShardSink:
 
 
 def child_generate(out: Path, n: int, dim: int, rows_per_shard: int) -> dict:
-    from threads_search.index.streaming import ShardWriter
-    from threads_search.index.synthetic import clustered_embeddings
+    from threads_search.synth.vectors import clustered_embeddings
+    from threads_search.vectorstore.streaming import ShardWriter
 
     t = time.perf_counter()
     with ShardWriter(out, rows_per_shard) as w:
@@ -140,7 +140,7 @@ def child_generate(out: Path, n: int, dim: int, rows_per_shard: int) -> dict:
 
 
 def child_build(shards: Path, out: Path, mode: str, budget: int, chunk: int = 65_536) -> dict:
-    from threads_search.index.streaming import ShardSet, build_streaming, open_streaming
+    from threads_search.vectorstore.streaming import ShardSet, build_streaming, open_streaming
 
     base = rss_now()
     phases, stop, samples = [], threading.Event(), []

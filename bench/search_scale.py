@@ -25,14 +25,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_results  # noqa: E402
 
-from threads_search.index import (  # noqa: E402
+from threads_search.synth.vectors import clustered_embeddings  # noqa: E402
+from threads_search.vectorstore import (  # noqa: E402
     build_index,
     create_index_type,
     recall_at_k,
     search,
     tuning_queries,
 )
-from threads_search.index.synthetic import clustered_embeddings  # noqa: E402
 
 
 def numpy_topk(x: np.ndarray, q: np.ndarray, k: int, chunk: int = 131_072):

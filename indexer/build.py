@@ -23,7 +23,7 @@ import pandas as pd
 
 from indexer import metadata as md
 from indexer.config import IndexConfig
-from indexer.molecular import embed_profiles, merge_molecular
+from indexer.profiles import embed_profiles, merge_molecular
 from indexer.records import (
     SlideRecord,
     fingerprint,
@@ -35,9 +35,9 @@ from indexer.records import (
     write_record,
 )
 from indexer.sources import add_sources, split_inputs
-from threads_search.index import store
-from threads_search.index.writer import write_generation
 from threads_search.paths import display_text
+from threads_search.vectorstore import store
+from threads_search.vectorstore.writer import write_generation
 from threads_search.wsi.fingerprint import KEYS as FINGERPRINT_KEYS
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from threads_search.index.writer import SLIDE_COLUMNS
 from threads_search.molecular import MolecularDataError
+from threads_search.vectorstore.writer import SLIDE_COLUMNS
 
 ID_COLUMNS = ("slide_id", "sample_id", "patient_id")
 # built-in table columns and the columns query results add: a metadata column may not shadow one

@@ -159,7 +159,7 @@ class _SourcePlan:
             thumbnail_path,
         )
         from threads_search.features.status import StatusTable
-        from threads_search.models.patch import get_patch_encoder_spec
+        from threads_search.patch_encoders import get_patch_encoder_spec
         from threads_search.wsi import discover_slides, load_mpp_csv, lookup_override
 
         self.sources, files = split_inputs(cfg, model, summary)
@@ -396,7 +396,7 @@ def _public(job: dict) -> dict:
 def _cpu_per_patch(name: str) -> bool:
     """Whether readers can encode: a weight-free ``cpu_per_patch`` encoder (built here to ask);
     encoders with weights are torch networks, run by the actors."""
-    from threads_search.models.patch import create_patch_encoder, get_patch_encoder_spec
+    from threads_search.patch_encoders import create_patch_encoder, get_patch_encoder_spec
 
     if get_patch_encoder_spec(name).needs_checkpoint:
         return False

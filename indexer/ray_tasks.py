@@ -68,7 +68,7 @@ def _single_thread() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _encoder(name: str, checkpoint: str | None, device: str):
-    from threads_search.models.patch import create_patch_encoder
+    from threads_search.patch_encoders import create_patch_encoder
 
     return create_patch_encoder(name, checkpoint=checkpoint, device=device)
 
@@ -87,19 +87,16 @@ def chunk_rows(config, cpu_per_patch: bool) -> int:
 def plan_task(path: str, slide_id: str, mpp: float | None, config, features_dir: str) -> dict:
     """Tissue + grid for one slide; writes ``thumbnails/`` and ``contours/`` of FEATURES_DIR.
     Returns ``{"coords": int64 [N, 2], "attrs": dict}``. Raises ``SlideFailed`` (no tissue, …)."""
-    from threads_search.features.extract import _h5_attrs, contours_path, thumbnail_path
-    from threads_search.wsi import SlideError
-    from threads_search.wsi.segment import plan_slide
+    from threads_search.features.extract import contours_path, h5_attrs, thumbnail_path
+    from threads_search.wsi.plan import plan_slide
     from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
 
     _single_thread()
-    plan = plan_slide(path, slide_id, mpp=mpp, config=config.segment)
-    if len(plan.coords) == 0:
-        raise SlideError(path, "no-tissue", "no tissue patches found (blank slide?)")
+    plan = plan_slide(path, slide_id, mpp=mpp, config=config.segment).require_patches()
     out = Path(features_dir)
     write_thumbnail_jpeg(plan.thumb, plan.tissue, thumbnail_path(out, slide_id))
     write_geojson(plan.tissue, slide_id, contours_path(out, slide_id))
-    return {"coords": plan.coords, "attrs": _h5_attrs(plan, config)}
+    return {"coords": plan.coords, "attrs": h5_attrs(plan, config)}
 
 
 @_guard

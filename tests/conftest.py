@@ -88,7 +88,7 @@ def make_bundle(out, patch_encoder: dict, rna_genes=None, dna_genes=None, seed: 
 @pytest.fixture(scope="session")
 def hed_bundle(tmp_path_factory):
     """Untrained bundle expecting ``hed-texture`` features (512 px @ 0.5 µm/px)."""
-    from threads_search.models.patch import get_patch_encoder_spec
+    from threads_search.patch_encoders import get_patch_encoder_spec
 
     spec = get_patch_encoder_spec("hed-texture")
     return make_bundle(tmp_path_factory.mktemp("hed_bundle") / "model", spec.to_dict())

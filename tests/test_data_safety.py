@@ -23,10 +23,10 @@ from indexer.records import list_records, record_path
 from threads_search.cli import app
 from threads_search.features import default_config, extract_features, read_features
 from threads_search.features.extract import h5_path
-from threads_search.index import store
-from threads_search.index.writer import write_generation
 from threads_search.paths import UnsafeSlideIdError, check_slide_id, slide_file
 from threads_search.synth import make_cohort, make_slide, write_feature_bags
+from threads_search.vectorstore import store
+from threads_search.vectorstore.writer import write_generation
 from threads_search.wsi import discover_slides
 
 runner = CliRunner()

@@ -8,12 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from threads_search.models.patch import (
+from threads_search.patch_encoders import (
     PatchEncoder,
     create_patch_encoder,
     get_patch_encoder_spec,
 )
-from threads_search.models.patch.hed_texture import (
+from threads_search.patch_encoders.hed_texture import (
     DIM,
     FEATURE_LAYOUT,
     SPEC,
@@ -207,7 +207,7 @@ def test_stain_separation_matches_skimage(real_dir):
     channel (there skimage floors intensity at 1e-6 and we at 1/255)."""
     from skimage.color import rgb2hed
 
-    from threads_search.models.patch import hed_texture as ht
+    from threads_search.patch_encoders import hed_texture as ht
 
     tile = np.asarray(Image.open(real_dir / "he_tile_240.png").convert("RGB"))
     ours = ht._deconvolve(np.ascontiguousarray(tile.reshape(-1, 3).T), 3)
@@ -221,7 +221,7 @@ def test_stain_separation_matches_skimage(real_dir):
 def test_glcm_matches_skimage(painted):
     from skimage.feature import graycomatrix, graycoprops
 
-    from threads_search.models.patch.texture_ops import glcm_features
+    from threads_search.patch_encoders.texture_ops import glcm_features
 
     grey = np.asarray(Image.fromarray(_tissue_patch(painted)).convert("L").reduce(2))
     q = grey >> 4

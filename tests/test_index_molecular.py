@@ -14,12 +14,12 @@ import torch
 from typer.testing import CliRunner
 
 from threads_search.cli import app
-from threads_search.index import store
-from threads_search.index.writer import read_embeddings
 from threads_search.models.bundle import build_model, load_model, save_model
 from threads_search.molecular import RnaNormalizer, read_rna_matrix
 from threads_search.query import open_index
 from threads_search.synth import make_cohort, write_feature_bags
+from threads_search.vectorstore import store
+from threads_search.vectorstore.writer import read_embeddings
 
 runner = CliRunner()
 

@@ -22,10 +22,10 @@ from indexer.build import run_index
 from indexer.config import IndexConfig
 from indexer.records import list_records
 from threads_search.cli import app
-from threads_search.index import store
-from threads_search.index.store import IndexLock, IndexLockedError
-from threads_search.index.writer import read_embeddings
 from threads_search.synth import make_archive, make_cohort, write_feature_bags
+from threads_search.vectorstore import store
+from threads_search.vectorstore.store import IndexLock, IndexLockedError
+from threads_search.vectorstore.writer import read_embeddings
 
 runner = CliRunner()
 

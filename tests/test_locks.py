@@ -22,10 +22,10 @@ from indexer.config import IndexConfig
 from threads_search.cli import app
 from threads_search.features import default_config, extract_features
 from threads_search.features.extract import features_lock
-from threads_search.index import store
-from threads_search.index.store import IndexLock, IndexLockedError
 from threads_search.locking import WriterLockedError
 from threads_search.synth import make_archive, make_slide
+from threads_search.vectorstore import store
+from threads_search.vectorstore.store import IndexLock, IndexLockedError
 
 runner = CliRunner()
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,7 +131,7 @@ def test_lock_excludes_under_churn(tmp_path):
 HOLDER = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
-from threads_search.index.store import IndexLock
+from threads_search.vectorstore.store import IndexLock
 lock = IndexLock({out!r}, command="holder for the test")
 lock.__enter__()
 child = os.fork()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from threads_search.metrics import (
+from threads_search.eval import (
     build_prototypes,
     cross_modal_recall,
     few_shot_curve,

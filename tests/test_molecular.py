@@ -11,7 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from threads_search.models.molecular import create_molecular_encoder, list_molecular_encoders
+from threads_search.models.molecular_encoders import (
+    create_molecular_encoder,
+    list_molecular_encoders,
+)
 from threads_search.molecular import (
     MissingGenesWarning,
     MolecularDataError,

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from threads_search.models.patch import (
+from threads_search.patch_encoders import (
     create_patch_encoder,
     get_patch_encoder_spec,
     list_patch_encoders,
 )
-from threads_search.models.patch.checkpoint import CheckpointError
+from threads_search.patch_encoders.checkpoint import CheckpointError
 
 PRETRAINED = [n for n in list_patch_encoders() if get_patch_encoder_spec(n).needs_checkpoint]
 DEPTH = 1

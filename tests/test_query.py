@@ -16,9 +16,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from threads_search.index import store
-from threads_search.index.store import IndexNotFoundError
-from threads_search.index.writer import write_generation
+from threads_search.cli.query import register
 from threads_search.query import (
     FilterError,
     IndexFormatError,
@@ -26,8 +24,10 @@ from threads_search.query import (
     SmallClassWarning,
     open_index,
 )
-from threads_search.query.commands import register
 from threads_search.query.filters import Contains, NotNull, Range, build_where, combine_where
+from threads_search.vectorstore import store
+from threads_search.vectorstore.store import IndexNotFoundError
+from threads_search.vectorstore.writer import write_generation
 
 E = 32
 N_PATIENTS = 30
@@ -430,8 +430,8 @@ def modelled(tmp_path_factory):
 
     from threads_search.features import write_features
     from threads_search.models.bundle import build_model, save_model
-    from threads_search.models.patch import get_patch_encoder_spec
     from threads_search.molecular import RnaNormalizer
+    from threads_search.patch_encoders import get_patch_encoder_spec
     from threads_search.synth import make_cohort, make_slide
 
     root = tmp_path_factory.mktemp("modelled")

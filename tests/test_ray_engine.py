@@ -27,9 +27,9 @@ from indexer.build import run_index
 from indexer.config import IndexConfig
 from indexer.records import list_records
 from threads_search.features.h5io import read_features
-from threads_search.index import store
-from threads_search.index.writer import read_embeddings
 from threads_search.synth import make_archive
+from threads_search.vectorstore import store
+from threads_search.vectorstore.writer import read_embeddings
 
 ray = pytest.importorskip("ray")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from threads_search.cli import app
 from threads_search.synth import write_slide
 from threads_search.wsi import discover_slides, open_slide
-from threads_search.wsi.segment import plan_slide
+from threads_search.wsi.plan import plan_slide
 
 
 def _block_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -101,7 +101,7 @@ def test_coarse_slide_is_refused_unless_the_user_means_it(real_dir, slide_factor
     from dataclasses import replace
 
     from threads_search.wsi import SlideError
-    from threads_search.wsi.segment import SegmentConfig, apply_options
+    from threads_search.wsi.plan import SegmentConfig, apply_options
 
     path = real_dir / "tcga_cr7395_frozen_ts1.svs"
     with pytest.raises(SlideError) as e:
@@ -120,7 +120,7 @@ def test_coarse_slide_is_refused_unless_the_user_means_it(real_dir, slide_factor
 
 
 def test_segment_settings_round_trip_and_options():
-    from threads_search.wsi.segment import SegmentConfig, apply_options
+    from threads_search.wsi.plan import SegmentConfig, apply_options
 
     old_tissue = {"exclude_pen": False, "pen_dilate_um": 16.0, "min_saturation": 0.07}
     old = {"tissue": old_tissue, "grid": {"patch_size": 256}}

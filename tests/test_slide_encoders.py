@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from threads_search.models.slide import create_slide_encoder, list_slide_encoders
+from threads_search.models.slide_encoders import create_slide_encoder, list_slide_encoders
 
 D = 32
 ENCODERS = list_slide_encoders()

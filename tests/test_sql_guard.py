@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from threads_search.index.writer import write_generation
 from threads_search.query import FilterError, open_index
 from threads_search.query.sql_guard import validate_where
+from threads_search.vectorstore.writer import write_generation
 
 COLUMNS = ["slide_id", "patient_id", "site", "age", "grade", "path"]
 
@@ -154,7 +154,7 @@ def test_filter_connection_has_no_file_access(index, tmp_path):
 _RSS_PROBE = """
 import resource, sys, tempfile
 import numpy as np, pandas as pd
-from threads_search.index.writer import write_generation
+from threads_search.vectorstore.writer import write_generation
 from threads_search.query import FilterError, open_index
 
 root = tempfile.mkdtemp(dir=sys.argv[1])

@@ -12,15 +12,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from threads_search.index.autotune import tuning_queries
-from threads_search.index.streaming import (
+from threads_search.synth.vectors import clustered_embeddings
+from threads_search.vectorstore.autotune import tuning_queries
+from threads_search.vectorstore.streaming import (
     ShardSet,
     build_streaming,
     open_streaming,
     write_shards,
 )
-from threads_search.index.synthetic import clustered_embeddings
-from threads_search.index.vectors import exact_knn, normalize, recall_at_k
+from threads_search.vectorstore.vectors import exact_knn, normalize, recall_at_k
 
 N, DIM, SHARDS = 100_000, 64, 5
 

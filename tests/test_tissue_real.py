@@ -13,7 +13,7 @@ from scipy import ndimage as ndi
 
 from threads_search.wsi import open_slide
 from threads_search.wsi.grid import GridParams, patch_grid
-from threads_search.wsi.segment import SegmentConfig, plan_slide
+from threads_search.wsi.plan import SegmentConfig, plan_slide
 from threads_search.wsi.stain import STAIN_FROM_OD, colour_measures, glass_colour
 from threads_search.wsi.tissue import detect_tissue
 

@@ -35,7 +35,7 @@ METRICS_HOST = "data.streamlit.io"
 
 @pytest.fixture(scope="module")
 def small_index(tmp_path_factory) -> Path:
-    from threads_search.index.writer import write_generation
+    from threads_search.vectorstore.writer import write_generation
 
     n = 6
     ids = [f"S{i}" for i in range(n)]

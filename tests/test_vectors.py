@@ -15,7 +15,8 @@ import faiss
 import numpy as np
 import pytest
 
-from threads_search.index import (
+from threads_search.synth.vectors import clustered_embeddings
+from threads_search.vectorstore import (
     build_index,
     choose_index,
     create_index_type,
@@ -33,8 +34,7 @@ from threads_search.index import (
     to_gpu,
     tuning_queries,
 )
-from threads_search.index.gpu import is_gpu_index, num_gpus
-from threads_search.index.synthetic import clustered_embeddings
+from threads_search.vectorstore.gpu import is_gpu_index, num_gpus
 
 N, DIM, K = 3000, 256, 10
 TYPES = list_index_types()

@@ -1,12 +1,15 @@
 """threads-search: whole-slide-image retrieval on a THREADS-style slide-molecule embedding space.
 
-Data flow (folders follow it): ``wsi`` (slide reading, tissue, patch grid) → ``features`` →
-``models`` (patch, slide and molecular encoders) → ``index`` → ``query`` → ``ui``.
+Data flow (folders follow it): ``wsi`` (slide reading, tissue, patch grid) → ``patch_encoders``
+and ``features`` (patch features per slide) → ``models`` (slide and molecular encoders, the model
+bundle) → ``vectorstore`` (FAISS indexes, index generations on disk) → ``query`` (the read-only
+``Index``) → ``ui``; ``molecular`` reads RNA/DNA profiles; ``cli`` is on top. The pipelines
+``indexer`` and ``trainer`` sit above this library.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from threads_search._version import __version__
 
 __all__ = ["__version__", "load_model", "open_index", "save_model"]
 

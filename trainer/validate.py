@@ -6,7 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from threads_search.metrics import cross_modal_recall, rankme
+from threads_search.eval import cross_modal_recall, rankme
 from trainer.data import Item, TrainingData
 
 

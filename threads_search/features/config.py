@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from threads_search.wsi.segment import SegmentConfig
+from threads_search.wsi.plan import SegmentConfig
 
 CONFIG_NAME = "config.json"
 

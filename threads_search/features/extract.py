@@ -38,8 +38,8 @@ from threads_search.paths import display_text, slide_file
 from threads_search.procs import pid_alive
 from threads_search.wsi import SlideError, discover_slides, load_mpp_csv, lookup_override
 from threads_search.wsi.fingerprint import to_text
+from threads_search.wsi.plan import SlidePlan, plan_slide
 from threads_search.wsi.reader import patch_loader
-from threads_search.wsi.segment import SlidePlan, plan_slide
 from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
 
 
@@ -116,7 +116,7 @@ def encode_plan(plan: SlidePlan, encoder, config: FeaturesConfig, on_batch: Call
     return out
 
 
-def _h5_attrs(plan: SlidePlan, config: FeaturesConfig, source_fp: dict | None = None) -> dict:
+def h5_attrs(plan: SlidePlan, config: FeaturesConfig, source_fp: dict | None = None) -> dict:
     """The attributes of a slide's h5 (on ``coords``); ``source_fingerprint`` (JSON text) when
     ``source_fp``, the slide file's fingerprint taken before it was read, is known."""
     grid = config.segment.grid
@@ -147,15 +147,14 @@ def process_slide(
     plan = plan_slide(ref.path, ref.slide_id, mpp=mpp, config=config.segment)
     if on_start is not None:
         on_start(len(plan.coords))
-    if len(plan.coords) == 0:
-        raise SlideError(ref.path, "no-tissue", "no tissue patches found (blank slide?)")
+    plan.require_patches()
     feats = encode_plan(plan, encoder, config, on_batch)
     if config.dtype == "float16":
         feats = feats.astype(np.float16)
     write_thumbnail_jpeg(_display_thumb(plan, mpp), plan.tissue,
                          thumbnail_path(out_dir, ref.slide_id))  # fmt: skip
     write_geojson(plan.tissue, ref.slide_id, contours_path(out_dir, ref.slide_id))
-    attrs = _h5_attrs(plan, config, source_fp)
+    attrs = h5_attrs(plan, config, source_fp)
     write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, attrs)
     return len(plan.coords)
 
@@ -203,7 +202,7 @@ def extract_features(
 
 
 def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, encoder):
-    from threads_search.models.patch import create_patch_encoder
+    from threads_search.patch_encoders import create_patch_encoder
 
     check_config(out, config)
     _remove_orphans(out)
@@ -303,16 +302,14 @@ def encode_slide_file(
 ):
     """Features ``[N, D]`` float32 and coords ``[N, 2]`` int64 for one slide file, nothing
     written. Raises ``SlideError`` (including ``no-tissue``)."""
-    from threads_search.models.patch import create_patch_encoder
+    from threads_search.patch_encoders import create_patch_encoder
 
     cfg = config or default_config(
         patch_encoder, patch_size, target_mpp, checkpoint=checkpoint, device=device
     )
     cfg.workers = workers
     encoder = create_patch_encoder(cfg.patch_encoder, checkpoint=cfg.checkpoint, device=cfg.device)
-    plan = plan_slide(path, mpp=mpp, config=cfg.segment)
-    if len(plan.coords) == 0:
-        raise SlideError(path, "no-tissue", "no tissue patches found (blank slide?)")
+    plan = plan_slide(path, mpp=mpp, config=cfg.segment).require_patches()
     return encode_plan(plan, encoder, cfg), plan.coords
 
 
@@ -323,9 +320,9 @@ def default_config(
     **kwargs,
 ) -> FeaturesConfig:
     """A config whose patch size and µm/px default to what ``patch_encoder`` expects."""
-    from threads_search.models.patch import get_patch_encoder_spec
+    from threads_search.patch_encoders import get_patch_encoder_spec
     from threads_search.wsi.grid import GridParams
-    from threads_search.wsi.segment import SegmentConfig
+    from threads_search.wsi.plan import SegmentConfig
 
     spec = get_patch_encoder_spec(patch_encoder)
     grid = GridParams(

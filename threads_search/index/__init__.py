@@ -1,49 +1,6 @@
-"""Vector indexes: FAISS index types, automatic choice and recall tuning, search, I/O."""
+"""Deprecated name of :mod:`threads_search.vectorstore` (FAISS index types, builds, the
+generation store); removed in the next release."""
 
-from threads_search.index.autotune import (
-    DEFAULT_MEMORY_BUDGET,
-    build_index,
-    choose_index,
-    tune_knob,
-    tuning_queries,
-)
-from threads_search.index.faiss_types import (
-    INDEX_TYPES,
-    IndexType,
-    create_index_type,
-    list_index_types,
-)
-from threads_search.index.gpu import resolve_gpu, to_cpu, to_gpu
-from threads_search.index.vectors import (
-    drop_padding,
-    exact_knn,
-    load_index,
-    normalize,
-    recall_at_k,
-    save_index,
-    search,
-    search_subset,
-)
+from threads_search._deprecated import alias
 
-__all__ = [
-    "DEFAULT_MEMORY_BUDGET",
-    "INDEX_TYPES",
-    "IndexType",
-    "build_index",
-    "choose_index",
-    "create_index_type",
-    "drop_padding",
-    "exact_knn",
-    "list_index_types",
-    "load_index",
-    "normalize",
-    "recall_at_k",
-    "resolve_gpu",
-    "save_index",
-    "search",
-    "search_subset",
-    "to_cpu",
-    "to_gpu",
-    "tune_knob",
-    "tuning_queries",
-]
+alias(__name__, "threads_search.vectorstore", ("store", "streaming", "vectors", "writer"))

@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threads_search.models.molecular import create_molecular_encoder
-from threads_search.models.slide import SlideEncoder, create_slide_encoder
+from threads_search.models.molecular_encoders import create_molecular_encoder
+from threads_search.models.slide_encoders import SlideEncoder, create_slide_encoder
 from threads_search.molecular import RnaNormalizer, multi_hot
 from threads_search.molecular.dna import as_dna_frame
 from threads_search.molecular.rna import UNITS, as_rna_frame
@@ -203,7 +203,7 @@ class ThreadsModel(nn.Module):
 
     def config_dict(self) -> dict[str, Any]:
         """What ``config.json`` holds."""
-        import threads_search
+        from threads_search._version import __version__
 
         mol: dict[str, Any] = {}
         if self.rna is not None:
@@ -221,7 +221,7 @@ class ThreadsModel(nn.Module):
             "patch_encoder": dict(self.patch_encoder),
             "training": self.training_params,
             "versions": {
-                "threads_search": threads_search.__version__,
+                "threads_search": __version__,
                 "torch": torch.__version__,
                 "python": platform.python_version(),
             },

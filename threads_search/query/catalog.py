@@ -21,8 +21,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from threads_search.index import store
 from threads_search.query.sql_guard import FilterError, validate_where
+from threads_search.vectorstore import store
 
 ROW_ID = "__row_id__"
 KEYS = {"slides": ["slide_id"], "molecular": ["sample_id", "kind"]}

@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from threads_search.index import store
-from threads_search.index.vectors import load_index, normalize
 from threads_search.molecular import RnaUnitsError
 from threads_search.query import prototypes as proto
 from threads_search.query.catalog import FilterCatalog
 from threads_search.query.space import Space
+from threads_search.vectorstore import store
+from threads_search.vectorstore.vectors import load_index, normalize
 
 MOLECULAR_KEYS = ["sample_id", "patient_id", "kind"]
 

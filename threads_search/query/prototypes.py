@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from threads_search.index.vectors import normalize
+from threads_search.vectorstore.vectors import normalize
 
 
 class SmallClassWarning(UserWarning):

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from pandas.api.extensions import ExtensionDtype
 
-from threads_search.index.vectors import (
+from threads_search.vectorstore.vectors import (
     SUBSET_EXACT_MAX,
     drop_padding,
     index_kind,

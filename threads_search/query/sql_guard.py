@@ -223,28 +223,6 @@ def validate_where(expr: str, columns: Iterable[str]) -> str:
     return f"({expr})"
 
 
-def referenced_columns(expr: str, columns: Iterable[str]) -> list[str]:
-    """The known columns an accepted ``expr`` refers to (validates first)."""
-    validate_where(expr, columns)
-    known = {str(c).lower(): str(c) for c in columns}
-    found: list[str] = []
-
-    def visit(n):
-        if isinstance(n, dict):
-            if n.get("class") == "COLUMN_REF":
-                name = known[n["column_names"][0].lower()]
-                if name not in found:
-                    found.append(name)
-            for v in n.values():
-                visit(v)
-        elif isinstance(n, list):
-            for v in n:
-                visit(v)
-
-    visit(_parse(_PREFIX + expr + ")")["statements"][0]["node"]["where_clause"])
-    return found
-
-
 def _walk(n: dict | None, known: dict[str, str], depth: int) -> None:
     if n is None:
         raise FilterError("filter is empty")

@@ -189,7 +189,7 @@ def write_feature_bags(
     from threads_search.features.extract import h5_path
     from threads_search.features.status import StatusTable
     from threads_search.wsi.grid import GridParams
-    from threads_search.wsi.segment import SegmentConfig
+    from threads_search.wsi.plan import SegmentConfig
 
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")

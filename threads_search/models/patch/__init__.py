@@ -1,41 +1,6 @@
-"""Patch-encoder registry: ``create_patch_encoder(name, checkpoint=None, device="auto")``."""
+"""Deprecated name of :mod:`threads_search.patch_encoders` (``create_patch_encoder``,
+``list_patch_encoders``, ...); removed in the next release."""
 
-from __future__ import annotations
+from threads_search._deprecated import alias
 
-from threads_search.models.patch.base import PatchEncoder, PatchEncoderSpec
-from threads_search.registry import Registry
-
-PATCH_ENCODERS: Registry[PatchEncoder] = Registry("patch encoder")
-
-
-def list_patch_encoders() -> list[str]:
-    _load_builtins()
-    return PATCH_ENCODERS.names()
-
-
-def get_patch_encoder_spec(name: str) -> PatchEncoderSpec:
-    _load_builtins()
-    return PATCH_ENCODERS.info(name)
-
-
-def create_patch_encoder(
-    name: str, checkpoint=None, device: str = "auto", **kwargs
-) -> PatchEncoder:
-    """Build the encoder ``name``; pretrained ones load weights from the local ``checkpoint`` file."""
-    _load_builtins()
-    return PATCH_ENCODERS.create(name, checkpoint=checkpoint, device=device, **kwargs)
-
-
-def _load_builtins() -> None:
-    # Importing the modules registers their encoders.
-    from threads_search.models.patch import hed_texture, timm_encoders  # noqa: F401
-
-
-__all__ = [
-    "PATCH_ENCODERS",
-    "PatchEncoder",
-    "PatchEncoderSpec",
-    "create_patch_encoder",
-    "get_patch_encoder_spec",
-    "list_patch_encoders",
-]
+alias(__name__, "threads_search.patch_encoders", ("base", "checkpoint", "hed_texture"))

@@ -17,10 +17,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from threads_search.index import store
-from threads_search.index.autotune import build_index
-from threads_search.index.vectors import save_index
 from threads_search.paths import slide_file
+from threads_search.vectorstore import store
+from threads_search.vectorstore.autotune import build_index
+from threads_search.vectorstore.vectors import save_index
 
 SLIDE_COLUMNS = ["slide_id", "path", "patient_id", "mpp", "width", "height", "n_patches",
                  "tissue_area_mm2"]  # fmt: skip

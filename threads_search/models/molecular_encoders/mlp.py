@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from threads_search.models.molecular import MOLECULAR_ENCODERS
-from threads_search.models.slide import EncoderConfig
+from threads_search.models.molecular_encoders import MOLECULAR_ENCODERS
+from threads_search.models.slide_encoders import EncoderConfig
 
 
 @dataclass

@@ -26,9 +26,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from threads_search.index.faiss_types import IndexType, create_index_type, pq_m
-from threads_search.index.gpu import resolve_gpu
-from threads_search.index.vectors import exact_knn, normalize, recall_at_k, search
+from threads_search.vectorstore.faiss_types import IndexType, create_index_type, pq_m
+from threads_search.vectorstore.gpu import resolve_gpu
+from threads_search.vectorstore.vectors import exact_knn, normalize, recall_at_k, search
 
 DEFAULT_MEMORY_BUDGET = 16 * 2**30  # bytes; pass the serving machine's budget explicitly
 EXACT_MAX = 100_000

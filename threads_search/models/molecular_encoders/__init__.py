@@ -31,7 +31,7 @@ def create_molecular_encoder(name: str, in_dim: int, **config: Any) -> nn.Module
 
 def _load_builtins() -> None:
     # Importing the modules registers their encoders.
-    from threads_search.models.molecular import mlp  # noqa: F401
+    from threads_search.models.molecular_encoders import mlp  # noqa: F401
 
 
 __all__ = ["MOLECULAR_ENCODERS", "create_molecular_encoder", "list_molecular_encoders"]

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 
 from indexer.records import WORK
-from threads_search.index.writer import read_embeddings, write_embeddings
 from threads_search.molecular import RnaUnitsError
 from threads_search.molecular.dna import read_dna
 from threads_search.molecular.rna import read_rna_matrix
+from threads_search.vectorstore.writer import read_embeddings, write_embeddings
 
 MOLECULAR_WORK = "molecular.parquet"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from threads_search.models.slide import (
+from threads_search.models.slide_encoders import (
     SLIDE_ENCODERS,
     EncoderConfig,
     SlideEncoder,

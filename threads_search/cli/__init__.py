@@ -26,7 +26,7 @@ def demo(
     """Run the whole path on generated data: a synthetic paired cohort (painted slides, RNA,
     DNA, plus broken files) → features → train → index → slide search, molecule→slide search and
     zero-shot classification, printed as tables. Takes a few minutes on 2 cores."""
-    from threads_search.demo import run_demo
+    from threads_search.cli.demo import run_demo
 
     out.mkdir(parents=True, exist_ok=True)
     run_demo(out, n_patients=patients, epochs=epochs)
@@ -147,7 +147,7 @@ def features(
     except KeyError as e:
         raise typer.BadParameter(str(e.args[0]), param_hint="--patch-encoder") from None
     from threads_search.wsi.mpp import check_override
-    from threads_search.wsi.segment import apply_options
+    from threads_search.wsi.plan import apply_options
 
     try:
         cfg.segment = apply_options(
@@ -272,11 +272,11 @@ def index(
 
     from indexer.build import run_index
     from indexer.config import IndexConfig
-    from indexer.molecular import rna_units_for
+    from indexer.profiles import rna_units_for
     from indexer.report import IndexProgress, print_summary
-    from threads_search.index.store import IndexLockedError
+    from threads_search.cli.query import cli_message
     from threads_search.models.bundle import bundle_rna_units
-    from threads_search.query.commands import cli_message
+    from threads_search.vectorstore.store import IndexLockedError
 
     console = Console(stderr=True)
     s = lambda p: str(p) if p else None  # noqa: E731
@@ -306,7 +306,7 @@ def encoders() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from threads_search.models.patch import get_patch_encoder_spec, list_patch_encoders
+    from threads_search.patch_encoders import get_patch_encoder_spec, list_patch_encoders
 
     table = Table(title="patch encoders")
     for col in ("name", "dim", "patch px @ µm/px", "input px", "weights", "licence"):
@@ -335,7 +335,7 @@ def ui(
 
 
 def _register_query_commands() -> None:
-    from threads_search.query.commands import register
+    from threads_search.cli.query import register
 
     register(app)
 
@@ -348,7 +348,7 @@ def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit."),
 ) -> None:
     if version:
-        from threads_search import __version__
+        from threads_search._version import __version__
 
         typer.echo(__version__)
         raise typer.Exit()

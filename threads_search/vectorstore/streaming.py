@@ -40,9 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from threads_search.index.autotune import DEFAULT_MEMORY_BUDGET, choose_index, tuning_queries
-from threads_search.index.faiss_types import create_index_type
-from threads_search.index.vectors import load_index, normalize, recall_at_k, save_index
+from threads_search.vectorstore.autotune import DEFAULT_MEMORY_BUDGET, choose_index, tuning_queries
+from threads_search.vectorstore.faiss_types import create_index_type
+from threads_search.vectorstore.vectors import load_index, normalize, recall_at_k, save_index
 
 IP = faiss.METRIC_INNER_PRODUCT
 META = "streaming.json"

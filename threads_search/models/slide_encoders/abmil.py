@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from threads_search.models.slide import (
+from threads_search.models.slide_encoders import (
     SLIDE_ENCODERS,
     EncoderConfig,
     SlideEncoder,

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from threads_search.device import resolve_device
-from threads_search.models.patch import PATCH_ENCODERS
-from threads_search.models.patch.base import PatchEncoder, PatchEncoderSpec
-from threads_search.models.patch.checkpoint import CheckpointError, load_strict, read_state_dict
+from threads_search.patch_encoders import PATCH_ENCODERS
+from threads_search.patch_encoders.base import PatchEncoder, PatchEncoderSpec
+from threads_search.patch_encoders.checkpoint import CheckpointError, load_strict, read_state_dict
 
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
@@ -185,7 +185,7 @@ def _swiglu():
 
 
 def _conch(depth):
-    from threads_search.models.patch.conch import ConchVisionTower
+    from threads_search.patch_encoders.conch import ConchVisionTower
 
     return ConchVisionTower(depth=24 if depth is None else depth)
 

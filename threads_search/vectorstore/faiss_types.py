@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
-from threads_search.index.gpu import is_gpu_index, to_cpu, to_gpu
-from threads_search.index.vectors import iter_normalized, normalize
 from threads_search.registry import Registry
+from threads_search.vectorstore.gpu import is_gpu_index, to_cpu, to_gpu
+from threads_search.vectorstore.vectors import iter_normalized, normalize
 
 INDEX_TYPES: Registry[IndexType] = Registry("index type")
 IP = faiss.METRIC_INNER_PRODUCT

@@ -53,9 +53,9 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from threads_search.models.patch import PATCH_ENCODERS
-from threads_search.models.patch.base import PatchEncoder, PatchEncoderSpec
-from threads_search.models.patch.texture_ops import (
+from threads_search.patch_encoders import PATCH_ENCODERS
+from threads_search.patch_encoders.base import PatchEncoder, PatchEncoderSpec
+from threads_search.patch_encoders.texture_ops import (
     N_ANGLE,
     N_RADIAL,
     gabor_bank,
@@ -127,7 +127,7 @@ SPEC = PatchEncoderSpec(
     std=(1.0, 1.0, 1.0),
     precision="fp32",
     needs_checkpoint=False,
-    source="threads_search.models.patch.hed_texture (hand-crafted colour deconvolution + texture)",
+    source="threads_search.patch_encoders.hed_texture (hand-crafted colour deconvolution + texture)",
     licence="project code (Apache-2.0)",
 )
 

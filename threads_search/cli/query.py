@@ -18,8 +18,8 @@ _TECHNICAL = {"path", "mpp", "width", "height", "n_patches", "tissue_area_mm2", 
 
 
 def _errors() -> tuple[type[BaseException], ...]:
-    from threads_search.index.store import IndexNotFoundError
     from threads_search.molecular import MolecularDataError
+    from threads_search.vectorstore.store import IndexNotFoundError
 
     return (ValueError, FileNotFoundError, IndexNotFoundError, MolecularDataError, OSError)
 

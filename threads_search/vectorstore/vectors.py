@@ -126,7 +126,7 @@ def search(
     k = min(int(k), int(index.ntotal))
     if k <= 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
-    from threads_search.index.gpu import is_gpu_index
+    from threads_search.vectorstore.gpu import is_gpu_index
 
     if is_gpu_index(index):  # GPU indexes take parameters set on the index (not thread-safe)
         space = faiss.GpuParameterSpace()
@@ -201,7 +201,7 @@ def search_subset(
         sub = subset_vectors(index, allowed, vectors)
         if sub is not None:
             return _exact_over(q, sub, allowed, k)
-    from threads_search.index.gpu import is_gpu_index
+    from threads_search.vectorstore.gpu import is_gpu_index
 
     if is_gpu_index(index):
         raise ValueError(
@@ -234,7 +234,7 @@ def _exact_over(
 def save_index(index: faiss.Index, path: str | Path) -> Path:
     """Write ``index`` (converted to CPU if on GPU) to ``path`` atomically: written to
     ``path.tmp<pid>`` then renamed, so a reader never sees half a file."""
-    from threads_search.index.gpu import to_cpu
+    from threads_search.vectorstore.gpu import to_cpu
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

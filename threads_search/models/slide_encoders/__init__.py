@@ -104,7 +104,7 @@ def create_slide_encoder(name: str, in_dim: int, **config: Any) -> SlideEncoder:
 
 def _load_builtins() -> None:
     # Importing the modules registers their encoders.
-    from threads_search.models.slide import abmil, mean  # noqa: F401
+    from threads_search.models.slide_encoders import abmil, mean  # noqa: F401
 
 
 __all__ = [

@@ -1,0 +1,41 @@
+"""Patch-encoder registry: ``create_patch_encoder(name, checkpoint=None, device="auto")``."""
+
+from __future__ import annotations
+
+from threads_search.patch_encoders.base import PatchEncoder, PatchEncoderSpec
+from threads_search.registry import Registry
+
+PATCH_ENCODERS: Registry[PatchEncoder] = Registry("patch encoder")
+
+
+def list_patch_encoders() -> list[str]:
+    _load_builtins()
+    return PATCH_ENCODERS.names()
+
+
+def get_patch_encoder_spec(name: str) -> PatchEncoderSpec:
+    _load_builtins()
+    return PATCH_ENCODERS.info(name)
+
+
+def create_patch_encoder(
+    name: str, checkpoint=None, device: str = "auto", **kwargs
+) -> PatchEncoder:
+    """Build the encoder ``name``; pretrained ones load weights from the local ``checkpoint`` file."""
+    _load_builtins()
+    return PATCH_ENCODERS.create(name, checkpoint=checkpoint, device=device, **kwargs)
+
+
+def _load_builtins() -> None:
+    # Importing the modules registers their encoders.
+    from threads_search.patch_encoders import hed_texture, timm_encoders  # noqa: F401
+
+
+__all__ = [
+    "PATCH_ENCODERS",
+    "PatchEncoder",
+    "PatchEncoderSpec",
+    "create_patch_encoder",
+    "get_patch_encoder_spec",
+    "list_patch_encoders",
+]
