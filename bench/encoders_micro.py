@@ -44,8 +44,14 @@ def write_tiff(path: Path, size: int, seed: int) -> np.ndarray:
     painted = paint_tissue(size, size, mpp=0.5, seed=seed, tissue_fraction=0.6)
     res = (1e4 / 0.5, 1e4 / 0.5)
     with tifffile.TiffWriter(path) as tif:
-        tif.write(painted.rgb, tile=(256, 256), compression="jpeg", photometric="rgb",
-                  resolution=res, resolutionunit="CENTIMETER")  # fmt: skip
+        tif.write(
+            painted.rgb,
+            tile=(256, 256),
+            compression="jpeg",
+            photometric="rgb",
+            resolution=res,
+            resolutionunit="CENTIMETER",
+        )
     return painted.tissue_mask
 
 

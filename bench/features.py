@@ -74,11 +74,21 @@ def main(argv: list[str] | None = None) -> dict:
             for plan in plans:
                 encode_plan(plan, enc, cfg)
             e2e_rate = n / (time.perf_counter() - t)
-            rows.append({"workers": workers, "patches": n, "reader only patches/s": reader_rate,
-                         "read+encode patches/s": e2e_rate, "e2e / reader": e2e_rate / reader_rate})  # fmt: skip
+            rows.append(
+                {
+                    "workers": workers,
+                    "patches": n,
+                    "reader only patches/s": reader_rate,
+                    "read+encode patches/s": e2e_rate,
+                    "e2e / reader": e2e_rate / reader_rate,
+                }
+            )
     print_table("features stage: 512 px @ 0.5 µm/px, hed-texture", rows)
-    share = {"read ms/patch": read_ms, "encode ms/patch": enc_ms,
-             "encode share": enc_ms / (read_ms + enc_ms)}  # fmt: skip
+    share = {
+        "read ms/patch": read_ms,
+        "encode ms/patch": enc_ms,
+        "encode share": enc_ms / (read_ms + enc_ms),
+    }
     print_table("single-threaded cost per patch", [share])
     out = write_results("features", {"args": vars(args), "rows": rows, "per_patch": share})
     print(f"wrote {out}")

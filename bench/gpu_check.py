@@ -59,10 +59,27 @@ def check_training(tmp: Path, report: dict) -> None:
     write_feature_bags(cohort, tmp / "bags", dim=768, n_patches=(200, 800))
     for dev in ("cuda", "cpu"):
         t = time.perf_counter()
-        rc = main(["--features", str(tmp / "bags"), "--pairs", str(paths["pairs"]), "--rna",
-                   str(paths["rna"]), "--dna", str(paths["maf"]), "--metadata",
-                   str(paths["metadata"]), "--out", str(tmp / f"model_{dev}"), "--epochs", "3",
-                   "--device", dev, "--quiet"])  # fmt: skip
+        rc = main(
+            [
+                "--features",
+                str(tmp / "bags"),
+                "--pairs",
+                str(paths["pairs"]),
+                "--rna",
+                str(paths["rna"]),
+                "--dna",
+                str(paths["maf"]),
+                "--metadata",
+                str(paths["metadata"]),
+                "--out",
+                str(tmp / f"model_{dev}"),
+                "--epochs",
+                "3",
+                "--device",
+                dev,
+                "--quiet",
+            ]
+        )
         assert rc == 0
         log = [json.loads(x) for x in (tmp / f"model_{dev}" / "training_log.jsonl").open()]
         report[f"train_{dev}_s"] = time.perf_counter() - t
@@ -87,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from threads_search.device import resolve_device
 
-    report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-              "auto_device": resolve_device("auto")}  # fmt: skip
+    report = {
+        "gpu": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "auto_device": resolve_device("auto"),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for check in (check_features, check_training):
             try:

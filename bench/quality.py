@@ -51,35 +51,23 @@ import shutil
 import sys
 import tempfile
 import time
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, write_results  # noqa: E402
+from quality_eval import check_val_recall, embed, evaluate, untrained_like  # noqa: E402
 from quality_plot import plot_fewshot  # noqa: E402
 
-from threads_search.eval import (  # noqa: E402
-    cross_modal_recall,
-    few_shot_curve,
-    linear_probe,
-    prototype_zero_shot,
-    retrieval_metrics,
-)
-from threads_search.models.bundle import build_model, load_model  # noqa: E402
-from threads_search.molecular.dna import read_dna  # noqa: E402
-from threads_search.molecular.rna import read_rna_matrix  # noqa: E402
+from threads_search.models.bundle import load_model  # noqa: E402
 
 TORCH_THREADS = 1  # set by --threads: 1 beat 2 on this shared 2-core machine
 WORKERS = 2  # painting and features-stage worker processes
-SHOTS = (1, 2, 4, 8, 16)
-KS = (1, 5, 10)
 
 
 @dataclass
@@ -140,8 +128,9 @@ def prepare(spec: CohortSpec, root: Path) -> dict:
         write_slides(cohort, d / "slides", spec.size, spec.size, workers=WORKERS)
         info["seconds"]["paint_slides"] = time.perf_counter() - t
         t = time.perf_counter()
-        outcomes = extract_features([d / "slides"], info["features"],
-                                    default_config("hed-texture", workers=WORKERS))  # fmt: skip
+        outcomes = extract_features(
+            [d / "slides"], info["features"], default_config("hed-texture", workers=WORKERS)
+        )
         info["seconds"]["features_stage"] = time.perf_counter() - t
         failed = [o for o in outcomes if getattr(o, "state", "done") != "done"]
         if failed:
@@ -160,13 +149,28 @@ def train_config(info: dict, hp: Hyper, encoder: str, out: Path, seed: int = 0) 
         slide.update(heads=hp.heads, head_dim=hp.head_dim, attn_dim=hp.attn_dim)
     mol = {"hidden_dims": [hp.mol_hidden], "dropout": hp.dropout}
     return TrainConfig(
-        features=str(info["features"]), pairs=str(p["pairs"]), rna=str(p["rna"]),
-        dna=str(p["maf"]), metadata=str(p["metadata"]), out=str(out), slide_encoder=encoder,
-        slide_config=slide, rna_config=mol, dna_config=mol, epochs=hp.epochs,
-        batch_size=hp.batch_size, max_patches=hp.max_patches, lr=hp.lr,
-        weight_decay=hp.weight_decay, warmup_epochs=hp.warmup_epochs,
-        temperature=hp.temperature, patience=0, seed=seed, device="cpu", threads=TORCH_THREADS,
-    ).to_dict()  # fmt: skip
+        features=str(info["features"]),
+        pairs=str(p["pairs"]),
+        rna=str(p["rna"]),
+        dna=str(p["maf"]),
+        metadata=str(p["metadata"]),
+        out=str(out),
+        slide_encoder=encoder,
+        slide_config=slide,
+        rna_config=mol,
+        dna_config=mol,
+        epochs=hp.epochs,
+        batch_size=hp.batch_size,
+        max_patches=hp.max_patches,
+        lr=hp.lr,
+        weight_decay=hp.weight_decay,
+        warmup_epochs=hp.warmup_epochs,
+        temperature=hp.temperature,
+        patience=0,
+        seed=seed,
+        device="cpu",
+        threads=TORCH_THREADS,
+    ).to_dict()
 
 
 def _train_child(cfg: dict) -> dict:
@@ -177,134 +181,46 @@ def _train_child(cfg: dict) -> dict:
 
     t = time.perf_counter()
     res = train(TrainConfig.from_dict(cfg), progress=False)
-    return {"history": res.history, "best_epoch": res.best_epoch, "seconds": time.perf_counter() - t,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
+    return {
+        "history": res.history,
+        "best_epoch": res.best_epoch,
+        "seconds": time.perf_counter() - t,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def train_model(cfg: dict) -> dict:
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
         run = pool.submit(_train_child, cfg).result()
     for h in run["history"]:
-        print(f"  epoch {h['epoch']:>3}: loss {h['train_loss']:.3f}  T {h['temperature']:.3f}  "
-              f"val R {h.get('val_mean_recall', float('nan')):.3f}  "
-              f"{h['train_seconds']:.1f}+{h['val_seconds']:.1f} s  "
-              f"{h['slides_per_s']:.1f} slides/s", flush=True)  # fmt: skip
+        print(
+            f"  epoch {h['epoch']:>3}: loss {h['train_loss']:.3f}  T {h['temperature']:.3f}  "
+            f"val R {h.get('val_mean_recall', float('nan')):.3f}  "
+            f"{h['train_seconds']:.1f}+{h['val_seconds']:.1f} s  "
+            f"{h['slides_per_s']:.1f} slides/s",
+            flush=True,
+        )
     return run
-
-
-def untrained_like(trained, seed: int = 0):
-    """The trained bundle's architecture, vocabularies and RNA normaliser with the weights
-    ``train`` starts from (``torch.manual_seed(seed)`` then ``build_model``)."""
-
-    def cfg(enc) -> dict:
-        return {k: v for k, v in enc.config.to_dict().items() if k != "in_dim"}
-
-    torch.manual_seed(seed)
-    return build_model(
-        trained.patch_encoder, slide_encoder=trained.slide.name, slide_config=cfg(trained.slide),
-        normalizer=trained.normalizer, rna_config=cfg(trained.rna), rna_units=trained.rna_units,
-        genes_dna=trained.genes_dna, dna_config=cfg(trained.dna),
-    ).eval()  # fmt: skip
-
-
-def embed(model, info: dict) -> dict:
-    """Unit embeddings ``[n, E]`` of every slide (cohort order), RNA and DNA sample."""
-    slides = info["cohort"].slides.slide_id.tolist()
-    h5 = info["features"] / "h5"
-    out = {"slide": np.stack([model.embed_slide(h5 / f"{s}.h5") for s in slides]),
-           "slide_ids": slides}  # fmt: skip
-    rna = read_rna_matrix(info["paths"]["rna"], units="tpm")
-    out["rna"], out["rna_ids"] = model.embed_rna(rna), list(rna.samples)
-    dna = read_dna(info["paths"]["maf"])
-    with warnings.catch_warnings():  # panel genes never mutated in training are ignored
-        warnings.simplefilter("ignore")
-        out["dna"], out["dna_ids"] = model.embed_dna(dna), dna.index.astype(str).tolist()
-    return out
-
-
-def _mean_recall(slide: np.ndarray, mols: list[np.ndarray]) -> list[float]:
-    vals = []
-    for mol in mols:
-        match = np.arange(len(mol))
-        for q, g in ((slide, mol), (mol, slide)):
-            vals += list(cross_modal_recall(q, g, match, KS).values())
-    return vals
-
-
-def check_val_recall(emb: dict, info: dict, logged: float | None) -> dict:
-    """Recompute the trainer's ``val_mean_recall`` (one slide per patient) from ``emb``."""
-    c = info["cohort"]
-    pid = dict(zip(c.samples.sample_id, c.samples.patient_id, strict=True))
-    val = set(c.patients.patient_id[c.patients.split == "val"])
-    sl = c.slides.assign(i=range(len(c.slides)))
-    if logged is None or sl.groupby("patient_id").size().max() > 1:
-        return {"logged": logged, "recomputed": None}
-    vals = []
-    for mod in ("rna", "dna"):
-        rows = [(pid[s], j) for j, s in enumerate(emb[f"{mod}_ids"]) if pid[s] in val]
-        rows.sort()
-        si = sl.set_index("patient_id").loc[[p for p, _ in rows], "i"].to_numpy()
-        vals += _mean_recall(emb["slide"][si], [emb[mod][[j for _, j in rows]]])
-    got = float(np.mean(vals))
-    return {"logged": logged, "recomputed": got, "abs_diff": abs(got - logged)}
-
-
-def evaluate(emb: dict, info: dict) -> dict:
-    """The quality rows on the test patients (see the module docstring)."""
-    c = info["cohort"]
-    pat = c.patients.set_index("patient_id")
-    sl = c.slides.reset_index(drop=True)
-    te, tr = (sl.split == "test").to_numpy(), (sl.split == "train").to_numpy()
-    s_te, s_tr = emb["slide"][te], emb["slide"][tr]
-    p_te = sl.patient_id[te].to_numpy()
-    y_te, y_tr = sl.subtype[te].to_numpy(), sl.subtype[tr].to_numpy()
-    pid = dict(zip(c.samples.sample_id, c.samples.patient_id, strict=True))
-    r: dict = {}
-    for mod in ("rna", "dna"):
-        owners = np.array([pid[s] for s in emb[f"{mod}_ids"]])
-        q = pat.split.loc[owners].to_numpy() == "test"
-        rel = owners[q][:, None] == p_te[None, :]
-        for k, v in cross_modal_recall(emb[mod][q], s_te, rel, KS).items():
-            r[f"{mod.upper()}→slide {k}"] = v
-    # Reference for DNA→slide R@k: a subtype oracle (perfect subtype, random order within it),
-    # mean over queries of min(k, n_s) / n_s; DNA also tells TP53 and, weakly, the programmes.
-    n_s = pd.Series(y_te).value_counts()
-    owners = np.array([pid[s] for s in emb["dna_ids"]])
-    n_q = n_s.loc[pat.subtype.loc[owners[pat.split.loc[owners].to_numpy() == "test"]]].to_numpy()
-    oracle = {f"R@{k}": float(np.mean(np.minimum(k, n_q) / n_q)) for k in KS}
-    ret = retrieval_metrics(s_te, y_te, KS, groups=p_te)
-    r["slide→slide mMV@5 (subtype)"] = ret["mMV@5"]
-    owners = np.array([pid[s] for s in emb["rna_ids"]])
-    q = pat.split.loc[owners].to_numpy() == "train"
-    zs = prototype_zero_shot(s_te, y_te, emb["rna"][q], pat.subtype.loc[owners[q]].to_numpy())
-    r["zero-shot bal. acc (subtype)"] = zs["balanced_accuracy"]
-    lp = linear_probe(s_tr, y_tr, s_te, y_te)
-    r["linear probe bal. acc (subtype)"] = lp["balanced_accuracy"]
-    t_tr = pat.TP53_mutated.loc[sl.patient_id[tr]].to_numpy()
-    t_te = pat.TP53_mutated.loc[p_te].to_numpy()
-    r["linear probe bal. acc (TP53)"] = linear_probe(s_tr, t_tr, s_te, t_te)["balanced_accuracy"]
-    fs = few_shot_curve(s_tr, y_tr, s_te, y_te, shots=SHOTS, n_draws=10, seed=0)
-    for row in fs.itertuples():
-        r[f"{row.shots}-shot bal. acc (subtype)"] = row.balanced_accuracy_mean
-    r["zero-shot / linear probe"] = zs["balanced_accuracy"] / lp["balanced_accuracy"]
-    extra = {"retrieval": ret, "dna_subtype_oracle_recall": oracle, "zero_shot": {k: zs[k] for k in ("accuracy", "balanced_accuracy",
-             "auc")}, "linear_probe_subtype": lp, "fewshot": fs.to_dict("records"),
-             "n_test_slides": int(te.sum()), "n_train_slides": int(tr.sum()),
-             "n_prototype_samples": int(q.sum())}  # fmt: skip
-    return {"rows": r, "extra": extra}
 
 
 def run_cohort(spec: CohortSpec, hp: Hyper, root: Path, seeds: int = 1) -> dict:
     """Train and evaluate THREADS, mean and untrained THREADS with training seeds 0..seeds-1;
     each row is the mean over the seeds (``rows_by_seed`` and ``rows_sd`` keep the spread)."""
-    print(f"\n== cohort {spec.name}: {asdict(spec)}\n   training: {asdict(hp)}, "
-          f"{seeds} seed(s)", flush=True)  # fmt: skip
+    print(
+        f"\n== cohort {spec.name}: {asdict(spec)}\n   training: {asdict(hp)}, {seeds} seed(s)",
+        flush=True,
+    )
     t = time.perf_counter()
     info = prepare(spec, root)
     print(f"   data ready in {time.perf_counter() - t:.0f} s {info['seconds']}", flush=True)
     per_seed = [_run_seed(spec, hp, root, info, seed) for seed in range(seeds)]
-    res: dict = {"spec": asdict(spec), "hyper": asdict(hp), "seeds": seeds,
-                 "data_seconds": info["seconds"], "models": {}}  # fmt: skip
+    res: dict = {
+        "spec": asdict(spec),
+        "hyper": asdict(hp),
+        "seeds": seeds,
+        "data_seconds": info["seconds"],
+        "models": {},
+    }
     for name, first in per_seed[0].items():
         by_seed = [run[name]["rows"] for run in per_seed]
         m = dict(first)
@@ -333,18 +249,25 @@ def _run_seed(spec: CohortSpec, hp: Hyper, root: Path, info: dict, seed: int) ->
         emb = embed(model, info)
         ev = evaluate(emb, info)
         run = runs.get(name)
-        m = {"rows": ev["rows"], **ev["extra"],
-             "zero_shot_balanced_accuracy": ev["rows"]["zero-shot bal. acc (subtype)"],
-             "eval_seconds": time.perf_counter() - t}  # fmt: skip
+        m = {
+            "rows": ev["rows"],
+            **ev["extra"],
+            "zero_shot_balanced_accuracy": ev["rows"]["zero-shot bal. acc (subtype)"],
+            "eval_seconds": time.perf_counter() - t,
+        }
         if run:
             logged = model.training_params.get("metrics", {}).get("val_mean_recall")
             m["val_recall_check"] = check_val_recall(emb, info, logged)
             sps = [h["slides_per_s"] for h in run["history"]]
-            m.update(best_epoch=run["best_epoch"], train_seconds=run["seconds"],
-                     history=run["history"], peak_rss_mib=run["peak_rss_mib"],
-                     slides_per_s_median=float(np.median(sps)),
-                     epoch_seconds_median=float(np.median([h["train_seconds"] for h in run["history"]])),
-                     n_params=sum(p.numel() for p in model.slide.parameters()))  # fmt: skip
+            m.update(
+                best_epoch=run["best_epoch"],
+                train_seconds=run["seconds"],
+                history=run["history"],
+                peak_rss_mib=run["peak_rss_mib"],
+                slides_per_s_median=float(np.median(sps)),
+                epoch_seconds_median=float(np.median([h["train_seconds"] for h in run["history"]])),
+                n_params=sum(p.numel() for p in model.slide.parameters()),
+            )
             n_slides = int((info["cohort"].slides.split == "train").sum())
             m["slides_per_s_wall"] = n_slides * len(run["history"]) / run["seconds"]
             m["rows"]["train slides/s (median epoch)"] = m["slides_per_s_median"]
@@ -360,27 +283,39 @@ def targets(res: dict) -> dict:
     quality = [k for k in thr if not k.startswith("train ") and k != "zero-shot / linear probe"]
     lost = {k: (thr[k], mean[k]) for k in quality if not thr[k] > mean[k]}
     ratio = thr["zero-shot / linear probe"]
-    return {"threads_beats_mean_every_row": not lost, "rows_not_beaten": lost,
-            "zero_shot_over_linear_probe": ratio, "zero_shot_ratio_ok": ratio >= 0.8}  # fmt: skip
+    return {
+        "threads_beats_mean_every_row": not lost,
+        "rows_not_beaten": lost,
+        "zero_shot_over_linear_probe": ratio,
+        "zero_shot_ratio_ok": ratio >= 0.8,
+    }
 
 
 def show(res: dict) -> None:
     names = list(res["models"])
     keys = list(res["models"]["THREADS"]["rows"])
-    rows = [{"metric (test split)": k, **{n: res["models"][n]["rows"].get(k, "-") for n in names}}
-            for k in keys]  # fmt: skip
+    rows = [
+        {"metric (test split)": k, **{n: res["models"][n]["rows"].get(k, "-") for n in names}}
+        for k in keys
+    ]
     seeds = res.get("seeds", 1)
     print_table(f"quality: {res['spec']['name']} cohort, mean of {seeds} training seed(s)", rows)
     t = res["targets"]
-    print(f"THREADS beats mean on every quality row: {t['threads_beats_mean_every_row']}"
-          + (f" (not on: {t['rows_not_beaten']})" if t["rows_not_beaten"] else ""))  # fmt: skip
-    print(f"zero-shot / linear probe (THREADS): {t['zero_shot_over_linear_probe']:.3f} "
-          f"(target >= 0.8: {t['zero_shot_ratio_ok']})")  # fmt: skip
+    print(
+        f"THREADS beats mean on every quality row: {t['threads_beats_mean_every_row']}"
+        + (f" (not on: {t['rows_not_beaten']})" if t["rows_not_beaten"] else "")
+    )
+    print(
+        f"zero-shot / linear probe (THREADS): {t['zero_shot_over_linear_probe']:.3f} "
+        f"(target >= 0.8: {t['zero_shot_ratio_ok']})"
+    )
     for n in names:
         chk = res["models"][n].get("val_recall_check")
         if chk and chk.get("recomputed") is not None:
-            print(f"{n}: val_mean_recall logged {chk['logged']:.4f}, recomputed from the bundle "
-                  f"{chk['recomputed']:.4f}")  # fmt: skip
+            print(
+                f"{n}: val_mean_recall logged {chk['logged']:.4f}, recomputed from the bundle "
+                f"{chk['recomputed']:.4f}"
+            )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -410,10 +345,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(TORCH_THREADS)
     t0 = time.perf_counter()
     q = args.quick
-    feat = CohortSpec("features", "features", 600 if q else 3000, 0, (0.6, 0.15, 0.25) if q
-                      else (0.7, 0.13, 0.17))  # fmt: skip
-    pix = CohortSpec("pixels", "pixels", 40 if q else 600, 1, (0.5, 0.1, 0.4),
-                     size=1024 if q else 2048)  # fmt: skip
+    feat = CohortSpec(
+        "features", "features", 600 if q else 3000, 0, (0.6, 0.15, 0.25) if q else (0.7, 0.13, 0.17)
+    )
+    pix = CohortSpec(
+        "pixels", "pixels", 40 if q else 600, 1, (0.5, 0.1, 0.4), size=1024 if q else 2048
+    )
     hp_feat = Hyper(epochs=args.epochs or (4 if q else 12))
     hp_pix = Hyper(epochs=args.pixel_epochs or (5 if q else 40), batch_size=32)
     for hp in (hp_feat, hp_pix):
@@ -434,14 +371,20 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if args.out is None:
             shutil.rmtree(root, ignore_errors=True)
-    peak = {"self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}  # fmt: skip
+    peak = {
+        "self_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "children_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
     wall = time.perf_counter() - t0
     print(f"wall time {wall:.0f} s; peak RSS {peak}")
     name = "quality_quick" if q else "quality"
-    payload = {"command": " ".join(["python", "bench/quality.py", *(argv or sys.argv[1:])]),
-               "wall_seconds": wall, "peak_rss": peak, "torch_threads": TORCH_THREADS,
-               "cohorts": results}  # fmt: skip
+    payload = {
+        "command": " ".join(["python", "bench/quality.py", *(argv or sys.argv[1:])]),
+        "wall_seconds": wall,
+        "peak_rss": peak,
+        "torch_threads": TORCH_THREADS,
+        "cohorts": results,
+    }
     print(f"results: {write_results(name, payload)}")
     if results:
         png = RESULTS / ("quality_fewshot_quick.png" if q else "quality_fewshot.png")

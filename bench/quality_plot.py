@@ -25,10 +25,23 @@ def plot_fewshot(results: dict, path: str | Path) -> Path:
             shots = [r["shots"] for r in m["fewshot"]]
             mean = [r["balanced_accuracy_mean"] for r in m["fewshot"]]
             std = [r["balanced_accuracy_std"] for r in m["fewshot"]]
-            ax.errorbar(shots, mean, yerr=std, marker="o", ms=4, capsize=3, color=color,
-                        label=f"{name} (linear probe)")  # fmt: skip
-            ax.axhline(m["zero_shot_balanced_accuracy"], ls="--", lw=1, color=color,
-                       label=f"{name} (zero-shot)")  # fmt: skip
+            ax.errorbar(
+                shots,
+                mean,
+                yerr=std,
+                marker="o",
+                ms=4,
+                capsize=3,
+                color=color,
+                label=f"{name} (linear probe)",
+            )
+            ax.axhline(
+                m["zero_shot_balanced_accuracy"],
+                ls="--",
+                lw=1,
+                color=color,
+                label=f"{name} (zero-shot)",
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(shots, [str(s) for s in shots])
         ax.set_ylim(0, 1)

@@ -47,15 +47,22 @@ def make_index(root: Path, n: int, seed: int = 0) -> dict:
     centres = rng.normal(size=(200, DIM)).astype(np.float32)
     emb = centres[rng.integers(0, 200, n)] + 0.7 * rng.normal(size=(n, DIM)).astype(np.float32)
     ids = [f"S{i:07d}" for i in range(n)]
-    slides = pd.DataFrame({
-        "slide_id": ids, "path": [f"/archive/{s}.svs" for s in ids],
-        "patient_id": [f"P{i // 2:07d}" for i in range(n)], "mpp": 0.5,
-        "width": rng.integers(20_000, 100_000, n), "height": rng.integers(20_000, 80_000, n),
-        "n_patches": rng.integers(100, 20_000, n), "tissue_area_mm2": rng.uniform(10, 300, n),
-        "site": rng.choice([f"site_{k}" for k in range(20)], n),
-        "diagnosis": rng.choice(["LUAD", "LUSC", "BRCA", "COAD", "PRAD"], n),
-        "age": rng.integers(20, 90, n), "bucket": np.arange(n) % 100,
-    })  # fmt: skip
+    slides = pd.DataFrame(
+        {
+            "slide_id": ids,
+            "path": [f"/archive/{s}.svs" for s in ids],
+            "patient_id": [f"P{i // 2:07d}" for i in range(n)],
+            "mpp": 0.5,
+            "width": rng.integers(20_000, 100_000, n),
+            "height": rng.integers(20_000, 80_000, n),
+            "n_patches": rng.integers(100, 20_000, n),
+            "tissue_area_mm2": rng.uniform(10, 300, n),
+            "site": rng.choice([f"site_{k}" for k in range(20)], n),
+            "diagnosis": rng.choice(["LUAD", "LUSC", "BRCA", "COAD", "PRAD"], n),
+            "age": rng.integers(20, 90, n),
+            "bucket": np.arange(n) % 100,
+        }
+    )
     t = time.perf_counter()
     manifest = write_generation(root, slides, emb)
     return {"write_s": time.perf_counter() - t, "faiss": manifest["slides"]["faiss"]["type"]}
@@ -166,12 +173,18 @@ def bench_size(
         timed(fn, 5)  # warm-up
         ms = timed(fn, queries)
         print(f"{n} {name}: p50 {np.percentile(ms, 50):.1f} ms", file=sys.stderr, flush=True)
-        rows.append({
-            "slides": n, "query": name, "faiss": built["faiss"] + ("" if mmap else " (in RAM)"),
-            "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
-            "open_index_ms": float(np.median(opens)), "first_filter_ms": first_filter_ms,
-            "write_s": built["write_s"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "slides": n,
+                "query": name,
+                "faiss": built["faiss"] + ("" if mmap else " (in RAM)"),
+                "p50_ms": float(np.percentile(ms, 50)),
+                "p99_ms": float(np.percentile(ms, 99)),
+                "open_index_ms": float(np.median(opens)),
+                "first_filter_ms": first_filter_ms,
+                "write_s": built["write_s"],
+            }
+        )
     if molecule is not None:  # first_filter_ms: the first molecule query (no model load)
         rows += bench_molecule(root, n, queries, *molecule, base=dict(rows[0]))
     return rows
@@ -209,11 +222,20 @@ def main() -> None:
             if args.keep is None:
                 shutil.rmtree(base, ignore_errors=True)
     print_table("query latency (API call → DataFrame with metadata)", rows)
-    path = write_results("query", {"rows": rows, "queries": args.queries, "dim": DIM,
-                                   "filter": "bucket = 7 (1% of slides)", "k": 10,
-                                   "omp_threads": faiss.omp_get_max_threads(),
-                                   "mmap": not args.no_mmap, "rna_genes": args.genes,
-                                   "torch_threads": _torch_threads()})  # fmt: skip
+    path = write_results(
+        "query",
+        {
+            "rows": rows,
+            "queries": args.queries,
+            "dim": DIM,
+            "filter": "bucket = 7 (1% of slides)",
+            "k": 10,
+            "omp_threads": faiss.omp_get_max_threads(),
+            "mmap": not args.no_mmap,
+            "rna_genes": args.genes,
+            "torch_threads": _torch_threads(),
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -59,8 +59,9 @@ def reader(
 ) -> float:
     t = time.perf_counter()
     n = 0
-    loader = patch_loader(path, coords, size, 0.5, batch_size=batch, workers=workers,
-                          backend=backend)  # fmt: skip
+    loader = patch_loader(
+        path, coords, size, 0.5, batch_size=batch, workers=workers, backend=backend
+    )
     for patches, _ in loader:
         n += len(patches)
     assert n == len(coords)
@@ -105,9 +106,16 @@ def main(argv: list[str] | None = None) -> dict:
     for name, ts in timings.items():
         # Best runs (least disturbed) and the median of the per-repeat ratios: each repeat runs
         # every contender back to back, so pairing cancels slow phases of a shared machine.
-        rows.append({"method": name, "patches": n, "best s": min(ts), "patches/s": n / min(ts),
-                     "x bare (best)": bare.min() / min(ts),
-                     "x bare (paired median)": float(np.median(bare / np.array(ts)))})  # fmt: skip
+        rows.append(
+            {
+                "method": name,
+                "patches": n,
+                "best s": min(ts),
+                "patches/s": n / min(ts),
+                "x bare (best)": bare.min() / min(ts),
+                "x bare (paired median)": float(np.median(bare / np.array(ts))),
+            }
+        )
     print_table("512 px patches @ 0.5 µm/px from a JPEG-tiled TIFF", rows)
     out = write_results("read_patches", {"args": vars(args), "rows": rows, "timings_s": timings})
     print(f"wrote {out}")

@@ -75,8 +75,13 @@ def bench_engines(work: Path, n_slides: int, width: int, height: int, workers: i
     print(f"archive of {n_slides} slides {width}x{height} in {time.perf_counter() - t:.0f}s")
     rows, embs = [], {}
     for engine in ("local", "ray"):
-        cfg = IndexConfig(inputs=[str(work / "slides")], model=str(work / "model"),
-                          out=str(work / f"idx_{engine}"), workers=workers, engine=engine)  # fmt: skip
+        cfg = IndexConfig(
+            inputs=[str(work / "slides")],
+            model=str(work / "model"),
+            out=str(work / f"idx_{engine}"),
+            workers=workers,
+            engine=engine,
+        )
         t0 = time.perf_counter()
         with ray_session(None, workers) if engine == "ray" else _nothing():
             start = time.perf_counter() - t0
@@ -87,19 +92,32 @@ def bench_engines(work: Path, n_slides: int, width: int, height: int, workers: i
             raise RuntimeError(f"{engine}: failed slides {s.failed}")
         gen = store.read_manifest(cfg.out)["generation_dir"]
         embs[engine] = read_embeddings(f"{gen}/slide_embeddings.parquet")[1]
-        rows.append({"engine": engine, "slides": len(s.indexed), "patches": s.n_patches,
-                     "ray_start_s": start, "index_s": run, "slides_per_hour": 3600 * n_slides / run,
-                     "patches_per_s": s.n_patches / run})  # fmt: skip
+        rows.append(
+            {
+                "engine": engine,
+                "slides": len(s.indexed),
+                "patches": s.n_patches,
+                "ray_start_s": start,
+                "index_s": run,
+                "slides_per_hour": 3600 * n_slides / run,
+                "patches_per_s": s.n_patches / run,
+            }
+        )
         print(f"{engine}: {run:.1f}s (+{start:.1f}s start-up)")
     local, ray = rows
     return {
-        "archive": {"slides": n_slides, "width": width, "height": height, "workers": workers,
-                    "patch_encoder": "hed-texture (CPU, in the readers)"},
+        "archive": {
+            "slides": n_slides,
+            "width": width,
+            "height": height,
+            "workers": workers,
+            "patch_encoder": "hed-texture (CPU, in the readers)",
+        },
         "rows": rows,
         "ray_overhead": ray["index_s"] / local["index_s"] - 1,
         "ray_overhead_with_startup": (ray["index_s"] + ray["ray_start_s"]) / local["index_s"] - 1,
         "max_embedding_diff": float(np.abs(embs["local"] - embs["ray"]).max()),
-    }  # fmt: skip
+    }
 
 
 class _nothing:
@@ -135,8 +153,12 @@ def child_generate(out: Path, n: int, dim: int, rows_per_shard: int) -> dict:
     with ShardWriter(out, rows_per_shard) as w:
         clustered_embeddings(n, dim, seed=0, out=_ShardSink(n, dim, w))
     size = sum(p.stat().st_size for p in out.glob("*.parquet"))
-    return {"seconds": time.perf_counter() - t, "bytes_on_disk": size,
-            "shards": len(list(out.glob("*.parquet"))), "peak_rss": peak_rss()}  # fmt: skip
+    return {
+        "seconds": time.perf_counter() - t,
+        "bytes_on_disk": size,
+        "shards": len(list(out.glob("*.parquet"))),
+        "peak_rss": peak_rss(),
+    }
 
 
 def child_build(shards: Path, out: Path, mode: str, budget: int, chunk: int = 65_536) -> dict:
@@ -155,8 +177,16 @@ def child_build(shards: Path, out: Path, mode: str, budget: int, chunk: int = 65
         phases.append({"after": msg, "rss": rss_now(), "max_sampled_so_far": max(samples or [0])})
         print(f"  [{mode}] {msg} (rss {rss_now() / GB:.2f} GB)", flush=True)
 
-    info = build_streaming(shards, out, memory_budget=budget, chunk_rows=chunk, mode=mode,
-                           n_queries=300, n_eval=300, log=log)  # fmt: skip
+    info = build_streaming(
+        shards,
+        out,
+        memory_budget=budget,
+        chunk_rows=chunk,
+        mode=mode,
+        n_queries=300,
+        n_eval=300,
+        log=log,
+    )
     stop.set()
     build_peak = peak_rss()
     ix = open_streaming(out)
@@ -172,11 +202,20 @@ def child_build(shards: Path, out: Path, mode: str, budget: int, chunk: int = 65
             t = time.perf_counter()
             ix.search(row, 10, k_factor=kf)
             times.append(time.perf_counter() - t)
-        lat[f"k_factor={kf}"] = {"p50_ms": 1e3 * float(np.median(times)),
-                                 "p95_ms": 1e3 * float(np.percentile(times, 95))}  # fmt: skip
-    return {"info": info, "base_rss": base, "build_peak_rss": build_peak,
-            "sampled_peak_rss": max(samples or [0]), "phases": phases, "latency": lat,
-            "serving_rss": rss_now(), "index_files_bytes": _size(out)}  # fmt: skip
+        lat[f"k_factor={kf}"] = {
+            "p50_ms": 1e3 * float(np.median(times)),
+            "p95_ms": 1e3 * float(np.percentile(times, 95)),
+        }
+    return {
+        "info": info,
+        "base_rss": base,
+        "build_peak_rss": build_peak,
+        "sampled_peak_rss": max(samples or [0]),
+        "phases": phases,
+        "latency": lat,
+        "serving_rss": rss_now(),
+        "index_files_bytes": _size(out),
+    }
 
 
 def _size(path: Path) -> dict:
@@ -220,8 +259,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2_000_000)
     ap.add_argument("--dim", type=int, default=1024)
     ap.add_argument("--modes", default="single", help="single,shards")
-    ap.add_argument("--budget-gb", type=float, default=None,
-                    help="RAM for the vector index [default: 1/8 of the float32 vectors]")  # fmt: skip
+    ap.add_argument(
+        "--budget-gb",
+        type=float,
+        default=None,
+        help="RAM for the vector index [default: 1/8 of the float32 vectors]",
+    )
     ap.add_argument("--slides", type=int, default=8)
     ap.add_argument("--width", type=int, default=8192)
     ap.add_argument("--height", type=int, default=6144)
@@ -242,9 +285,11 @@ def main() -> None:
             shutil.rmtree(eng, ignore_errors=True)
             res["engines"] = bench_engines(eng, a.slides, a.width, a.height, a.workers)
             print_table("index build: local vs ray", res["engines"]["rows"])
-            print(f"ray overhead {100 * res['engines']['ray_overhead']:.0f}% "
-                  f"({100 * res['engines']['ray_overhead_with_startup']:.0f}% with start-up), "
-                  f"max embedding diff {res['engines']['max_embedding_diff']:.2e}")  # fmt: skip
+            print(
+                f"ray overhead {100 * res['engines']['ray_overhead']:.0f}% "
+                f"({100 * res['engines']['ray_overhead_with_startup']:.0f}% with start-up), "
+                f"max embedding diff {res['engines']['max_embedding_diff']:.2e}"
+            )
             write_results("scale_out_quick" if a.quick else "scale_out", res)
         if not a.skip_streaming:
             modes = [m for m in a.modes.split(",") if m]
@@ -253,13 +298,21 @@ def main() -> None:
             rows = []
             for m in modes:
                 r, i = st[m], st[m]["info"]
-                rows.append({"mode": m, "type": i["type"], "m": i["params"].get("m"),
-                             "nprobe": i["nprobe"], "kf": i["k_factor"],
-                             "peak GB": r["build_peak_rss"] / GB, "build s": i["seconds"]["total"],
-                             "R@10": i["eval"]["recall_at_k"],
-                             "R@10 kf=1": i["eval"]["recall_at_k_no_rerank"],
-                             "p50 ms": r["latency"][f"k_factor={i['k_factor']}"]["p50_ms"],
-                             "p50 kf=1": r["latency"]["k_factor=1"]["p50_ms"]})  # fmt: skip
+                rows.append(
+                    {
+                        "mode": m,
+                        "type": i["type"],
+                        "m": i["params"].get("m"),
+                        "nprobe": i["nprobe"],
+                        "kf": i["k_factor"],
+                        "peak GB": r["build_peak_rss"] / GB,
+                        "build s": i["seconds"]["total"],
+                        "R@10": i["eval"]["recall_at_k"],
+                        "R@10 kf=1": i["eval"]["recall_at_k_no_rerank"],
+                        "p50 ms": r["latency"][f"k_factor={i['k_factor']}"]["p50_ms"],
+                        "p50 kf=1": r["latency"]["k_factor=1"]["p50_ms"],
+                    }
+                )
             st["rows"] = rows
             print_table(f"streaming build {a.n} x {a.dim}", rows)
     finally:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from indexer.records import WORK
+from threads_search.atomic import atomic_path
+from threads_search.errors import ConfigError
 from threads_search.molecular import RnaUnitsError
 from threads_search.molecular.dna import read_dna
 from threads_search.molecular.rna import read_rna_matrix
@@ -19,17 +20,17 @@ MOLECULAR_WORK = "molecular.parquet"
 
 def rna_units_for(model_units: str | None, rna_units: str | None) -> str:
     """The units an RNA matrix is read in: the model bundle's (recorded at training, DESIGN.md
-    "Inputs"). ``rna_units`` (``--rna-units``) may only confirm them: another value → ValueError
-    naming both and the fix, since embedding values as units the model was not trained on gives
-    embeddings that silently match nothing."""
+    "Inputs"). ``rna_units`` (``--rna-units``) may only confirm them: another value →
+    ``ConfigError`` naming both and the fix, since embedding values as units the model was not
+    trained on gives embeddings that silently match nothing."""
     have = model_units or "tpm"
     if rna_units is None or rna_units == have:
         return have
     from threads_search.molecular.rna import UNITS
 
     if rna_units not in UNITS:
-        raise ValueError(f"--rna-units must be one of {', '.join(UNITS)}, got {rna_units!r}")
-    raise ValueError(
+        raise ConfigError(f"--rna-units must be one of {', '.join(UNITS)}, got {rna_units!r}")
+    raise ConfigError(
         f"--rna-units {rna_units} conflicts with the model bundle, trained on RNA in {have} "
         f"units: profiles are embedded in the model's units. Drop --rna-units (or pass "
         f"--rna-units {have}) and give the matrix in {have}; for {rna_units} data, train a model "
@@ -44,7 +45,9 @@ def embed_profiles(model, rna: str | None, rna_units: str | None, dna: str | Non
     frames, embs = [], []
     if rna:
         if model.rna is None:
-            raise ValueError(f"--rna {rna}: the model bundle has no RNA encoder")
+            raise ConfigError(
+                f"--rna {rna}: the model bundle has no RNA encoder: give a model trained with RNA"
+            )
         units = rna_units_for(model.rna_units, rna_units)
         m = read_rna_matrix(rna, units=units)
         try:
@@ -57,15 +60,17 @@ def embed_profiles(model, rna: str | None, rna_units: str | None, dna: str | Non
                 units,
             ) from None
         pid = m.metadata["patient_id"] if "patient_id" in m.metadata.columns else None
-        frames.append(pd.DataFrame({"sample_id": m.samples, "kind": "rna",
-                                    "patient_id": None if pid is None else pid.to_numpy()}))  # fmt: skip
+        pid = None if pid is None else pid.to_numpy()
+        frames.append(pd.DataFrame({"sample_id": m.samples, "kind": "rna", "patient_id": pid}))
     if dna:
         if model.dna is None:
-            raise ValueError(f"--dna {dna}: the model bundle has no DNA encoder")
+            raise ConfigError(
+                f"--dna {dna}: the model bundle has no DNA encoder: give a model trained with DNA"
+            )
         mat = read_dna(dna)
         embs.append(model.embed_dna(mat.reset_index()))
-        frames.append(pd.DataFrame({"sample_id": mat.index.astype(str), "kind": "dna",
-                                    "patient_id": None}))  # fmt: skip
+        ids = mat.index.astype(str)
+        frames.append(pd.DataFrame({"sample_id": ids, "kind": "dna", "patient_id": None}))
     if not frames:
         return None, None
     table = pd.concat(frames, ignore_index=True)
@@ -90,9 +95,7 @@ def merge_molecular(index_dir: Path, model_hash: str, table, emb):
             )
             table = pd.concat([old_t[keep], table], ignore_index=True)
             emb = np.concatenate([old_e[keep], emb])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        write_embeddings(tmp, table, emb)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            write_embeddings(tmp, table, emb)
         return table, emb
     return (old_t, old_e) if old_t is not None and len(old_t) else (None, None)

@@ -1,14 +1,15 @@
 """``threads-search index --engine ray``: the index build with slides distributed on Ray.
 
-Same steps, files and commit as the local engine (``indexer.build``): lock, model install,
-work records keyed by source fingerprint + model hash, one driver-side commit through
-``write_generation`` (``index_session`` / ``select_work`` / ``commit`` of ``indexer.build``);
-``open_index`` cannot tell which engine built an index, and either engine resumes the other's
-work. What differs is how a slide becomes a work record:
+Same steps, files and commit as the local engine: the driver steps of ``indexer.core`` (lock,
+model install, work records keyed by source fingerprint + model hash, one driver-side commit
+through ``write_generation``) and the per-slide step of ``indexer.slide_step``, run by worker
+actors; ``open_index`` cannot tell which engine built an index, and either engine resumes the
+other's work. What differs is how a slide becomes a work record:
 
     plan_task (CPU) ─► read_task x chunks (CPU) ─► SlideWorker.encode (actor, GPU if any)
                                                        └─► SlideWorker.finish: h5 + work record
 
+(``indexer.ray_tasks``; a slide whose features exist goes straight to ``SlideWorker.embed``.)
 Slides stream through with bounded in-flight work (slides and patch chunks), so an archive of
 any size runs in constant driver memory. Worker crashes are retried by Ray (tasks
 ``max_retries``, actors ``max_restarts``/``max_task_retries``), I/O errors a bounded number of
@@ -20,25 +21,21 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections import deque
-from pathlib import Path
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from indexer import ray_tasks as rt
-from indexer.build import (
-    IndexSummary,
-    add_sources,
-    commit,
-    features_dir,
-    index_session,
-    select_work,
-    split_inputs,
-)
-from indexer.config import IndexConfig
-from indexer.records import read_meta, record_path
-from threads_search.paths import display_text
+from indexer.core import IndexSummary, commit, index_session, select_work
+from indexer.ray_cluster import ray_session
+from indexer.ray_plan import FeaturesPlan
+from indexer.slide_step import SlideJob
+from threads_search.errors import ConfigError
 from threads_search.wsi.fingerprint import to_text
+
+__all__ = ["MAX_INFLIGHT_SLIDES", "ray_session", "run_ray"]
 
 log = logging.getLogger(__name__)
 RETRIES = 3  # per task / actor call, on worker death (and on TransientError)
@@ -46,206 +43,57 @@ STATUS_SAVE_SECONDS = 5.0  # status.parquet is rewritten at most this often (and
 MAX_INFLIGHT_SLIDES: int | None = None  # None: 2 x (reader slots + encoder actors)
 
 
-# Environment of the processes a local Ray starts: HTTP(S) through a closed loopback port (the
-# dashboard's cloud-metadata probe fails on 127.0.0.1), loopback itself direct (Ray's gRPC).
-_LOCAL_ONLY_ENV = {
-    **dict.fromkeys(
-        ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"), "http://127.0.0.1:9"
-    ),
-    **dict.fromkeys(("no_proxy", "NO_PROXY"), "127.0.0.1,localhost,::1"),
-}
-
-
-@contextlib.contextmanager
-def _local_only_env():
-    """``_LOCAL_ONLY_ENV`` in ``os.environ`` while Ray starts its processes, then restored."""
-    saved = {k: os.environ.get(k) for k in _LOCAL_ONLY_ENV}
-    os.environ.update(_LOCAL_ONLY_ENV)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-@contextlib.contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None):
-    """Connect to the Ray cluster at ``address``, or start a local Ray bound to loopback
-    (dashboard off, usage stats off). Reuses (and leaves running) a Ray already initialised in
-    this process; shuts down only what it started.
-
-    Network of a local Ray (observed with ``strace -f -e trace=connect`` on Ray 2.60): every
-    Ray process listens and connects on 127.0.0.1 or Unix sockets only
-    (``_node_ip_address``), the dashboard web UI is not started (``include_dashboard=False``)
-    and usage stats are never sent (``RAY_USAGE_STATS_ENABLED=0`` unless the caller set it).
-    No setting turns off one more thing: ``ray.init`` always starts the dashboard head process
-    (``ray/dashboard/dashboard.py --modules-to-load=UsageStatsHead``), and that module, whatever
-    the usage-stats setting, guesses the cloud provider once at start-up
-    (``usage_lib.get_cluster_config_to_report`` → ``get_cloud_from_metadata_requests``): HTTP
-    GETs (Python ``requests``) to 169.254.169.254:80 and ``metadata.google.internal``. The local
-    Ray's processes are therefore started with an HTTP proxy that is a closed loopback port
-    (``_LOCAL_ONLY_ENV``: ``http(s)_proxy=http://127.0.0.1:9``, ``no_proxy`` = loopback, so
-    Ray's own gRPC on 127.0.0.1 goes direct): the probe fails at once on 127.0.0.1 and no
-    packet leaves the machine (not even its DNS lookup). The driver's own environment is
-    restored once Ray has started. With ``address`` the cluster is the caller's: its processes
-    run with whatever settings it was started with."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if not address:  # a single-machine Ray listens on 127.0.0.1 only (read at import of ray)
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    import ray
-
-    if ray.is_initialized():
-        yield ray
-        return
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except ConnectionError as e:
-            raise ValueError(f"--ray-address {address}: cannot connect to a Ray head ({e})") from e
-    else:
-        with _local_only_env():
-            ray.init(
-                num_cpus=num_cpus,
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                log_to_driver=False,
-            )
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-def run_index_ray(cfg: IndexConfig, progress=None) -> IndexSummary:
+def run_ray(cfg, progress=None) -> IndexSummary:
     """``run_index`` for ``cfg.engine == "ray"``: same arguments, same result."""
     t0 = time.perf_counter()
     # The driver's model embeds the molecular profiles and checks inputs; actors load their own.
     # The FEATURES_DIR lock (taken by the plan when slide files are given) is held to the end.
-    with index_session(cfg, engine=" --engine ray") as sess, contextlib.ExitStack() as locks:
-        plan = _SourcePlan(cfg, sess.index_dir, sess.model, sess.summary, locks)
-        todo = select_work(sess, plan.sources)
-        if todo:
+    with index_session(cfg) as sess, contextlib.ExitStack() as locks:
+        plan = FeaturesPlan(cfg, sess.index_dir, sess.model, sess.summary, locks)
+        jobs = select_work(sess, plan.sources)
+        if jobs:
             with ray_session(cfg.ray_address, None if cfg.ray_address else max(cfg.workers, 1)):
                 t1 = time.perf_counter()
-                _Pipeline(cfg, plan, sess.index_dir, sess.index_dir / sess.model_rel, sess.mhash,
-                          sess.summary, progress).run(todo)  # fmt: skip
+                model_dir = sess.index_dir / sess.model_rel
+                _Pipeline(cfg, plan, model_dir, sess.summary, progress).run(jobs)
                 sess.summary.embed_seconds = time.perf_counter() - t1
         commit(sess)
     sess.summary.wall_seconds = time.perf_counter() - t0
     return sess.summary
 
 
-class _SourcePlan:
-    """Every slide given in this run → its source (as the local engine's inputs),
-    without running anything: FEATURES_DIR slides are ready; slide files get their future h5
-    path in FEATURES_DIR and whether their features are already there, by the local engine's
-    rule (``threads_search.features.extract.reuse_features``: status done, or an h5 renamed
-    into place before a kill, and made from the file there now; a file changed since is
-    listed in ``summary.features_redone``). With slide files it takes the FEATURES_DIR lock into
-    ``locks`` (an ``ExitStack`` the caller holds until the run ends); inputs discovery finds
-    unusable (a link loop, a folder without slides) are recorded as failed at once."""
+@dataclass
+class _InFlight:
+    """A slide on its way through the pipeline (driver side only): its job, when it was
+    admitted, and once planned its coords, h5 attributes, the chunks still to read (None once
+    all are submitted) and the references of those submitted."""
 
-    def __init__(self, cfg: IndexConfig, index_dir: Path, model, summary, locks) -> None:
-        from threads_search.features import default_config
-        from threads_search.features.extract import (
-            check_config,
-            features_lock,
-            h5_path,
-            id_conflict,
-            reuse_features,
-            thumbnail_path,
-        )
-        from threads_search.features.status import StatusTable
-        from threads_search.patch_encoders import get_patch_encoder_spec
-        from threads_search.wsi import discover_slides, load_mpp_csv, lookup_override
-
-        self.sources, files = split_inputs(cfg, model, summary)
-        self.need_features: set[str] = set()
-        self.mpp: dict[str, float | None] = {}
-        self.fingerprints: dict[str, dict | None] = {}  # slide file's, taken before reading it
-        self.fdir = features_dir(cfg, index_dir)
-        pe = model.patch_encoder
-        self.config = default_config(pe["name"], pe["patch_size"], pe["target_mpp"],
-                                     checkpoint=cfg.checkpoint, workers=0,
-                                     batch_size=cfg.batch_size, device=cfg.device)  # fmt: skip
-        self.status = None
-        if not files:
-            return
-        self.fdir.mkdir(parents=True, exist_ok=True)
-        command = f"threads-search index --engine ray → {index_dir} (features stage)"
-        locks.enter_context(features_lock(self.fdir, command))
-        check_config(self.fdir, self.config)
-        spec = get_patch_encoder_spec(self.config.patch_encoder).to_dict()
-        self.config.save(self.fdir, {"encoder_spec": spec})
-        self.status = StatusTable(self.fdir)
-        chash = self.config.hash()
-        overrides = load_mpp_csv(cfg.mpp_csv) if cfg.mpp_csv else {}
-        new = {}
-        changed = False  # status rows set here (adopted, fingerprint recorded): saved at the end
-        for ref in discover_slides(files):
-            sid, h5 = ref.slide_id, h5_path(self.fdir, ref.slide_id)
-            if ref.problem is not None:  # recorded as the local engine's features stage does
-                reason = display_text(": ".join(ref.problem))
-                summary.failed[sid] = reason
-                row = dict(state="failed", error=reason, n_patches=0, seconds=0.0)
-                self.status.set(
-                    sid, path=display_text(ref.path), config_hash=chash, finished=time.time(), **row
-                )
-                continue
-            prev = self.status.get(sid)  # a slide that failed before is tried again (as local)
-            clash = id_conflict(prev, ref.path)
-            if clash:  # another file's slide (as local: its row and h5 stay)
-                summary.failed[sid] = clash
-                continue
-            use = reuse_features(prev, h5, ref.path, chash, retry_failed=True)
-            thumb = thumbnail_path(self.fdir, sid)
-            src = {"h5": str(h5), "path": str(ref.path), "thumbnail": str(thumb)}
-            new[sid] = {**src, "source_fingerprint": use.fingerprint}
-            self.mpp[sid] = lookup_override(overrides, ref.path, sid)
-            self.fingerprints[sid] = use.fingerprint
-            if use.action == "compute":
-                self.need_features.add(sid)
-                if use.note:
-                    summary.features_redone.append(sid)
-            elif use.action == "adopt":
-                self.set_status(sid, "done", "", use.n_patches, 0.0, new)
-                changed = True
-            elif use.record:  # an older version's row, trusted: its file's fingerprint now
-                self.status.update(sid, source_fingerprint=to_text(use.fingerprint))
-                changed = True
-        if changed:
-            self.status.save()
-        add_sources(self.sources, new, "the slide files given", summary)
-
-    def set_status(self, sid, state, error, n, seconds, sources=None) -> None:
-        """One status row (saved with the others by ``_Pipeline._save_status``)."""
-        path = (sources or self.sources)[sid]["path"]
-        self.status.rows[sid] = {
-            "slide_id": sid, "path": display_text(path), "state": state, "error": error,
-            "n_patches": n, "seconds": seconds, "config_hash": self.config.hash(),
-            "finished": time.time(), "source_fingerprint": to_text(self.fingerprints.get(sid)),
-        }  # fmt: skip
+    job: SlideJob
+    t0: float
+    coords: np.ndarray | None = None
+    attrs: dict | None = None
+    left: deque | None = None
+    refs: list = field(default_factory=list)
 
 
 class _Pipeline:
     """The driver's event loop: admits slides while in-flight work is under its bounds, turns
     each finished plan into reader chunks, hands chunks to encoder actors, and records each
-    slide's outcome. Only object references and small dicts pass through the driver."""
+    slide's outcome. Only object references and small objects pass through the driver."""
 
-    def __init__(self, cfg, plan: _SourcePlan, index_dir, model_dir, mhash, summary, progress):
+    def __init__(self, cfg, plan: FeaturesPlan, model_dir, summary, progress):
         import ray
 
         self.ray, self.cfg, self.plan = ray, cfg, plan
         self.summary, self.progress = summary, progress
-        self.index_dir, self.mhash = str(index_dir), mhash
         res = ray.cluster_resources()
         cpus, gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
         gpw = cfg.gpus_per_worker if cfg.gpus_per_worker is not None else (1.0 if gpus else 0.0)
         if gpw > gpus:
-            raise ValueError(f"--gpus-per-worker {gpw}: the Ray cluster has {gpus:g} GPU(s)")
+            raise ConfigError(
+                f"--gpus-per-worker {gpw:g}: the Ray cluster has {gpus:g} GPU(s); give at most "
+                f"{gpus:g} (0: encode on CPUs)"
+            )
         self.cpu_per_patch = _cpu_per_patch(plan.config.patch_encoder)
         self.chunk = rt.chunk_rows(plan.config, self.cpu_per_patch)
         if gpw > 0:
@@ -255,8 +103,9 @@ class _Pipeline:
         else:  # torch patch encoder on CPUs: one core each, a quarter of the cluster
             n_actors, actor_cpus = max(1, int(cpus // 4)), 1
         device = cfg.device if cfg.device != "auto" else ("cuda" if gpw > 0 else "cpu")
-        actor_cls = ray.remote(num_cpus=actor_cpus, num_gpus=gpw, max_restarts=RETRIES,
-                               max_task_retries=RETRIES)(rt.SlideWorker)  # fmt: skip
+        actor_cls = ray.remote(
+            num_cpus=actor_cpus, num_gpus=gpw, max_restarts=RETRIES, max_task_retries=RETRIES
+        )(rt.SlideWorker)
         args = (str(model_dir), plan.config, device, not self.cpu_per_patch)
         self.new_actor = lambda: actor_cls.remote(*args)
         self.actors = [self.new_actor() for _ in range(max(n_actors, 1))]
@@ -279,89 +128,94 @@ class _Pipeline:
         actor = self.actors[self._rr % len(self.actors)]
         return getattr(actor, method).options(retry_exceptions=[rt.TransientError]).remote(*args)
 
-    def run(self, todo: list[tuple[str, dict, dict]]) -> None:
-        ray = self.ray
-        queue = deque(todo)
-        active: dict[str, dict] = {}  # sid → job (coords, chunks left, chunk refs)
-        waiting: dict = {}  # ObjectRef → (kind, sid)
-        n_chunks = 0
-        log.debug("todo %s", [t[0] for t in todo])
+    def run(self, jobs: list[SlideJob]) -> None:
+        queue = deque(jobs)
+        active: dict[str, _InFlight] = {}
+        waiting: dict = {}  # ObjectRef → (kind, slide_id)
+        self.n_chunks = 0
+        log.debug("todo %s", [j.slide_id for j in jobs])
         if self.progress is not None:
-            self.progress.start_embedding(len(todo))
+            self.progress.start_embedding(len(jobs))
         while queue or waiting or active:  # a plan just done leaves its slide only in active
             while queue and len(active) < self.max_slides:
-                sid, src, fp = queue.popleft()
-                job = {"slide_id": sid, "src": src, "fp": fp, "mhash": self.mhash,
-                       "index_dir": self.index_dir, "path": src["path"], "t0": time.time()}  # fmt: skip
-                active[sid] = job
-                if sid in self.plan.need_features:
-                    ref = self.plan_fn.remote(src["path"], sid, self.plan.mpp.get(sid),
-                                              self.plan.config, str(self.plan.fdir))  # fmt: skip
-                    waiting[ref] = ("plan", sid)
-                else:
-                    waiting[self.call("embed", _public(job))] = ("embed", sid)
-            for sid, job in active.items():  # feed reader chunks, oldest slides first
-                while job.get("left") and n_chunks < self.max_chunks:
-                    coords = job["left"].popleft()
-                    read = self.read_fn.remote(job["path"], job["attrs"]["level0_mpp"], coords,
-                                               self.plan.config, self.cpu_per_patch)  # fmt: skip
-                    ref = read if self.cpu_per_patch else self.call("encode", read)
-                    job["refs"].append(ref)
-                    waiting[ref] = ("chunk", sid)
-                    n_chunks += 1
-                if job.get("left") is not None and not job["left"]:
-                    job["left"] = None  # every chunk submitted: the finish call waits for them
-                    ref = self.call("finish", _public(job), *job["refs"])
-                    waiting[ref] = ("finish", sid)
-            ready, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0, fetch_local=False)
+                self._admit(queue.popleft(), active, waiting)
+            for slide in active.values():  # feed reader chunks, oldest slides first
+                self._feed(slide, waiting)
+            ready, _ = self.ray.wait(list(waiting), num_returns=1, timeout=1.0, fetch_local=False)
             for ref in ready:
                 kind, sid = waiting.pop(ref)
-                log.debug("%s %s ready (queue %d, active %d, waiting %d)", kind, sid, len(queue),
-                          len(active), len(waiting))  # fmt: skip
+                log.debug("%s %s ready (queue %d, active %d)", kind, sid, len(queue), len(active))
                 if kind == "chunk":
-                    n_chunks -= 1  # an error here resurfaces in the slide's finish call
+                    self.n_chunks -= 1  # an error here resurfaces in the slide's finish call
                     continue
                 try:
-                    out = ray.get(ref)
+                    out = self.ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - recorded, the job goes on
                     self._failed(active.pop(sid), kind, _reason(e))
                     self._check_actors(e)
                     continue
                 if kind == "plan":
-                    job = active[sid]
-                    fp = to_text(self.plan.fingerprints.get(sid))  # as the local h5 attrs
-                    attrs = {**out["attrs"], "source_fingerprint": fp} if fp else out["attrs"]
-                    job["coords"], job["attrs"] = out["coords"], attrs
-                    n = len(out["coords"])
-                    job["left"] = deque(out["coords"][i : i + self.chunk]
-                                        for i in range(0, n, self.chunk))  # fmt: skip
-                    job["refs"] = []
+                    self._planned(active[sid], out)
                 else:
                     self._done(active.pop(sid), out)
             self._save_status()
         self._save_status(force=True)
         done = set(self.summary.indexed) | set(self.summary.failed)
-        for sid in sorted({t[0] for t in todo} - done):  # never silently: an engine bug shows
+        for sid in sorted({j.slide_id for j in jobs} - done):  # never silently: a bug shows
             self.summary.failed[sid] = "error: not processed by the Ray pipeline"
 
-    def _done(self, job: dict, out: dict) -> None:
-        sid, s = job["slide_id"], self.summary
-        if out["n_patches"] is not None:
-            self.plan.set_status(sid, "done", "", out["n_patches"], time.time() - job["t0"])
-        if out["embed_error"]:
-            s.failed[sid] = out["embed_error"]
+    def _admit(self, job: SlideJob, active: dict, waiting: dict) -> None:
+        """Start ``job``: its plan task when its features are to be made, else its embedding."""
+        sid = job.slide_id
+        active[sid] = _InFlight(job, time.time())
+        if sid in self.plan.need_features:
+            p = self.plan
+            ref = self.plan_fn.remote(job.source.path, sid, p.mpp.get(sid), p.config, str(p.fdir))
+            waiting[ref] = ("plan", sid)
+        else:
+            waiting[self.call("embed", job)] = ("embed", sid)
+
+    def _planned(self, slide: _InFlight, out: rt.Planned) -> None:
+        """A slide's grid is known: queue its reader chunks."""
+        fp = to_text(self.plan.fingerprints.get(slide.job.slide_id))  # as the local h5 attrs
+        slide.attrs = {**out.attrs, "source_fingerprint": fp} if fp else out.attrs
+        slide.coords, n = out.coords, len(out.coords)
+        slide.left = deque(out.coords[i : i + self.chunk] for i in range(0, n, self.chunk))
+
+    def _feed(self, slide: _InFlight, waiting: dict) -> None:
+        """Submit ``slide``'s reader chunks while under the chunk bound; once all are
+        submitted, its finish call (which waits for them)."""
+        while slide.left and self.n_chunks < self.max_chunks:
+            mpp = slide.attrs["level0_mpp"]
+            coords = slide.left.popleft()
+            args = (slide.job.source.path, mpp, coords, self.plan.config, self.cpu_per_patch)
+            read = self.read_fn.remote(*args)
+            ref = read if self.cpu_per_patch else self.call("encode", read)
+            slide.refs.append(ref)
+            waiting[ref] = ("chunk", slide.job.slide_id)
+            self.n_chunks += 1
+        if slide.left is not None and not slide.left:
+            slide.left = None
+            ref = self.call("finish", slide.job, slide.coords, slide.attrs, *slide.refs)
+            waiting[ref] = ("finish", slide.job.slide_id)
+
+    def _done(self, slide: _InFlight, out: rt.SlideDone) -> None:
+        sid, s = slide.job.slide_id, self.summary
+        if out.features is not None:
+            self.plan.set_status(sid, "done", "", out.features, time.time() - slide.t0)
+        if out.error:
+            s.failed[sid] = out.error
         else:
             s.indexed.append(sid)
-            rec = read_meta(record_path(Path(self.index_dir), sid)) or {}
-            s.n_patches += int((rec.get("row") or {}).get("n_patches") or 0)
+            s.n_patches += out.embedded
         self._tick(sid)
 
-    def _failed(self, job: dict, kind: str, reason: str) -> None:
-        sid = job["slide_id"]
+    def _failed(self, slide: _InFlight, kind: str, reason: str) -> None:
+        sid = slide.job.slide_id
         self.summary.failed[sid] = reason
         if kind in ("plan", "finish"):  # the features stage failed: as the local engine records
-            Path(job["src"]["h5"]).unlink(missing_ok=True)
-            self.plan.set_status(sid, "failed", reason, 0, time.time() - job["t0"])
+            slide.job.source.h5.unlink(missing_ok=True)
+            self.plan.set_status(sid, "failed", reason, 0, time.time() - slide.t0)
         self._tick(sid)
 
     def _tick(self, sid: str) -> None:
@@ -386,11 +240,6 @@ class _Pipeline:
         if st is not None and (force or time.monotonic() - self._saved > STATUS_SAVE_SECONDS):
             st.save()
             self._saved = time.monotonic()
-
-
-def _public(job: dict) -> dict:
-    """What a worker needs of a job (no object references, no reader queue)."""
-    return {k: v for k, v in job.items() if k not in ("left", "refs", "t0")}
 
 
 def _cpu_per_patch(name: str) -> bool:

@@ -1,13 +1,15 @@
 """The remote side of ``threads-search index --engine ray``: what runs on Ray workers.
 
 - ``plan_task`` (CPU): open a slide, resolve µm/px, detect tissue, lay the patch grid, write the
-  thumbnail and contours. Returns coords ``[N, 2]`` int64 level-0 px and the h5 attributes.
+  thumbnail and contours. Returns a ``Planned`` (coords ``[N, 2]`` int64 level-0 px, the h5
+  attributes).
 - ``read_task`` (CPU, ``cpus_per_reader``): read one chunk of patches, uint8
   ``[B, ps, ps, 3]``; for CPU-per-patch encoders (hed-texture) it also encodes them, float32
   ``[B, D]``, exactly as the local engine's reader processes do.
 - ``SlideWorker`` (actor, ``num_gpus=gpus_per_worker``): holds the patch encoder and the model
   bundle; ``encode`` turns patch chunks into features, ``finish`` writes the slide's feature h5
-  and its work record (slide embedding + attention), ``embed`` does the latter from an h5.
+  and then runs the per-slide step (``indexer.slide_step.embed_job``: slide embedding +
+  attention → work record), ``embed`` runs the latter on an h5 that exists.
 
 Workers write per-slide files straight into FEATURES_DIR and INDEX_DIR/work (a file system
 shared by all nodes); the driver alone writes ``status.parquet`` and commits the index.
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from indexer.slide_step import SlideJob, embed_job
 
 READ_BYTES = 64 * 2**20  # raw-patch chunk size handed from a reader to an encoder actor
 FEATURE_ROWS = 256  # patches per reader task when the reader also encodes
@@ -33,6 +38,26 @@ class SlideFailed(Exception):
 
 class TransientError(Exception):
     """An I/O failure that may succeed on another try (network file system, full disk)."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A slide's patch grid (``plan_task``): ``coords`` int64 ``[N, 2]`` level-0 px, and the
+    attributes its feature h5 will hold (``features.extract.h5_attrs``)."""
+
+    coords: np.ndarray
+    attrs: dict
+
+
+@dataclass(frozen=True)
+class SlideDone:
+    """What a worker returns for one slide: ``features``: patches of the feature h5 it wrote
+    (None: the h5 existed); ``embedded``: patches of its work record (0: none written);
+    ``error``: why the embedding failed (``""``: it did not; the features stage succeeded)."""
+
+    features: int | None
+    embedded: int
+    error: str = ""
 
 
 def _guard(fn):
@@ -84,9 +109,9 @@ def chunk_rows(config, cpu_per_patch: bool) -> int:
 
 
 @_guard
-def plan_task(path: str, slide_id: str, mpp: float | None, config, features_dir: str) -> dict:
+def plan_task(path: str, slide_id: str, mpp: float | None, config, features_dir: str) -> Planned:
     """Tissue + grid for one slide; writes ``thumbnails/`` and ``contours/`` of FEATURES_DIR.
-    Returns ``{"coords": int64 [N, 2], "attrs": dict}``. Raises ``SlideFailed`` (no tissue, …)."""
+    Raises ``SlideFailed`` (no tissue, …)."""
     from threads_search.features.extract import contours_path, h5_attrs, thumbnail_path
     from threads_search.wsi.plan import plan_slide
     from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
@@ -96,7 +121,7 @@ def plan_task(path: str, slide_id: str, mpp: float | None, config, features_dir:
     out = Path(features_dir)
     write_thumbnail_jpeg(plan.thumb, plan.tissue, thumbnail_path(out, slide_id))
     write_geojson(plan.tissue, slide_id, contours_path(out, slide_id))
-    return {"coords": plan.coords, "attrs": h5_attrs(plan, config)}
+    return Planned(plan.coords, h5_attrs(plan, config))
 
 
 @_guard
@@ -142,8 +167,8 @@ class SlideWorker:
         """Where this actor runs: ``pid``, Ray ``node`` id, torch ``device``."""
         import ray
 
-        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
-                "device": self.device}  # fmt: skip
+        node = ray.get_runtime_context().get_node_id()
+        return {"pid": os.getpid(), "node": node, "device": self.device}
 
     @_guard
     def encode(self, patches: np.ndarray) -> np.ndarray:
@@ -151,44 +176,50 @@ class SlideWorker:
         import torch
 
         bs = self.config.batch_size
-        parts = [self.encoder.encode(torch.from_numpy(np.ascontiguousarray(patches[i : i + bs])))
-                 for i in range(0, len(patches), bs)]  # fmt: skip
+        parts = [
+            self.encoder.encode(torch.from_numpy(np.ascontiguousarray(patches[i : i + bs])))
+            for i in range(0, len(patches), bs)
+        ]
         return np.concatenate(parts).astype(np.float32, copy=False)
 
     @_guard
-    def finish(self, job: dict, *chunks: np.ndarray) -> dict:
-        """Write the slide's feature h5 from its feature ``chunks`` (in coords order), then its
-        work record. Returns ``{"n_patches", "embed_error"}``; a failed embedding keeps the h5
-        (the features stage succeeded), as in the local engine."""
+    def finish(self, job: SlideJob, coords: np.ndarray, attrs: dict, *chunks) -> SlideDone:
+        """Write the slide's feature h5 from its feature ``chunks`` (float32 ``[B, D]`` each, in
+        ``coords`` order; ``coords`` ``[N, 2]`` level-0 px; ``attrs`` of the h5), then its work
+        record. A failed embedding keeps the h5 (the features stage succeeded), as in the local
+        engine."""
         from threads_search.features.h5io import write_features
 
         feats = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-        if len(feats) != len(job["coords"]):
-            raise RuntimeError(f"{job['path']}: read {len(feats)} of {len(job['coords'])} patches")
+        if len(feats) != len(coords):
+            raise RuntimeError(f"{job.source.path}: read {len(feats)} of {len(coords)} patches")
         if self.config.dtype == "float16":
             feats = feats.astype(np.float16)
-        write_features(job["src"]["h5"], feats, job["coords"], job["attrs"])
-        return {"n_patches": len(feats), "embed_error": self._record(job)}
+        write_features(job.source.h5, feats, coords, attrs)
+        n, error = self._record(job)
+        return SlideDone(len(feats), n, error)
 
     @_guard
-    def embed(self, job: dict) -> dict:
+    def embed(self, job: SlideJob) -> SlideDone:
         """Work record of a slide whose feature h5 already exists."""
-        err = self._record(job)
-        if err:
-            raise SlideFailed(err)
-        return {"n_patches": None, "embed_error": ""}
+        n, error = self._record(job)
+        if error:
+            raise SlideFailed(error)
+        return SlideDone(None, n)
 
-    def _record(self, job: dict) -> str:
-        from indexer.build import embed_slide_record
+    def _record(self, job: SlideJob) -> tuple[int, str]:
+        """(patches embedded, ``""``) or (0, the reason, worded as the local engine words it).
+        I/O errors propagate (retried as ``TransientError``)."""
+        from threads_search.features.h5io import FeatureFileError
 
-        src = dict(job["src"])
-        thumb = src.get("thumbnail")
-        src["thumbnail"] = thumb if thumb and Path(thumb).exists() else None
         try:
-            embed_slide_record(self.model, Path(job["index_dir"]), job["slide_id"], src,
-                               job["fp"], job["mhash"])  # fmt: skip
+            rec = embed_job(self.model, job)
         except OSError:
             raise
+        except FeatureFileError as e:
+            if isinstance(e.__cause__, OSError):  # h5 unreadable now: maybe a file system hiccup
+                raise TransientError(f"{type(e).__name__}: {e}") from None
+            return 0, f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - reported like the local engine's embed step
-            return f"{type(e).__name__}: {e}"
-        return ""
+            return 0, f"{type(e).__name__}: {e}"
+        return len(rec.coords), ""

@@ -10,16 +10,17 @@ moment is finished by re-running it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from threads_search.atomic import atomic_path, remove_orphans
 from threads_search.paths import slide_file, slide_id_of
 from threads_search.wsi.fingerprint import fingerprint  # noqa: F401 - importable from here too
 
 WORK = "work"
+MODELS = "models"  # INDEX_DIR/models/<hash>: the installed model bundles
 
 
 @dataclass
@@ -42,16 +43,16 @@ def record_path(index_dir: Path, slide_id: str) -> Path:
 
 
 def write_record(index_dir: Path, rec: SlideRecord) -> None:
-    path = record_path(index_dir, rec.slide_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-    try:
-        np.savez(tmp, embedding=rec.embedding.astype(np.float32), coords=rec.coords,
-                 attention=rec.attention.astype(np.float32),
-                 meta=np.array(json.dumps(rec.meta, default=str)))  # fmt: skip
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write ``rec`` to its ``record_path`` atomically (a reader or a re-run never sees half a
+    record)."""
+    with atomic_path(record_path(index_dir, rec.slide_id)) as tmp:
+        np.savez(
+            tmp,
+            embedding=rec.embedding.astype(np.float32),
+            coords=rec.coords,
+            attention=rec.attention.astype(np.float32),
+            meta=np.array(json.dumps(rec.meta, default=str)),
+        )
 
 
 def read_meta(path: Path) -> dict | None:
@@ -64,8 +65,8 @@ def read_meta(path: Path) -> dict | None:
 
 def read_record(path: Path, slide_id: str) -> SlideRecord:
     with np.load(path) as z:
-        return SlideRecord(slide_id, z["embedding"], z["coords"], z["attention"],
-                           json.loads(str(z["meta"])))  # fmt: skip
+        meta = json.loads(str(z["meta"]))
+        return SlideRecord(slide_id, z["embedding"], z["coords"], z["attention"], meta)
 
 
 def list_records(index_dir: Path) -> dict[str, Path]:
@@ -82,8 +83,10 @@ def list_records(index_dir: Path) -> dict[str, Path]:
     return out
 
 
-def remove_orphan_temps(index_dir: Path) -> None:
-    root = Path(index_dir) / WORK
-    if root.exists():
-        for p in root.rglob(".*.tmp*"):
-            p.unlink(missing_ok=True)
+def remove_orphan_temps(index_dir: Path) -> list[Path]:
+    """Delete the temporaries killed writers left in ``INDEX_DIR/work`` and ``INDEX_DIR/models``
+    (``threads_search.atomic.remove_orphans``; call it holding the index lock). Not FEATURES_DIR,
+    even when it lies inside INDEX_DIR: it has its own lock and its own clean-up. Returns what
+    was deleted."""
+    root = Path(index_dir)
+    return [p for sub in (WORK, MODELS) for p in remove_orphans(root / sub)]

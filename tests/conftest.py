@@ -75,12 +75,17 @@ def make_bundle(out, patch_encoder: dict, rna_genes=None, dna_genes=None, seed: 
     torch.manual_seed(seed)
     norm = None
     if rna_genes:
-        log = pd.DataFrame(np.random.default_rng(seed).normal(size=(8, len(rna_genes))),
-                           columns=rna_genes)  # fmt: skip
+        log = pd.DataFrame(
+            np.random.default_rng(seed).normal(size=(8, len(rna_genes))), columns=rna_genes
+        )
         # statistics in log space of TPM data, as the synthetic cohorts' RNA is TPM
         norm = RnaNormalizer.fit(log, units="tpm")
-    model = build_model(patch_encoder, slide_config={"head_dim": 64, "attn_dim": 32},
-                        normalizer=norm, genes_dna=dna_genes)  # fmt: skip
+    model = build_model(
+        patch_encoder,
+        slide_config={"head_dim": 64, "attn_dim": 32},
+        normalizer=norm,
+        genes_dna=dna_genes,
+    )
     save_model(model, out)
     return out
 
@@ -92,3 +97,25 @@ def hed_bundle(tmp_path_factory):
 
     spec = get_patch_encoder_spec("hed-texture")
     return make_bundle(tmp_path_factory.mktemp("hed_bundle") / "model", spec.to_dict())
+
+
+def train_argv(features, paths, out, *extra, pairs=None, metadata=None, rna=True, dna=True):
+    """argv of ``threads-search train`` on a synthetic cohort written by ``Cohort.write``
+    (``paths``) with its feature bags in ``features``; ``extra`` options come last."""
+    args = ["--features", str(features), "--pairs", str(pairs or paths["pairs"]), "--out", str(out)]
+    if metadata:
+        args += ["--metadata", str(metadata)]
+    if rna:
+        args += ["--rna", str(paths["rna"])]
+    if dna:
+        args += ["--dna", str(paths["maf"])]
+    return args + [str(e) for e in extra]
+
+
+def training_log(out) -> list[dict]:
+    """The rows of ``MODEL_DIR/training_log.jsonl``."""
+    import json
+
+    return [
+        json.loads(line) for line in (Path(out) / "training_log.jsonl").read_text().splitlines()
+    ]

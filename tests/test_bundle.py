@@ -56,9 +56,12 @@ def test_round_trip_gives_identical_embeddings(model, inputs, tmp_path):
     out = save_model(model, tmp_path / "bundle")
     names = {p.name for p in out.iterdir()}
     assert names == {
-        "config.json", "model.safetensors", "genes_rna.txt", "genes_dna.txt",
+        "config.json",
+        "model.safetensors",
+        "genes_rna.txt",
+        "genes_dna.txt",
         "rna_normalization.json",
-    }  # fmt: skip
+    }
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["patch_encoder"] == PATCH and cfg["embedding_dim"] == 1024
     assert cfg["slide_encoder"]["name"] == "threads"

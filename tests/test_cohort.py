@@ -277,8 +277,15 @@ def test_pixel_slides_open_and_morphology_follows_subtype(tmp_path):
     for subtype in ("subtype_A", "subtype_B"):
         pick += list(c.slides.loc[c.slides["subtype"] == subtype, "slide_id"][:2])
     # No lymphocytic infiltrate here: it is a confounder of exactly this whole-slide measure.
-    table = write_slides(c, tmp_path / "slides", width=1024, height=1024, workers=2,
-                         slide_ids=pick, inflammation=(0.0, 0.0))  # fmt: skip
+    table = write_slides(
+        c,
+        tmp_path / "slides",
+        width=1024,
+        height=1024,
+        workers=2,
+        slide_ids=pick,
+        inflammation=(0.0, 0.0),
+    )
     dark = {}
     for row in table.itertuples():
         with open_slide(row.path) as s:

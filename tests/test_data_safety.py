@@ -17,8 +17,9 @@ from conftest import make_bundle
 from typer.testing import CliRunner
 
 import threads_search as ts
-from indexer.build import LostSlidesError, commit, index_session, run_index
+from indexer.build import run_index
 from indexer.config import IndexConfig
+from indexer.core import LostSlidesError, commit, index_session
 from indexer.records import list_records, record_path
 from threads_search.cli import app
 from threads_search.features import default_config, extract_features, read_features

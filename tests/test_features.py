@@ -155,8 +155,19 @@ def test_kill_9_mid_run_leaves_nothing_untrustworthy_and_resumes(tmp_path_factor
     extract_features([root], ref_out, _cfg())
     reference = _h5_states(ref_out)
     out = tmp_path_factory.mktemp("killed")
-    cmd = [sys.executable, "-m", "threads_search", "features", str(root), "--out", str(out),
-           "--workers", "0", "--batch-size", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "threads_search",
+        "features",
+        str(root),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--batch-size",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
@@ -195,8 +206,10 @@ def test_import_trident_and_clam_h5(tmp_path):
         f.create_dataset("features", data=np.zeros((3, 768), np.float32))
     _write_foreign_h5(src / "other_dim.h5", 5, 1024, trident)
     out = tmp_path / "feats"
-    res = runner.invoke(app, ["features", "--import-h5", str(src), "--out", str(out),
-                              "--patch-encoder", "conch_v15"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        ["features", "--import-h5", str(src), "--out", str(out), "--patch-encoder", "conch_v15"],
+    )
     assert res.exit_code == 1, res.output
     status = pd.read_parquet(out / "status.parquet").set_index("slide_id")
     assert status.loc["caseA", "state"] == "done" and status.loc["caseB", "state"] == "done"

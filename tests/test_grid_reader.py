@@ -67,8 +67,9 @@ def test_loader_matches_direct_reads_in_order(reader_slide, workers, backend):
     with open_slide(reader_slide) as s:
         expected = [s.read_patch(x, y, 256, 0.5) for x, y in coords]
     seen_patches, seen_coords = [], []
-    loader = patch_loader(reader_slide, coords, 256, 0.5, batch_size=2, workers=workers,
-                          backend=backend)  # fmt: skip
+    loader = patch_loader(
+        reader_slide, coords, 256, 0.5, batch_size=2, workers=workers, backend=backend
+    )
     assert len(loader) == 3
     for patches, c in loader:
         assert patches.dtype.is_floating_point is False and patches.shape[1:] == (256, 256, 3)
@@ -93,7 +94,7 @@ def test_loader_applies_transform_in_workers(reader_slide, backend):
             workers=2,
             transform=_mean_rgb,
             backend=backend,
-        )  # fmt: skip
+        )
     )
     feats = np.concatenate([b[0].numpy() for b in batches])
     assert feats.shape == (3, 3) and feats.dtype == np.float32
@@ -112,8 +113,7 @@ def test_thread_reader_uses_one_slide_handle_per_thread_and_stops_early(reader_s
     from threads_search.wsi import reader as rd
 
     coords = np.array([[x, y] for y in (0, 256, 512) for x in (0, 256, 512, 768)], np.int64)
-    loader = patch_loader(reader_slide, coords, 128, 0.5, batch_size=1, workers=3,
-                          backend="thread")  # fmt: skip
+    loader = patch_loader(reader_slide, coords, 128, 0.5, batch_size=1, workers=3, backend="thread")
     assert isinstance(loader, rd.ThreadedPatchLoader)
     handles, seen = set(), []
     orig = rd.PatchDataset._handle

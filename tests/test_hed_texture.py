@@ -275,6 +275,8 @@ def test_separates_painted_tissue_types(encoder):
     clf.fit(feats[train & keep], labels[train & keep])
     test = ~train & keep
     score = balanced_accuracy_score(labels[test], clf.predict(feats[test]))
-    print(f"hed-texture painted tissue: balanced accuracy {score:.3f} over {len(classes)} "
-          f"classes {[TISSUE_CLASSES[c] for c in classes]}, {test.sum()} test patches")  # fmt: skip
+    print(
+        f"hed-texture painted tissue: balanced accuracy {score:.3f} over {len(classes)} "
+        f"classes {[TISSUE_CLASSES[c] for c in classes]}, {test.sum()} test patches"
+    )
     assert score >= 0.8, f"balanced accuracy {score:.3f} (chance {1 / len(classes):.2f})"

@@ -60,8 +60,19 @@ def test_index_from_slides_with_real_svs(tmp_path, hed_bundle, real_dir):
     real = tmp_path / "slides" / "cmu_small_region.svs"
     os.symlink(real_dir / "cmu_small_region.svs", real)
     out = tmp_path / "idx"
-    res = runner.invoke(app, ["index", str(tmp_path / "slides"), "--model", str(hed_bundle),
-                              "--out", str(out), "--workers", "0"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "index",
+            str(tmp_path / "slides"),
+            "--model",
+            str(hed_bundle),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+        ],
+    )
     assert res.exit_code == 1, res.output  # the broken file is reported
     assert "broken" in res.output and "indexed 3" in res.output
     table, ids, emb = _tables(out)
@@ -88,13 +99,20 @@ def test_index_from_slides_with_real_svs(tmp_path, hed_bundle, real_dir):
 def test_features_dir_molecular_and_metadata_join(tmp_path, bags):
     root, paths, model = bags
     meta = pd.read_csv(paths["metadata"])[["patient_id", "subtype", "site"]]
-    extra = pd.DataFrame({"slide_id": [meta.patient_id[0] + "-DX1"], "subtype": ["override"],
-                          "site": ["site_x"]})  # fmt: skip
+    extra = pd.DataFrame(
+        {"slide_id": [meta.patient_id[0] + "-DX1"], "subtype": ["override"], "site": ["site_x"]}
+    )
     ghost = pd.DataFrame({"patient_id": ["NOBODY"], "subtype": ["x"], "site": ["y"]})
     pd.concat([meta, extra, ghost]).to_csv(tmp_path / "meta.csv", index=False)
-    cfg = IndexConfig(inputs=[str(root / "feats")], model=str(model), out=str(tmp_path / "idx"),
-                      metadata=str(tmp_path / "meta.csv"), pairs=str(paths["pairs"]),
-                      rna=str(paths["rna"]), dna=str(paths["maf"]))  # fmt: skip
+    cfg = IndexConfig(
+        inputs=[str(root / "feats")],
+        model=str(model),
+        out=str(tmp_path / "idx"),
+        metadata=str(tmp_path / "meta.csv"),
+        pairs=str(paths["pairs"]),
+        rna=str(paths["rna"]),
+        dna=str(paths["maf"]),
+    )
     s = run_index(cfg)
     assert len(s.indexed) == 30 and not s.failed
     assert s.unmatched_metadata == 1  # the NOBODY row is reported
@@ -150,13 +168,17 @@ def test_remove_of_an_id_not_in_the_index_is_reported(tmp_path, bags):
     feats = str(root / "feats")
     first = run_index(IndexConfig(inputs=[feats], model=str(model), out=str(out)))
     ids = sorted(first.indexed)
-    res = runner.invoke(app, ["index", feats, "--model", str(model), "--out", str(out),
-                              "--remove", "no-such-slide"])  # fmt: skip
+    res = runner.invoke(
+        app, ["index", feats, "--model", str(model), "--out", str(out), "--remove", "no-such-slide"]
+    )
     assert res.exit_code == 1, res.output
     assert "not in the index: 'no-such-slide'" in res.output
     assert "unchanged 30" in res.output and len(_tables(out)[0]) == 30
-    s = run_index(IndexConfig(inputs=[], model=str(model), out=str(out),
-                              remove=[ids[0], "no-such-slide", ids[0]]))  # fmt: skip
+    s = run_index(
+        IndexConfig(
+            inputs=[], model=str(model), out=str(out), remove=[ids[0], "no-such-slide", ids[0]]
+        )
+    )
     assert s.removed == [ids[0]] and s.not_in_index == ["no-such-slide"]
     assert sorted(_tables(out)[0].slide_id) == ids[1:]
 
@@ -171,8 +193,14 @@ def test_lock_refuses_a_second_writer(tmp_path, bags):
         run_index(IndexConfig(inputs=[str(root / "feats")], model=str(model), out=str(out)))
     # A stale lock (dead pid) is taken over.
     (out / ".lock").write_text(json.dumps({"pid": 2**22 + 12345, "host": os.uname().nodename}))
-    assert len(run_index(IndexConfig(inputs=[str(root / "feats")], model=str(model),
-                                     out=str(out))).indexed) == 30  # fmt: skip
+    assert (
+        len(
+            run_index(
+                IndexConfig(inputs=[str(root / "feats")], model=str(model), out=str(out))
+            ).indexed
+        )
+        == 30
+    )
 
 
 def _check_readable(out):
@@ -189,12 +217,32 @@ def _check_readable(out):
 def test_kill_9_at_random_points_then_resume(tmp_path, bags, seed):
     root, paths, model = bags
     ref = tmp_path / "ref"
-    run_index(IndexConfig(inputs=[str(root / "feats")], model=str(model), out=str(ref),
-                          rna=str(paths["rna"]), pairs=str(paths["pairs"])))  # fmt: skip
+    run_index(
+        IndexConfig(
+            inputs=[str(root / "feats")],
+            model=str(model),
+            out=str(ref),
+            rna=str(paths["rna"]),
+            pairs=str(paths["pairs"]),
+        )
+    )
     ref_table, _, ref_emb = _tables(ref)
     out = tmp_path / "idx"
-    cmd = [sys.executable, "-m", "threads_search", "index", str(root / "feats"), "--model",
-           str(model), "--out", str(out), "--rna", str(paths["rna"]), "--pairs", str(paths["pairs"])]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "threads_search",
+        "index",
+        str(root / "feats"),
+        "--model",
+        str(model),
+        "--out",
+        str(out),
+        "--rna",
+        str(paths["rna"]),
+        "--pairs",
+        str(paths["pairs"]),
+    ]
     rng = np.random.default_rng(seed)
     for delay in rng.uniform(1.0, 6.0, size=2):
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

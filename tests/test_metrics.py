@@ -16,6 +16,7 @@ from threads_search.eval import (
     rankme,
     retrieval_metrics,
 )
+from threads_search.eval.embedding import class_order
 
 
 def angles(*deg: float, scale=None) -> np.ndarray:
@@ -298,6 +299,20 @@ def test_prototype_zero_shot_clustered():
     np.testing.assert_array_equal(unlabelled["predictions"], res["predictions"])
     with pytest.raises(ValueError, match="D="):
         prototype_zero_shot(slides[:, :8], sy, mol, py)
+
+
+def test_class_order_by_value_numbers_numerically():
+    """The one class order (shared with ``Index.classify``): by value, numbers numerically;
+    labels that cannot be compared (text mixed with numbers) by their text. Before, mixed
+    labels in an object array made ``prototype_zero_shot`` fail (``np.unique``)."""
+    assert class_order([10, 2, 9, 2]) == [2, 9, 10]
+    assert class_order(np.array(["b", "a", "b"])) == ["a", "b"]
+    assert class_order(np.array(["x", 1, 10, 2], dtype=object)) == [1, 10, 2, "x"]
+    labels = np.array(["x", 1, 1], dtype=object)
+    res = prototype_zero_shot(angles(10, 170), None, angles(180, 0, 90), labels)
+    assert list(res["classes"]) == [1, "x"] and list(res["predictions"]) == [1, "x"]
+    classes, _, counts = build_prototypes(angles(0, 90, 180), [10, 2, 10])
+    assert list(classes) == [2, 10] and list(counts) == [1, 2]
 
 
 # ---------------------------------------------------------------- RankMe

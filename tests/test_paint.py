@@ -109,8 +109,14 @@ def test_tumour_is_denser_darker_than_stroma():
 def test_inflammation_adds_dense_dark_nuclei_to_stroma_only():
     base = Morphology(tumour_fraction=0.3)
     plain = paint_tissue(1024, 1024, 0.5, seed=4, morphology=base, tissue_fraction=0.5)
-    infl = paint_tissue(1024, 1024, 0.5, seed=4, tissue_fraction=0.5,
-                        morphology=Morphology(tumour_fraction=0.3, inflammation=0.5))  # fmt: skip
+    infl = paint_tissue(
+        1024,
+        1024,
+        0.5,
+        seed=4,
+        tissue_fraction=0.5,
+        morphology=Morphology(tumour_fraction=0.3, inflammation=0.5),
+    )
     # Same tissue layout and classes; tumour pixels untouched (but for nuclei on its border).
     assert np.array_equal(plain.class_map, infl.class_map)
     tum = plain.class_map == TUMOUR

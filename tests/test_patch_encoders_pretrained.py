@@ -96,8 +96,9 @@ def test_roundtrip_through_checkpoint(name, tmp_path):
     assert np.isfinite(feats).all()
     assert not np.allclose(feats[0], feats[1])  # depends on the image
 
-    loaded = create_patch_encoder(name, checkpoint=_checkpoint(name, tmp_path), depth=DEPTH,
-                                  device="cpu", batch_size=1)  # fmt: skip
+    loaded = create_patch_encoder(
+        name, checkpoint=_checkpoint(name, tmp_path), depth=DEPTH, device="cpu", batch_size=1
+    )
     assert not loaded.model.training
     again = loaded.encode(torch.from_numpy(x))  # torch input, two chunks of one
     np.testing.assert_allclose(again, feats, rtol=1e-5, atol=1e-5 * np.abs(feats).max())
@@ -119,8 +120,9 @@ def test_other_patch_sizes_are_resized(name):
     assert diff.mean() < 0.01 and diff.max() < 0.05  # within ~2 grey levels of PIL
     mean = torch.tensor(enc.spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(enc.spec.std).view(1, 3, 1, 1)
-    np.testing.assert_allclose(b, (torch.from_numpy(ref).permute(0, 3, 1, 2) / 255 - mean) / std,
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        b, (torch.from_numpy(ref).permute(0, 3, 1, 2) / 255 - mean) / std, atol=1e-5
+    )
 
     fa, fb = enc.encode(x), enc.encode(ref)
     between = np.linalg.norm(fa[0] - fa[1])

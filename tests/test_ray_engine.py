@@ -26,6 +26,7 @@ import threads_search as ts
 from indexer.build import run_index
 from indexer.config import IndexConfig
 from indexer.records import list_records
+from threads_search.errors import ConfigError
 from threads_search.features.h5io import read_features
 from threads_search.synth import make_archive
 from threads_search.vectorstore import store
@@ -38,8 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def ray_address():
     """One local Ray for the module (start-up is slow), shut down at the end."""
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)  # fmt: skip
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -51,16 +51,18 @@ def local_index(tmp_path_factory, hed_bundle):
     """A 4-slide synthetic archive and its index built by the local engine."""
     root = tmp_path_factory.mktemp("ray_engine")
     slides = make_archive(root / "slides", n_slides=4, width=2048, height=1536, seed=7)
-    cfg = IndexConfig(inputs=[str(root / "slides")], model=str(hed_bundle), out=str(root / "loc"),
-                      workers=0)  # fmt: skip
+    cfg = IndexConfig(
+        inputs=[str(root / "slides")], model=str(hed_bundle), out=str(root / "loc"), workers=0
+    )
     s = run_index(cfg)
     assert not s.failed and len(s.indexed) == 4
     return root, sorted(x.slide_id for x in slides)
 
 
 def _cfg(root, hed_bundle, out, **kw) -> IndexConfig:
-    return IndexConfig(inputs=[str(root / "slides")], model=str(hed_bundle), out=str(out),
-                       engine="ray", **kw)  # fmt: skip
+    return IndexConfig(
+        inputs=[str(root / "slides")], model=str(hed_bundle), out=str(out), engine="ray", **kw
+    )
 
 
 def _tables(index_dir):
@@ -171,6 +173,18 @@ def test_worker_killed_mid_job(ray_address, local_index, hed_bundle, monkeypatch
     _assert_same_index(root / "loc", out)
 
 
+def test_more_gpus_per_worker_than_the_cluster_has_is_a_config_error(
+    ray_address, local_index, hed_bundle, tmp_path
+):
+    """``--gpus-per-worker`` above the cluster's GPUs: a ``ConfigError`` (one line, exit 2 in
+    the CLI) naming both, before any Ray work starts; nothing committed."""
+    root, _ = local_index
+    out = tmp_path / "gpus"
+    with pytest.raises(ConfigError, match="--gpus-per-worker 1: the Ray cluster has 0 GPU"):
+        run_index(_cfg(root, hed_bundle, out, gpus_per_worker=1.0))
+    assert not (out / store.INDEX_JSON).exists() and not list_records(out)
+
+
 def _alive(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie."""
     try:
@@ -216,10 +230,19 @@ def _settled_records(out, quiet: float = 1.5, limit: float = 30.0) -> set[str]:
 def test_driver_killed_then_resumed(ray_address, local_index, hed_bundle):
     root, ids = local_index
     out = root / "ray_resumed"
-    script = DRIVER.format(repo=REPO, slides=str(root / "slides"), model=str(hed_bundle),
-                           out=str(out), address=ray_address)  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    script = DRIVER.format(
+        repo=REPO,
+        slides=str(root / "slides"),
+        model=str(hed_bundle),
+        out=str(out),
+        address=ray_address,
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         line = ""

@@ -83,8 +83,11 @@ def test_cli_help_and_demo(tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["--help"])
     assert res.exit_code == 0 and "features" in res.output and "demo" in res.output
-    res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--patients", "8", "--epochs", "2"],
-                        env={"COLUMNS": "200"})  # fmt: skip
+    res = runner.invoke(
+        app,
+        ["demo", "--out", str(tmp_path), "--patients", "8", "--epochs", "2"],
+        env={"COLUMNS": "200"},
+    )
     assert res.exit_code == 0, res.output
     out = res.output
     assert "features: 8 slides" in out and "µm/px" in out
@@ -120,17 +123,22 @@ def test_coarse_slide_is_refused_unless_the_user_means_it(real_dir, slide_factor
 
 
 def test_segment_settings_round_trip_and_options():
+    from threads_search.errors import ConfigError
     from threads_search.wsi.plan import SegmentConfig, apply_options
 
     old_tissue = {"exclude_pen": False, "pen_dilate_um": 16.0, "min_saturation": 0.07}
     old = {"tissue": old_tissue, "grid": {"patch_size": 256}}
-    cfg = SegmentConfig.from_dict(old)  # settings written by an older version still load
+    cfg = SegmentConfig.from_saved(old)  # settings written by an older version still load
     assert cfg.tissue.min_saturation == 0.07 and cfg.grid.patch_size == 256
+    with pytest.raises(ConfigError, match="exclude_pen.*accepted: thumb_mpp, min_saturation"):
+        SegmentConfig.from_dict(old)  # hand-written settings: a key that does not exist is refused
+    with pytest.raises(ConfigError, match="'colour'.*accepted:"):
+        SegmentConfig.from_saved({"tissue": {"colour": 1}})  # only keys that existed are dropped
     d = apply_options(cfg, exclude_ink=False, min_od=0.2, max_upsample=4).to_dict()
     assert d["tissue"]["exclude_ink"] is False and d["tissue"]["min_od"] == 0.2
     assert d["grid"]["max_upsample"] == 4 and SegmentConfig.from_dict(d).to_dict() == d
     for name, value in [("min_saturation", 2.0), ("max_upsample", 0.5), ("colour", 1)]:
-        with pytest.raises(ValueError, match=name):
+        with pytest.raises(ConfigError, match=name):  # a ValueError too
             apply_options(cfg, **{name: value})
 
 

@@ -125,7 +125,7 @@ def test_config_round_trip_rebuilds_the_same_network(name):
     bag = torch.randn(1, 10, D)
     with torch.no_grad():
         assert torch.equal(again(bag).embedding, enc(bag).embedding)
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match="unknown setting"):
         type(enc.config).from_dict({**enc.config.to_dict(), "bogus": 1})
 
 

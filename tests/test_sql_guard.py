@@ -114,9 +114,15 @@ def test_legitimate_expressions_pass(expr):
 def index(tmp_path_factory):
     root = tmp_path_factory.mktemp("guard")
     n = 12
-    slides = pd.DataFrame({"slide_id": [f"S{i:02d}" for i in range(n)], "path": "/x",
-                           "patient_id": [f"P{i}" for i in range(n)], "site": list("AB") * 6,
-                           "age": np.arange(n) * 5})  # fmt: skip
+    slides = pd.DataFrame(
+        {
+            "slide_id": [f"S{i:02d}" for i in range(n)],
+            "path": "/x",
+            "patient_id": [f"P{i}" for i in range(n)],
+            "site": list("AB") * 6,
+            "age": np.arange(n) * 5,
+        }
+    )
     emb = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
     write_generation(root / "idx", slides, emb)
     return open_index(root / "idx")

@@ -14,8 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 import threads_search as ts
-from indexer.build import index_session, run_index
+from indexer.build import run_index
 from indexer.config import IndexConfig
+from indexer.core import index_session
 from indexer.records import fingerprint as indexer_fingerprint
 from indexer.records import list_records, read_record
 from threads_search.cli import app
@@ -144,14 +145,15 @@ def test_index_of_slide_files_embeds_the_new_features(tmp_path, hed_bundle):
     assert np.array_equal(rec.coords, fresh.coords)
     want = ts.load_model(hed_bundle).embed_slide(h5_path(tmp_path / "fresh", "x"))
     np.testing.assert_allclose(rec.embedding, want, atol=1e-5)
-    res = runner.invoke(app, ["index", str(src), "--model", str(hed_bundle), "--out", str(out),
-                              "--workers", "0"])  # fmt: skip
+    res = runner.invoke(
+        app, ["index", str(src), "--model", str(hed_bundle), "--out", str(out), "--workers", "0"]
+    )
     assert res.exit_code == 0 and "indexed 0, unchanged 2" in res.output, res.output
 
 
 def test_ray_plan_recomputes_a_replaced_slide(tmp_path, hed_bundle):
     """The Ray engine's plan makes the same decision (no Ray needed to plan)."""
-    from indexer.ray_engine import _SourcePlan
+    from indexer.ray_plan import FeaturesPlan
 
     src = _slides(tmp_path, "x", "y")
     out = tmp_path / "idx"
@@ -159,11 +161,11 @@ def test_ray_plan_recomputes_a_replaced_slide(tmp_path, hed_bundle):
     _rescan(src / "x.svs")
     cfg = IndexConfig(inputs=[str(src)], model=str(hed_bundle), out=str(out), engine="ray")
     with index_session(cfg) as sess, contextlib.ExitStack() as locks:
-        plan = _SourcePlan(cfg, sess.index_dir, sess.model, sess.summary, locks)
+        plan = FeaturesPlan(cfg, sess.index_dir, sess.model, sess.summary, locks)
         assert plan.need_features == {"x"}
         assert sess.summary.features_redone == ["x"]
         now = fingerprint(src / "x.svs")
-        assert plan.sources["x"]["source_fingerprint"] == now
+        assert plan.sources["x"].source_fingerprint == now
         assert from_text(plan.status.get("y")["source_fingerprint"]) == fingerprint(src / "y.svs")
 
 

@@ -61,8 +61,15 @@ def test_ivfpq_over_budget_streams_with_bounded_memory(collection, tmp_path):
     budget = 4 * 2**20  # far below the 24 MB of vectors: IVF-PQ codes + re-ranking from disk
     tracemalloc.start()
     try:
-        info = build_streaming(ss, tmp_path / "ix", memory_budget=budget, chunk_rows=4096,
-                               target_recall=0.95, n_queries=150, n_eval=150)  # fmt: skip
+        info = build_streaming(
+            ss,
+            tmp_path / "ix",
+            memory_budget=budget,
+            chunk_rows=4096,
+            target_recall=0.95,
+            n_queries=150,
+            n_eval=150,
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

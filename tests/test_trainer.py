@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import train_argv, training_log
 from safetensors.numpy import load_file
 from typer.testing import CliRunner
 
@@ -32,17 +33,12 @@ def cohort_dir(tmp_path_factory):
 
 
 def _args(root, paths, out, *extra, rna=True, dna=True):
-    args = ["--features", str(root / "feats"), "--pairs", str(paths["pairs"]),
-            "--metadata", str(paths["metadata"]), "--out", str(out), "--batch-size", "32"]  # fmt: skip
-    if rna:
-        args += ["--rna", str(paths["rna"])]
-    if dna:
-        args += ["--dna", str(paths["maf"])]
-    return args + SMALL + list(extra)
+    meta = paths["metadata"]
+    extra = ("--batch-size", "32", *SMALL, *extra)
+    return train_argv(root / "feats", paths, out, *extra, metadata=meta, rna=rna, dna=dna)
 
 
-def _log(out):
-    return [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+_log = training_log
 
 
 def test_training_lowers_the_loss_and_aligns_modalities(cohort_dir, tmp_path):
@@ -138,13 +134,43 @@ def test_pixel_cohort_features_then_train_through_the_cli(tmp_path):
     paths = cohort.write(tmp_path / "cohort")
     write_slides(cohort, tmp_path / "slides", width=1536, height=1536)
     runner = CliRunner()
-    res = runner.invoke(app, ["features", str(tmp_path / "slides"), "--out", str(tmp_path / "f"),
-                              "--workers", "0", "--patch-size", "256"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "features",
+            str(tmp_path / "slides"),
+            "--out",
+            str(tmp_path / "f"),
+            "--workers",
+            "0",
+            "--patch-size",
+            "256",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["train", "--features", str(tmp_path / "f"), "--pairs",
-                              str(paths["pairs"]), "--rna", str(paths["rna"]), "--dna",
-                              str(paths["maf"]), "--out", str(tmp_path / "m"), "--epochs", "2",
-                              "--batch-size", "4", "--min-train-items", "4", *SMALL])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--features",
+            str(tmp_path / "f"),
+            "--pairs",
+            str(paths["pairs"]),
+            "--rna",
+            str(paths["rna"]),
+            "--dna",
+            str(paths["maf"]),
+            "--out",
+            str(tmp_path / "m"),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--min-train-items",
+            "4",
+            *SMALL,
+        ],
+    )
     assert res.exit_code == 0, res.output
     model = load_model(tmp_path / "m")
     assert model.patch_encoder["name"] == "hed-texture"

@@ -5,10 +5,13 @@ column). All through ``trainer.cli.main(argv)`` on small synthetic cohorts."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import train_argv, training_log
 
 from threads_search.synth.cohort import make_cohort
 from threads_search.synth.cohort_features import write_feature_bags
@@ -42,25 +45,13 @@ def cohort(tmp_path_factory):
 
 
 def _args(root, paths, out, *extra, pairs=None, metadata=None, rna=True, dna=True):
-    args = [
-        "--features",
-        str(root / "feats"),
-        "--pairs",
-        str(pairs or paths["pairs"]),
-        "--out",
-        str(out),
-    ]
-    if metadata:
-        args += ["--metadata", str(metadata)]
-    if rna:
-        args += ["--rna", str(paths["rna"])]
-    if dna:
-        args += ["--dna", str(paths["maf"])]
-    return args + SMALL + list(extra)
+    extra = (*SMALL, *extra)
+    return train_argv(
+        root / "feats", paths, out, *extra, pairs=pairs, metadata=metadata, rna=rna, dna=dna
+    )
 
 
-def _log(out):
-    return [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+_log = training_log
 
 
 def _training(out):
@@ -343,8 +334,14 @@ def test_features_are_reconciled_as_the_index_does(cohort, tmp_path, capsys):
     pairs = pd.concat([pairs, pairs.head(1).assign(slide_id="../outside")])
     pairs.to_csv(tmp_path / "pairs.csv", index=False)
 
-    cfg = TrainConfig(features=str(feats), pairs=str(tmp_path / "pairs.csv"), rna=paths["rna"],
-                      dna=paths["maf"], val_fraction=0, min_train_items=2)  # fmt: skip
+    cfg = TrainConfig(
+        features=str(feats),
+        pairs=str(tmp_path / "pairs.csv"),
+        rna=paths["rna"],
+        dna=paths["maf"],
+        val_fraction=0,
+        min_train_items=2,
+    )
     data = load_training_data(cfg)
     used = {s for it in data.items for s in it.slides}
     indexable = set(feature_sources(feats).sources)
@@ -357,3 +354,31 @@ def test_features_are_reconciled_as_the_index_does(cohort, tmp_path, capsys):
     text = format_report(rep)
     assert "2 h5 file(s) without a status row adopted" in text
     assert "3 unusable" in text and foreign in text and "0123456789abcdef" in text
+
+
+def test_a_killed_runs_temporaries_are_removed_and_progress_shows_each_epoch(
+    cohort, tmp_path, capsys
+):
+    """Every file of MODEL_DIR is written through ``threads_search.atomic``; the temporaries a
+    killed run left (its pid gone) are removed by the next run (before: left forever). Progress
+    (rich) prints one line per epoch unless --quiet."""
+    root, paths = cohort
+    out = tmp_path / "m"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphans = [
+        out / "checkpoints" / f".state.tmp-{gone.pid}-0123abcd.pt",
+        out / f".training_log.tmp-{gone.pid}-0123abcd.jsonl",
+    ]
+    for p in orphans:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half written")
+    loud = [a for a in _args(root, paths, out, "--epochs", "2") if a != "--quiet"]
+    assert main(loud) == 0
+    assert not any(p.exists() for p in orphans)
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    assert (out / "checkpoints" / "state.pt").exists() and len(_log(out)) == 2
+    printed = capsys.readouterr().out
+    assert "epoch 1: {" in printed and "epoch 2: {" in printed
+    assert main(_args(root, paths, tmp_path / "quiet")) == 0
+    assert "epoch 1:" not in capsys.readouterr().out

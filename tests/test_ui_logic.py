@@ -24,8 +24,14 @@ from ui.common import ENV_INDEX
 from ui.viewer import TileServer, ViewSlide
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
-SECTIONS = ["Archive", "Slide search", "Viewer", "Molecular search", "Molecular prompting",
-            "Index info"]  # fmt: skip
+SECTIONS = [
+    "Archive",
+    "Slide search",
+    "Viewer",
+    "Molecular search",
+    "Molecular prompting",
+    "Index info",
+]
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +159,12 @@ def test_uploaded_slide_finds_itself_and_is_kept_privately(app, ui_index):  # no
 
 @pytest.mark.parametrize(
     ("name", "data", "message"),
-    [("corrupt.svs", b"II*\x00" + b"\x00garbage" * 300, "cannot be read as a slide"),
-     ("photo.tiff", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "a PNG image"),
-     ("empty.tiff", b"", "empty")],
-)  # fmt: skip
+    [
+        ("corrupt.svs", b"II*\x00" + b"\x00garbage" * 300, "cannot be read as a slide"),
+        ("photo.tiff", b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "a PNG image"),
+        ("empty.tiff", b"", "empty"),
+    ],
+)
 def test_bad_slide_uploads_give_readable_errors(app, name, data, message):
     goto(app, "Slide search")
     app.radio(key="ss_source").set_value("Upload a slide file").run()

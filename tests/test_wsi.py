@@ -108,11 +108,17 @@ def test_mpp_resolution_chain():
     assert resolve_mpp({"aperio.MPP": "0.499"}).source == "aperio.MPP"
     philips = resolve_mpp({"philips.DICOM_PIXEL_SPACING": "0.00025 0.00025"})
     assert philips.mpp == pytest.approx(0.25)
-    cm = resolve_mpp({"tiff.ResolutionUnit": "centimeter", "tiff.XResolution": "20000",
-                      "tiff.YResolution": "20000"})  # fmt: skip
+    cm = resolve_mpp(
+        {
+            "tiff.ResolutionUnit": "centimeter",
+            "tiff.XResolution": "20000",
+            "tiff.YResolution": "20000",
+        }
+    )
     assert cm.mpp == pytest.approx(0.5) and cm.source == "tiff.resolution"
-    inch = resolve_mpp({"tiff.ResolutionUnit": "inch", "tiff.XResolution": "101600",
-                        "tiff.YResolution": "101600"})  # fmt: skip
+    inch = resolve_mpp(
+        {"tiff.ResolutionUnit": "inch", "tiff.XResolution": "101600", "tiff.YResolution": "101600"}
+    )
     assert inch.mpp == pytest.approx(0.25)
     # Resolution unit "none" (tifffile's default) is not a physical size.
     assert resolve_mpp({"tiff.ResolutionUnit": "none", "tiff.XResolution": "1"}) is None
@@ -138,6 +144,23 @@ def test_mpp_csv_and_lookup(tmp_path):
     bad.write_text("slide,mpp\na,zero\n")
     with pytest.raises(ValueError, match="plausible"):
         load_mpp_csv(bad)
+
+
+def test_mpp_csv_problems_are_user_errors_naming_the_file(tmp_path):
+    """A missing or undecodable mpp CSV was a FileNotFoundError / UnicodeDecodeError: shown by
+    the CLI as a bug. Now a ThreadsSearchError naming the file (built-in bases kept)."""
+    from threads_search.errors import MissingError, ThreadsSearchError
+    from threads_search.wsi import MppError
+
+    with pytest.raises(MissingError, match="mpp CSV .*nowhere.csv does not exist"):
+        load_mpp_csv(tmp_path / "nowhere.csv")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("slide,mpp\ncaf\u00e9,0.5\n".encode("latin-1"))
+    with pytest.raises(MppError, match="latin.csv: not a readable 'slide,mpp' CSV"):
+        load_mpp_csv(latin)
+    with pytest.raises(MppError) as e:
+        load_mpp_csv(tmp_path)  # a folder
+    assert isinstance(e.value, ThreadsSearchError) and isinstance(e.value, ValueError)
 
 
 def test_objective_power_only_is_an_estimate(tmp_path):

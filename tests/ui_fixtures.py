@@ -21,11 +21,34 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-COHORT = dict(n_patients=10, seed=26, modality=(1.0, 0.0, 0.0), n_subtypes=2, n_genes=120,
-              n_panel=24, split=(1.0, 0.0, 0.0))  # fmt: skip
-TRAIN_ARGS = ["--head-dim", "64", "--attn-dim", "32", "--heads", "2", "--epochs", "15",
-              "--batch-size", "5", "--lr", "2e-3", "--patience", "0", "--quiet",
-              "--threads", "2"]  # fmt: skip
+COHORT = dict(
+    n_patients=10,
+    seed=26,
+    modality=(1.0, 0.0, 0.0),
+    n_subtypes=2,
+    n_genes=120,
+    n_panel=24,
+    split=(1.0, 0.0, 0.0),
+)
+TRAIN_ARGS = [
+    "--head-dim",
+    "64",
+    "--attn-dim",
+    "32",
+    "--heads",
+    "2",
+    "--epochs",
+    "15",
+    "--batch-size",
+    "5",
+    "--lr",
+    "2e-3",
+    "--patience",
+    "0",
+    "--quiet",
+    "--threads",
+    "2",
+]
 MIN_SELF_RETRIEVAL = 7  # of 10 patients: RNA profile → own slide at rank 1
 _BUILT: dict = {}
 
@@ -75,26 +98,53 @@ def _build(root: Path, cohort) -> None:
     feats = root / "features"
     extract_features([slides_dir], feats, default_config("hed-texture", patch_size=256, workers=0))
     model = root / "model"
-    args = ["--features", str(feats), "--pairs", str(paths["pairs"]), "--rna", str(paths["rna"]),
-            "--dna", str(paths["maf"]), "--metadata", str(paths["metadata"]), "--out", str(model),
-            *TRAIN_ARGS]  # fmt: skip
+    args = [
+        "--features",
+        str(feats),
+        "--pairs",
+        str(paths["pairs"]),
+        "--rna",
+        str(paths["rna"]),
+        "--dna",
+        str(paths["maf"]),
+        "--metadata",
+        str(paths["metadata"]),
+        "--out",
+        str(model),
+        *TRAIN_ARGS,
+    ]
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DNA genes outside the trained panel, by design
         if train(args) != 0:
             raise RuntimeError("training the UI fixture model failed")
         index_dir = root / "index"
-        run_index(IndexConfig(inputs=[str(feats)], model=str(model), out=str(index_dir),
-                              pairs=str(paths["pairs"]), metadata=str(paths["metadata"]),
-                              rna=str(paths["rna"]), dna=str(paths["maf"]), workers=0))  # fmt: skip
+        run_index(
+            IndexConfig(
+                inputs=[str(feats)],
+                model=str(model),
+                out=str(index_dir),
+                pairs=str(paths["pairs"]),
+                metadata=str(paths["metadata"]),
+                rna=str(paths["rna"]),
+                dna=str(paths["maf"]),
+                workers=0,
+            )
+        )
 
 
 def _check(root: Path, cohort) -> UiIndex:
     from threads_search.query import open_index
 
     index_dir = root / "index"
-    paths = {k: root / "cohort" / n for k, n in
-             (("rna", "rna.parquet"), ("maf", "mutations.maf"), ("pairs", "pairs.csv"),
-              ("metadata", "metadata.csv"))}  # fmt: skip
+    paths = {
+        k: root / "cohort" / n
+        for k, n in (
+            ("rna", "rna.parquet"),
+            ("maf", "mutations.maf"),
+            ("pairs", "pairs.csv"),
+            ("metadata", "metadata.csv"),
+        )
+    }
     slides_dir = root / "slides"
     index = open_index(index_dir)
     hits = [

@@ -32,6 +32,7 @@ import socket
 import time
 from pathlib import Path
 
+from threads_search.errors import BusyError
 from threads_search.paths import display_text
 
 LOCK_NAME = ".lock"
@@ -49,8 +50,9 @@ def _close_in_child() -> None:
 os.register_at_fork(after_in_child=_close_in_child)
 
 
-class WriterLockedError(RuntimeError):
-    """Another writer holds the folder's lock; the message names it when it is known."""
+class WriterLockedError(BusyError):
+    """Another writer holds the folder's lock; the message names it when it is known (a
+    ``ThreadsSearchError``, and a ``RuntimeError`` as before)."""
 
 
 def _describe(holder: dict | None, raw: str) -> str:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from threads_search.errors import InputError
+
 MAX_COMPONENT_BYTES = 200  # leaves room for suffixes and temporary names within 255 bytes
 
 
-class UnsafeSlideIdError(ValueError):
-    """A slide id that cannot safely name a file inside an output folder."""
+class UnsafeSlideIdError(InputError):
+    """A slide id that cannot safely name a file inside an output folder (a ``ValueError``)."""
 
 
 def _bad_char(c: str) -> bool:

@@ -5,7 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from threads_search.errors import ConfigError
+
 T = TypeVar("T")
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name that no registry entry has (a slide or molecular encoder, an index type...): a
+    setting outside its choices, the message listing the available names. A ``KeyError`` too,
+    for callers that caught one; unlike a plain ``KeyError`` its text is the message itself,
+    without quotes."""
+
+    __str__ = Exception.__str__
 
 
 class Registry(Generic[T]):
@@ -22,7 +33,7 @@ class Registry(Generic[T]):
         """Decorator: register ``factory`` under ``name`` with optional static ``info``."""
 
         def deco(factory: Callable[..., T]) -> Callable[..., T]:
-            if name in self._factories:
+            if name in self._factories:  # a bug in the code registering, not a user error
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._factories[name] = factory
             self._info[name] = info
@@ -47,4 +58,4 @@ class Registry(Generic[T]):
     def _check(self, name: str) -> None:
         if name not in self._factories:
             known = ", ".join(self.names()) or "(none)"
-            raise KeyError(f"unknown {self.kind} {name!r}; available: {known}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; available: {known}")

@@ -1,157 +1,273 @@
 """``threads-search train``: THREADS contrastive pretraining from a FEATURES_DIR + profiles.
 
-Callable as ``main(argv)`` (returns the exit code: 0 trained, 2 refused or no model produced),
-so a tiny synthetic run is a test. Before training, a matching report goes to stderr: pairs
-matched, pairs naming a slide without features or a sample without a profile, features and
-profiles named in no pair, items per split. Training is refused below ``--min-train-items``
-matched training items (default 8).
+:func:`train` is the Typer command (``threads_search.cli`` registers it with :data:`EPILOG`);
+:func:`main` runs it on an argv list and returns the exit code — 0 trained, 2 refused (bad
+option, unusable inputs, no model produced: a :class:`~threads_search.errors.ThreadsSearchError`
+printed as ``error: <message>`` on stderr) — so a tiny synthetic run is a test. Any other
+exception is a bug and propagates with its traceback.
+
+Before training, a matching report goes to stderr: pairs matched, pairs naming a slide without
+features or a sample without a profile, features and profiles named in no pair, items per
+split. Training is refused below ``--min-train-items`` matched training items (default 8).
+Imports only typer and the config at module level: ``threads-search --help`` stays fast.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 
-from trainer.config import DEFAULT_VAL_FRACTION, TrainConfig
+import typer
 
-EPILOG = """examples:
-  threads-search train --features feats/ --pairs pairs.csv --rna rna.parquet --dna muts.maf \\
-      --out model/ --epochs 20
-  threads-search train ... --out model/ --resume        # continue an interrupted run exactly
+from threads_search.errors import ThreadsSearchError
+from trainer.config import (
+    DEFAULT_VAL_FRACTION,
+    MIN_TRAIN_ITEMS,
+    BagBy,
+    PairBy,
+    RnaUnits,
+    SelectMetric,
+    TrainConfig,
+)
 
-outputs (MODEL_DIR): config.json, model.safetensors (best epoch), genes_rna.txt, genes_dna.txt,
-rna_normalization.json, last/ (last epoch), training_log.jsonl, training_curves.png,
-checkpoints/state.pt (for --resume). config.json's "training" holds the settings, the best
-epoch's metrics, how it was selected and the matching report ("data").
+_D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # scalar defaults
+IO, MODEL, TRAINING = "Inputs and output", "Model", "Training"
 
-matching: pairs are matched to slides with finished features and to samples with a profile; the
-report (stderr, and config.json) counts what did not match, with examples and hints on ids that
-differ. Fewer than --min-train-items matched training items (default %(min)d), or fewer than 2
-training items of a modality given (--rna/--dna), is refused (exit 2): InfoNCE contrasts the
-items of a batch. An epoch that makes no optimiser step ends the run with exit 2 and saves
-nothing.
+EPILOG = f"""**Examples**
 
-model selection: the best epoch has the highest --select-metric on the validation split (a split
-column in --metadata, else --val-fraction of the patients, default %(val).2f; 0 = none).
-Without validation it is the epoch of lowest training loss, reported as train_loss."""
+`threads-search train --features feats/ --pairs pairs.csv --rna rna.parquet --dna muts.maf --out model/ --epochs 20`
+
+`threads-search train ... --out model/ --resume` continues an interrupted run exactly.
+
+**Outputs** (MODEL_DIR): config.json, model.safetensors (best epoch), genes_rna.txt,
+genes_dna.txt, rna_normalization.json, last/ (last epoch), training_log.jsonl,
+training_curves.png, checkpoints/state.pt (for --resume). config.json's "training" holds the
+settings, the best epoch's metrics, how it was selected and the matching report ("data").
+
+**Matching**: pairs are matched to slides with finished features and to samples with a profile;
+the report (stderr, and config.json) counts what did not match, with examples and hints on ids
+that differ. Fewer than --min-train-items matched training items (default {MIN_TRAIN_ITEMS}),
+or fewer than 2 training items of a modality given (--rna/--dna), is refused (exit 2): InfoNCE
+contrasts the items of a batch. An epoch that makes no optimiser step ends the run with exit 2
+and saves nothing.
+
+**Model selection**: the best epoch has the highest --select-metric on the validation split (a
+split column in --metadata, else --val-fraction of the patients, default
+{DEFAULT_VAL_FRACTION:.2f}; 0 = none). Without validation it is the epoch of lowest training
+loss, reported as train_loss."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    d = TrainConfig()
-    epilog = EPILOG % {"min": d.min_train_items, "val": DEFAULT_VAL_FRACTION}
-    p = argparse.ArgumentParser(
-        prog="threads-search train", description=__doc__.splitlines()[0], epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    io = p.add_argument_group("inputs and output")
-    io.add_argument(
-        "--features", required=True, help="FEATURES_DIR written by `threads-search features`"
-    )
-    io.add_argument(
-        "--pairs", required=True, help="CSV/Parquet with slide_id, sample_id [, patient_id]"
-    )
-    io.add_argument("--rna", help="RNA matrix (Parquet/CSV/TSV): sample_id + one column per gene")
-    io.add_argument("--rna-units", default=d.rna_units, choices=["tpm", "counts", "log"])
-    io.add_argument("--dna", help="MAF file or binary sample x gene matrix")
-    io.add_argument("--metadata", help="table with patient_id and a split column (train/val/test)")
-    io.add_argument("--pair-by", default=d.pair_by, choices=["sample", "patient"],
-                    help="patient: pair TCGA barcodes by their first 12 characters")  # fmt: skip
-    io.add_argument("--out", required=True, help="MODEL_DIR to write")
-    m = p.add_argument_group("model")
-    m.add_argument("--slide-encoder", default=d.slide_encoder, help="threads | mean")
-    m.add_argument("--heads", type=int, help="attention heads of the threads encoder")
-    m.add_argument("--head-dim", type=int, help="width of each head")
-    m.add_argument("--attn-dim", type=int, help="gated-attention hidden width")
-    m.add_argument("--dropout", type=float, help="dropout in the slide encoder")
-    t = p.add_argument_group("training")
-    t.add_argument("--bag-by", default=d.bag_by, choices=["patient", "slide"])
-    t.add_argument("--epochs", type=int, default=d.epochs)
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument(
-        "--max-patches", type=int, default=d.max_patches, help="patches sampled per bag per step"
-    )
-    t.add_argument("--lr", type=float, default=d.lr)
-    t.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    t.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
-    t.add_argument("--accum-steps", type=int, default=d.accum_steps, help="gradient accumulation")
-    t.add_argument("--grad-clip", type=float, default=d.grad_clip)
-    t.add_argument(
-        "--temperature", type=float, default=d.temperature, help="initial InfoNCE temperature"
-    )
-    t.add_argument(
+def train(
+    features: str = typer.Option(
+        ...,
+        "--features",
+        metavar="DIR",
+        help="FEATURES_DIR written by `threads-search features`.",
+        rich_help_panel=IO,
+    ),
+    pairs: str = typer.Option(
+        ...,
+        "--pairs",
+        metavar="FILE",
+        help="CSV/Parquet with slide_id, sample_id [, patient_id].",
+        rich_help_panel=IO,
+    ),
+    rna: str | None = typer.Option(
+        None,
+        "--rna",
+        metavar="FILE",
+        help="RNA matrix (Parquet/CSV/TSV): sample_id + one column per gene.",
+        rich_help_panel=IO,
+    ),
+    rna_units: RnaUnits = typer.Option(
+        _D["rna_units"], "--rna-units", help="Units of --rna.", rich_help_panel=IO
+    ),
+    dna: str | None = typer.Option(
+        None,
+        "--dna",
+        metavar="FILE",
+        help="MAF file or binary sample x gene matrix.",
+        rich_help_panel=IO,
+    ),
+    metadata: str | None = typer.Option(
+        None,
+        "--metadata",
+        metavar="FILE",
+        help="Table with patient_id and a split column (train/val/test).",
+        rich_help_panel=IO,
+    ),
+    pair_by: PairBy = typer.Option(
+        _D["pair_by"],
+        "--pair-by",
+        help="patient: pair TCGA barcodes by their first 12 characters.",
+        rich_help_panel=IO,
+    ),
+    out: str = typer.Option(
+        ..., "--out", metavar="DIR", help="MODEL_DIR to write.", rich_help_panel=IO
+    ),
+    slide_encoder: str = typer.Option(
+        _D["slide_encoder"], "--slide-encoder", help="threads | mean", rich_help_panel=MODEL
+    ),
+    heads: int | None = typer.Option(
+        None, "--heads", help="Attention heads of the threads encoder.", rich_help_panel=MODEL
+    ),
+    head_dim: int | None = typer.Option(
+        None, "--head-dim", help="Width of each head.", rich_help_panel=MODEL
+    ),
+    attn_dim: int | None = typer.Option(
+        None, "--attn-dim", help="Gated-attention hidden width.", rich_help_panel=MODEL
+    ),
+    dropout: float | None = typer.Option(
+        None, "--dropout", help="Dropout in the slide encoder.", rich_help_panel=MODEL
+    ),
+    bag_by: BagBy = typer.Option(
+        _D["bag_by"],
+        "--bag-by",
+        help="patient: a patient's slides form one bag; slide: one bag per slide.",
+        rich_help_panel=TRAINING,
+    ),
+    epochs: int = typer.Option(_D["epochs"], "--epochs", rich_help_panel=TRAINING),
+    batch_size: int = typer.Option(_D["batch_size"], "--batch-size", rich_help_panel=TRAINING),
+    max_patches: int = typer.Option(
+        _D["max_patches"],
+        "--max-patches",
+        help="Patches sampled per bag per step.",
+        rich_help_panel=TRAINING,
+    ),
+    lr: float = typer.Option(_D["lr"], "--lr", rich_help_panel=TRAINING),
+    weight_decay: float = typer.Option(
+        _D["weight_decay"], "--weight-decay", rich_help_panel=TRAINING
+    ),
+    warmup_epochs: float = typer.Option(
+        _D["warmup_epochs"], "--warmup-epochs", rich_help_panel=TRAINING
+    ),
+    accum_steps: int = typer.Option(
+        _D["accum_steps"], "--accum-steps", help="Gradient accumulation.", rich_help_panel=TRAINING
+    ),
+    grad_clip: float = typer.Option(_D["grad_clip"], "--grad-clip", rich_help_panel=TRAINING),
+    temperature: float = typer.Option(
+        _D["temperature"],
+        "--temperature",
+        help="Initial InfoNCE temperature.",
+        rich_help_panel=TRAINING,
+    ),
+    val_fraction: float | None = typer.Option(
+        None,
         "--val-fraction",
-        type=float,
-        help=f"share of patients held out for validation when --metadata has no split column "
-        f"(default {DEFAULT_VAL_FRACTION}; 0: no validation split; not allowed with one)",
-    )
-    t.add_argument(
+        help="Share of patients held out for validation when --metadata has no split column "
+        f"(0: no validation split; not allowed with one) [default: {DEFAULT_VAL_FRACTION}].",
+        rich_help_panel=TRAINING,
+    ),
+    min_train_items: int = typer.Option(
+        _D["min_train_items"],
         "--min-train-items",
-        type=int,
-        default=d.min_train_items,
-        help="refuse to train on fewer matched training items (bags with a paired profile; "
-        "default %(default)s)",
+        help="Refuse to train on fewer matched training items (bags with a paired profile).",
+        rich_help_panel=TRAINING,
+    ),
+    select_metric: SelectMetric = typer.Option(
+        _D["select_metric"], "--select-metric", rich_help_panel=TRAINING
+    ),
+    patience: int = typer.Option(
+        _D["patience"], "--patience", help="Early stopping (0 = off).", rich_help_panel=TRAINING
+    ),
+    seed: int = typer.Option(_D["seed"], "--seed", rich_help_panel=TRAINING),
+    device: str = typer.Option(
+        _D["device"], "--device", help="auto | cpu | cuda[:N]", rich_help_panel=TRAINING
+    ),
+    threads: int = typer.Option(
+        _D["threads"],
+        "--threads",
+        help="Torch CPU threads (0 = default).",
+        rich_help_panel=TRAINING,
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run in --out exactly.", rich_help_panel=TRAINING
+    ),
+    stop_after_epochs: int | None = typer.Option(
+        None,
+        "--stop-after-epochs",
+        help="End this run (resumably) after N epochs.",
+        rich_help_panel=TRAINING,
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", help="No progress bars.", rich_help_panel=TRAINING
+    ),
+) -> None:
+    """Train the THREADS slide-molecule model (InfoNCE) from a FEATURES_DIR and RNA/DNA profiles.
+
+    A matching report (what matched, what did not) goes to stderr before the first epoch; the
+    bundle of the best epoch is written to --out.
+    """
+    from trainer.errors import TrainingError
+    from trainer.loop import train as run_training
+
+    slide_config = {"heads": heads, "head_dim": head_dim, "attn_dim": attn_dim, "dropout": dropout}
+    if slide_encoder == "mean":  # the mean encoder has no attention
+        slide_config = {"dropout": dropout}
+    cfg = TrainConfig(
+        features=features,
+        pairs=pairs,
+        out=out,
+        rna=rna,
+        dna=dna,
+        rna_units=rna_units,
+        metadata=metadata,
+        pair_by=pair_by,
+        bag_by=bag_by,
+        val_fraction=val_fraction,
+        min_train_items=min_train_items,
+        slide_encoder=slide_encoder,
+        slide_config={k: v for k, v in slide_config.items() if v is not None},
+        epochs=epochs,
+        batch_size=batch_size,
+        max_patches=max_patches,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs,
+        grad_clip=grad_clip,
+        accum_steps=accum_steps,
+        temperature=temperature,
+        select_metric=select_metric,
+        patience=patience,
+        seed=seed,
+        device=device,
+        threads=threads,
     )
-    t.add_argument(
-        "--select-metric", default=d.select_metric, choices=["val_mean_recall", "val_rankme"]
+    result = run_training(
+        cfg, resume=resume, stop_after_epochs=stop_after_epochs, progress=not quiet, echo=_stderr
     )
-    t.add_argument("--patience", type=int, default=d.patience, help="early stopping (0 = off)")
-    t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--device", default=d.device, help="auto | cpu | cuda")
-    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
-    t.add_argument("--stop-after-epochs", type=int, help="end this run (resumably) after N epochs")
-    t.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
-
-
-def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    slide_config = {k: v for k, v in (("heads", a.heads), ("head_dim", a.head_dim),
-                    ("attn_dim", a.attn_dim), ("dropout", a.dropout)) if v is not None}  # fmt: skip
-    if a.slide_encoder == "mean":
-        slide_config = {k: v for k, v in slide_config.items() if k == "dropout"}
-    return TrainConfig(
-        features=a.features, pairs=a.pairs, out=a.out, rna=a.rna, dna=a.dna,
-        rna_units=a.rna_units, metadata=a.metadata, pair_by=a.pair_by, bag_by=a.bag_by,
-        val_fraction=a.val_fraction, min_train_items=a.min_train_items,
-        slide_encoder=a.slide_encoder, slide_config=slide_config,
-        epochs=a.epochs, batch_size=a.batch_size, max_patches=a.max_patches, lr=a.lr,
-        weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, grad_clip=a.grad_clip,
-        accum_steps=a.accum_steps, temperature=a.temperature, select_metric=a.select_metric,
-        patience=a.patience, seed=a.seed, device=a.device, threads=a.threads,
-    )  # fmt: skip
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from threads_search.molecular import MolecularDataError
-    from trainer.errors import TrainingDataError, TrainingError
-    from trainer.loop import train
-
-    cfg = config_from_args(args)
-    errors = (TrainingDataError, TrainingError, MolecularDataError, FileNotFoundError, ValueError)
-    try:
-        result = train(
-            cfg,
-            resume=args.resume,
-            stop_after_epochs=args.stop_after_epochs,
-            progress=not args.quiet,
-            echo=_stderr,
-        )
-    except errors as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     if result.best_epoch < 1:
-        msg = f"error: no epoch produced a model; no bundle in {result.out_dir}"
-        print(msg, file=sys.stderr)
-        return 2
+        raise TrainingError(f"no epoch produced a model; no bundle in {result.out_dir}")
     last = result.history[-1] if result.history else {}
-    print(
+    typer.echo(
         f"trained {len(result.history)} epochs; best epoch {result.best_epoch} "
         f"({result.best_metric_name} = {result.best_metric:.4f}, {result.selection}); last "
         f"train loss {last.get('train_loss', float('nan')):.4f}; bundle: {result.out_dir}"
         + (" (stopped early)" if result.stopped_early else "")
     )
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run :func:`train` on ``argv`` (default ``sys.argv[1:]``); returns the exit code (module
+    docstring). A usage error is shown as the CLI shows it."""
+    from typer import rich_utils
+    from typer.main import get_command
+
+    app = typer.Typer(add_completion=False, rich_markup_mode="markdown")
+    app.command("train", epilog=EPILOG)(train)
+    command = get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="threads-search train", standalone_mode=False)
+    except typer.TyperException as e:  # a bad option (click's usage errors)
+        if hasattr(e, "ctx"):
+            rich_utils.rich_format_error(e)
+        else:
+            print(f"error: {e.format_message()}", file=sys.stderr)
+        return e.exit_code
+    except ThreadsSearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return code if isinstance(code, int) else 0
 
 
 def _stderr(text: str) -> None:

@@ -1,15 +1,31 @@
-"""Training configuration, saved into the model bundle and the training state."""
+"""Training configuration (:class:`TrainConfig`), saved into the model bundle (``config.json``'s
+``training``) and the training state (``checkpoints/state.pt``, compared on ``--resume``).
+
+Enum-like settings are ``Literal`` fields, checked when a config is made; ``check()`` refuses
+values that cannot train, naming the CLI option (:class:`~threads_search.errors.ConfigError`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from threads_search.config import StrictConfig
+from threads_search.errors import ConfigError
 
 DEFAULT_VAL_FRACTION = 0.15  # of the patients, when no split column is given
 MIN_TRAIN_ITEMS = 8  # fewest matched training items (bags) a run accepts
 
+RnaUnits = Literal["tpm", "counts", "log"]
+PairBy = Literal["sample", "patient"]
+BagBy = Literal["patient", "slide"]
+SelectMetric = Literal["val_mean_recall", "val_rankme"]
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(StrictConfig):
     """Everything that defines a training run. Paths are strings (JSON-ready)."""
 
     features: str = ""
@@ -17,17 +33,17 @@ class TrainConfig:
     out: str = ""
     rna: str | None = None
     dna: str | None = None
-    rna_units: str = "tpm"
+    rna_units: RnaUnits = "tpm"
     metadata: str | None = None  # optional table with a patient-level ``split`` column
-    pair_by: str = "sample"  # sample | patient (TCGA barcodes by their first 12 characters)
-    bag_by: str = "patient"  # patient: a patient's slides form one bag | slide
+    pair_by: PairBy = "sample"  # patient: TCGA barcodes paired by their first 12 characters
+    bag_by: BagBy = "patient"  # patient: a patient's slides form one bag; slide: one per slide
     # Share of patients held out for validation when the metadata has no split column
     # (None: DEFAULT_VAL_FRACTION; 0: no validation split). Not allowed with a split column.
     val_fraction: float | None = None
     # Refuse to train on fewer matched training items (bags with a paired profile). InfoNCE
     # contrasts the items of a batch, so a handful of items cannot train a model.
     min_train_items: int = MIN_TRAIN_ITEMS
-    slide_encoder: str = "threads"
+    slide_encoder: str = "threads"  # a registered slide encoder (list_slide_encoders())
     slide_config: dict = field(default_factory=dict)
     rna_config: dict = field(default_factory=dict)
     dna_config: dict = field(default_factory=dict)
@@ -41,14 +57,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     accum_steps: int = 1
     temperature: float = 0.07
-    select_metric: str = "val_mean_recall"  # or val_rankme
+    select_metric: SelectMetric = "val_mean_recall"
     patience: int = 10  # epochs without improvement before early stopping (0 = never)
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0 = leave as is)
 
     def check(self) -> None:
-        """Settings that cannot train → ValueError naming the option."""
+        """Settings that cannot train → :class:`ConfigError` naming the option."""
         bad = []
         if self.batch_size < 2:
             bad.append(f"--batch-size {self.batch_size}: InfoNCE needs at least 2 items a batch")
@@ -58,13 +74,12 @@ class TrainConfig:
             bad.append("--epochs, --accum-steps and --max-patches must be at least 1")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             bad.append(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            bad.append(f"--device {self.device}: use auto, cpu, cuda or cuda:N")
         if bad:
-            raise ValueError("; ".join(bad))
+            raise ConfigError("; ".join(bad))
+        from threads_search.models.slide_encoders import list_slide_encoders
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        if self.slide_encoder not in list_slide_encoders():
+            known = ", ".join(list_slide_encoders())
+            raise ConfigError(f"--slide-encoder {self.slide_encoder!r}: use one of {known}")

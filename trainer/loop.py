@@ -15,6 +15,7 @@ that no optimiser step produced.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -23,15 +24,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from threads_search.atomic import remove_orphans
 from threads_search.device import resolve_device
+from threads_search.errors import ConfigError, MissingError
 from threads_search.models.bundle import build_model, save_model
 from threads_search.models.loss import InfoNCE
 from trainer.config import TrainConfig
 from trainer.data import TrainingData, collate, load_training_data
 from trainer.errors import TrainingError
 from trainer.matching import format_report
+from trainer.progress import EpochProgress
 from trainer.state import load_state, plot_curves, save_state, write_log
 from trainer.validate import validate
 
@@ -127,11 +130,56 @@ def _step_loss(model, loss_fn, data: TrainingData, batch, rng, cfg, device, auto
     return torch.stack(losses).mean() if losses else None
 
 
+@dataclass
+class _Step:
+    """One epoch of optimiser steps over ``batches`` (lists of training items)."""
+
+    model: torch.nn.Module
+    loss_fn: InfoNCE
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    params: list
+    data: TrainingData
+    cfg: TrainConfig
+    device: torch.device
+    autocast: Callable
+
+    def epoch(self, batches: list, rng: np.random.Generator, bar: EpochProgress):
+        """Returns (the losses of the batches that had one, the optimiser steps made)."""
+        cfg, opt = self.cfg, self.opt
+        self.model.train()
+        losses, steps, pending = [], 0, False
+        opt.zero_grad(set_to_none=True)
+        for i, batch in enumerate(batches):
+            loss = _step_loss(
+                self.model, self.loss_fn, self.data, batch, rng, cfg, self.device, self.autocast
+            )
+            if loss is not None:
+                (loss / cfg.accum_steps).backward()
+                losses.append(float(loss.detach()))
+                pending = True
+            if (i + 1) % cfg.accum_steps == 0 or i == len(batches) - 1:
+                steps, pending = steps + pending, False
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                opt.step()
+                self.sched.step()
+                opt.zero_grad(set_to_none=True)
+                self.loss_fn.clamp_()
+            running = np.mean(losses[-20:]) if losses else float("nan")
+            bar.advance(loss=f"{running:.3f}", T=f"{self.loss_fn.temperature:.3f}")
+        return losses, steps
+
+
 def _config_diff(old: dict, new: dict) -> list[str]:
     """Settings that differ from a saved run's; a setting the saved run predates counts as its
     default."""
     defaults = TrainConfig().to_dict()
-    return [k for k, v in new.items() if old.get(k, defaults.get(k)) != v]
+
+    def plain(v) -> str:  # tuples saved by an older version compare equal to lists
+        return json.dumps(v, sort_keys=True, default=str)
+
+    return [k for k, v in new.items() if plain(old.get(k, defaults.get(k))) != plain(v)]
 
 
 def train(
@@ -154,6 +202,7 @@ def train(
     if echo is not None:
         echo(format_report(data.report))
     out.mkdir(parents=True, exist_ok=True)
+    remove_orphans(out)  # temporaries of a killed run (atomic writes)
     train_items, val_items = data.split("train"), data.split("val")
     model = _build(cfg, data).to(device)
     loss_fn = InfoNCE(init_temperature=cfg.temperature).to(device)
@@ -162,20 +211,23 @@ def train(
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1] + list(loss_fn.parameters())
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr,
-    )  # fmt: skip
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
     steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.batch_size) / cfg.accum_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
     history: list[dict] = []
     start, best, best_epoch, stale = 0, -math.inf, -1, 0
     state = load_state(out) if resume else None
     if resume and state is None:
-        raise FileNotFoundError(f"--resume: no training state in {out / 'checkpoints'}")
+        raise MissingError(f"--resume: no training state in {out / 'checkpoints'}")
     if state is not None:
         diff = _config_diff(state["config"], cfg.to_dict())
         if diff:
-            raise ValueError(f"--resume with other settings than the interrupted run: {diff}")
+            raise ConfigError(f"--resume with other settings than the interrupted run: {diff}")
         model.load_state_dict(state["model"])
         loss_fn.load_state_dict(state["loss"])
         opt.load_state_dict(state["optimizer"])
@@ -194,88 +246,81 @@ def train(
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    step = _Step(model, loss_fn, opt, sched, params, data, cfg, device, autocast)
     stopped_early = False
-    for epoch in range(start, cfg.epochs):
-        if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
-            break
-        t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        rng = np.random.default_rng([cfg.seed, epoch])
-        order = rng.permutation(len(train_items))
-        batches = [[train_items[j] for j in order[i : i + cfg.batch_size]]
-                   for i in range(0, len(order), cfg.batch_size)]  # fmt: skip
-        model.train()
-        losses, steps, pending = [], 0, False
-        bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False
-        )
-        opt.zero_grad(set_to_none=True)
-        for i, batch in enumerate(bar):
-            loss = _step_loss(model, loss_fn, data, batch, rng, cfg, device, autocast)
-            if loss is not None:
-                (loss / cfg.accum_steps).backward()
-                losses.append(float(loss.detach()))
-                pending = True
-            last = i == len(batches) - 1
-            if (i + 1) % cfg.accum_steps == 0 or last:
-                steps, pending = steps + pending, False
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                loss_fn.clamp_()
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]) if losses else float('nan'):.3f}",
-                            T=f"{loss_fn.temperature:.3f}")  # fmt: skip
-        train_s = time.perf_counter() - t0
-        if steps == 0:
-            raise _no_step_error(epoch + 1, cfg, train_items, best_epoch)
-        metrics = validate(model, data, val_items, device)
-        train_loss = float(np.mean(losses))
-        name, _, score, selection = _selection(cfg, metrics, train_loss, len(val_items))
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "optimizer_steps": steps,
-            "temperature": loss_fn.temperature,
-            "lr": float(sched.get_last_lr()[0]),
-            "train_seconds": train_s,
-            "val_seconds": time.perf_counter() - t0 - train_s,
-            "slides_per_s": sum(len(it.slides) for it in train_items) / train_s,
-            **metrics,
-            "selected_by": name,
-        }
-        model.training_params = {
-            **cfg.to_dict(),
-            "epoch": epoch + 1,
-            "metrics": metrics,
-            "train_loss": train_loss,
-            "selected_by": name,
-            "selection": selection,
-            "data": data.report,
-        }
-        row["best"] = bool(score > best)
-        history.append(row)
-        if row["best"]:
-            best, best_epoch, stale = score, epoch + 1, 0
-            save_model(model, out)
-        else:
-            stale += 1
-        save_model(model, out / "last")
-        save_state(out, {"config": cfg.to_dict(), "model": model.state_dict(),
-                         "loss": loss_fn.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "epoch": epoch + 1, "best": best,
-                         "best_epoch": best_epoch, "stale": stale, "history": history})  # fmt: skip
-        write_log(out, history)
-        plot_curves(out, history)
-        if progress:
+    with EpochProgress(enabled=progress) as bar:
+        for epoch in range(start, cfg.epochs):
+            if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
+                break
+            t0 = time.perf_counter()
+            torch.manual_seed(cfg.seed * 100_003 + epoch)
+            rng = np.random.default_rng([cfg.seed, epoch])
+            order = rng.permutation(len(train_items))
+            batches = [
+                [train_items[j] for j in order[i : i + cfg.batch_size]]
+                for i in range(0, len(order), cfg.batch_size)
+            ]
+            bar.start(f"epoch {epoch + 1}/{cfg.epochs}", len(batches))
+            losses, steps = step.epoch(batches, rng, bar)
+            train_s = time.perf_counter() - t0
+            if steps == 0:
+                raise _no_step_error(epoch + 1, cfg, train_items, best_epoch)
+            metrics = validate(model, data, val_items, device)
+            train_loss = float(np.mean(losses))
+            name, _, score, selection = _selection(cfg, metrics, train_loss, len(val_items))
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                "optimizer_steps": steps,
+                "temperature": loss_fn.temperature,
+                "lr": float(sched.get_last_lr()[0]),
+                "train_seconds": train_s,
+                "val_seconds": time.perf_counter() - t0 - train_s,
+                "slides_per_s": sum(len(it.slides) for it in train_items) / train_s,
+                **metrics,
+                "selected_by": name,
+            }
+            model.training_params = {
+                **cfg.to_dict(),
+                "epoch": epoch + 1,
+                "metrics": metrics,
+                "train_loss": train_loss,
+                "selected_by": name,
+                "selection": selection,
+                "data": data.report,
+            }
+            row["best"] = bool(score > best)
+            history.append(row)
+            if row["best"]:
+                best, best_epoch, stale = score, epoch + 1, 0
+                save_model(model, out)
+            else:
+                stale += 1
+            save_model(model, out / "last")
+            save_state(
+                out,
+                {
+                    "config": cfg.to_dict(),
+                    "model": model.state_dict(),
+                    "loss": loss_fn.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "best": best,
+                    "best_epoch": best_epoch,
+                    "stale": stale,
+                    "history": history,
+                },
+            )
+            write_log(out, history)
+            plot_curves(out, history)
             shown = {
                 k: round(v, 3) for k, v in row.items() if k in ("train_loss", "temperature", name)
             }
-            tqdm.write(f"epoch {epoch + 1}: {shown}")
-        if cfg.patience and stale >= cfg.patience:
-            stopped_early = True
-            break
+            bar.end(f"epoch {epoch + 1}: {shown}")
+            if cfg.patience and stale >= cfg.patience:
+                stopped_early = True
+                break
     return _result(out, cfg, best_epoch, history, stopped_early, len(val_items), data.report)
 
 

@@ -1,15 +1,17 @@
 """Training state for ``--resume``: weights, optimiser, scheduler, RNG and history, written
-atomically after every epoch to ``MODEL_DIR/checkpoints/state.pt``."""
+after every epoch to ``MODEL_DIR/checkpoints/state.pt``; the state, ``training_log.jsonl`` and
+``training_curves.png`` are written atomically (``threads_search.atomic``)."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from threads_search.atomic import atomic_path, write_text
 
 STATE = Path("checkpoints") / "state.pt"
 
@@ -25,9 +27,8 @@ def save_state(out_dir: Path, payload: dict) -> None:
             "python": random.getstate(),
         },
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_state(out_dir: Path) -> dict | None:
@@ -44,10 +45,7 @@ def load_state(out_dir: Path) -> dict | None:
 def write_log(out_dir: Path, history: list[dict]) -> None:
     """``training_log.jsonl``: one JSON object per epoch, rewritten whole (so a resumed run
     never holds epochs twice)."""
-    path = out_dir / "training_log.jsonl"
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-    os.replace(tmp, path)
+    write_text(out_dir / "training_log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
 
 
 def plot_curves(out_dir: Path, history: list[dict]) -> None:
@@ -74,7 +72,8 @@ def plot_curves(out_dir: Path, history: list[dict]) -> None:
         if len(keys) > 1:
             ax.legend(fontsize=6)
     fig.tight_layout()
-    tmp = out_dir / f".training_curves.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, out_dir / "training_curves.png")
+    try:
+        with atomic_path(out_dir / "training_curves.png") as tmp:
+            fig.savefig(tmp, dpi=90)
+    finally:
+        plt.close(fig)

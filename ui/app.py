@@ -46,8 +46,10 @@ def main() -> None:
         st.error(f"**Cannot open the index {cfg.index_dir}.** {readable(e)}")
         st.stop()
     st.sidebar.title("threads-search")
-    st.sidebar.caption(f"{len(index.slides)} slides · {len(index.molecular)} molecular samples  \n"
-                       f"`{cfg.index_dir}`")  # fmt: skip
+    st.sidebar.caption(
+        f"{len(index.slides)} slides · {len(index.molecular)} molecular samples  \n"
+        f"`{cfg.index_dir}`"
+    )
     if st.sidebar.button("Reload the index", help="After the index was updated on disk"):
         get_index.clear()
         st.rerun()

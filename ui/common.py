@@ -14,6 +14,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from threads_search.errors import ThreadsSearchError
+
 log = logging.getLogger("threads_search.ui")
 
 ENV_INDEX = "THREADS_SEARCH_INDEX"
@@ -64,11 +66,11 @@ def get_tile_server(host: str, port: int):
 
 
 def readable(e: BaseException) -> str:
-    """A one-paragraph message for an exception (never a traceback)."""
+    """A one-paragraph message for an exception (never a traceback): the message alone for a
+    user's error (a ``ThreadsSearchError``: query, filter, upload, slide, molecular data,
+    index...; or a ``ValueError``/``FileNotFoundError``), else prefixed by the exception's type."""
     msg = str(e).strip() or type(e).__name__
-    known = ("QueryError", "FilterError", "MolecularDataError", "SlideError", "UploadError",
-             "IndexFormatError", "IndexNotFoundError", "FileNotFoundError")  # fmt: skip
-    if type(e).__name__ in known or isinstance(e, ValueError):
+    if isinstance(e, (ThreadsSearchError, ValueError, FileNotFoundError)):
         return msg
     return f"{type(e).__name__}: {msg}"
 
@@ -141,8 +143,7 @@ def show_gallery(results: pd.DataFrame, key: str, per_row: int = 4) -> None:
                 thumb = gallery_thumb(r.get("path"), r.get("thumbnail"))
                 if thumb is not None:
                     st.image(thumb, width="stretch")
-                lines = [f"**#{int(r['rank'])} {r['slide_id']}**",
-                         f"similarity {r['score']:.3f}"]  # fmt: skip
+                lines = [f"**#{int(r['rank'])} {r['slide_id']}**", f"similarity {r['score']:.3f}"]
                 if "patient_id" in r and r["patient_id"] is not None:
                     lines.append(f"patient {r['patient_id']}")
                 lines += [f"{c}: {fmt(r[c])}" for c in meta]
@@ -153,8 +154,9 @@ def show_gallery(results: pd.DataFrame, key: str, per_row: int = 4) -> None:
 
 
 def download_csv(frame: pd.DataFrame, name: str, key: str, label: str = "Download CSV") -> None:
-    st.download_button(label, frame.to_csv(index=False).encode(), file_name=name,
-                       mime="text/csv", key=key)  # fmt: skip
+    st.download_button(
+        label, frame.to_csv(index=False).encode(), file_name=name, mime="text/csv", key=key
+    )
 
 
 def go_to(section: str) -> None:

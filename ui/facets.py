@@ -5,7 +5,7 @@ boolean or category with at most ``MAX_CATEGORIES`` values; missing values offer
 ``(missing)``), a range slider for a numeric one, a "contains" text box for a high-cardinality
 text column. The clause is built by ``threads_search.query.filters.build_where`` (identifiers
 and values quoted by the project's guarded builder, never pasted raw), optionally ANDed with a
-free SQL expression that the query engine's guard checks.
+free SQL expression that the index's guard (``threads_search.query.sql_guard``) checks.
 """
 
 from __future__ import annotations
@@ -96,8 +96,7 @@ def _slider(f: Facet, key: str):
     digits = max(0, 2 - int(math.floor(math.log10(step)))) if step > 0 else 2
     scale = 10**digits
     lo, hi = math.floor(f.lo * scale) / scale, math.ceil(f.hi * scale) / scale
-    return st.slider(f.column, lo, hi, (lo, hi), step=10**-digits, key=key,
-                     format=f"%.{digits}f")  # fmt: skip
+    return st.slider(f.column, lo, hi, (lo, hi), step=10**-digits, key=key, format=f"%.{digits}f")
 
 
 def render(index) -> dict:
@@ -111,15 +110,19 @@ def render(index) -> dict:
         for f in facets:
             key = f"facet:{f.column}"
             if f.kind == "categories":
-                values[f.column] = st.multiselect(f.column, list(f.options), key=key,
-                                                  placeholder="any")  # fmt: skip
+                values[f.column] = st.multiselect(
+                    f.column, list(f.options), key=key, placeholder="any"
+                )
             elif f.kind == "contains":
                 values[f.column] = st.text_input(f"{f.column} contains", key=key)
             else:
                 values[f.column] = _slider(f, key)
-        sql = st.text_input("SQL filter (advanced)", key="facet:sql",
-                            help="A boolean SQL expression over the metadata columns, e.g. "
-                                 "`subtype = 'subtype_A' AND tissue_area_mm2 > 0.2`")  # fmt: skip
+        sql = st.text_input(
+            "SQL filter (advanced)",
+            key="facet:sql",
+            help="A boolean SQL expression over the metadata columns, e.g. "
+            "`subtype = 'subtype_A' AND tissue_area_mm2 > 0.2`",
+        )
     out = {"slides": None, "molecular": None, "error": None, "n": None}
     try:
         out["slides"] = build(facets, values, columns, sql)

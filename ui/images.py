@@ -108,8 +108,12 @@ def heatmap(q: QuerySlide, alpha: float = 0.5, n_top: int = 0) -> Image.Image:
 
 
 def _box(x, y, size, sx, sy) -> tuple[int, int, int, int]:
-    return (int(x * sx), int(y * sy), max(int(x * sx) + 1, int((x + size) * sx) - 1),
-            max(int(y * sy) + 1, int((y + size) * sy) - 1))  # fmt: skip
+    return (
+        int(x * sx),
+        int(y * sy),
+        max(int(x * sx) + 1, int((x + size) * sx) - 1),
+        max(int(y * sy) + 1, int((y + size) * sy) - 1),
+    )
 
 
 def read_patch(path: str | Path, x: int, y: int, size: int, out: int = 192) -> Image.Image:
@@ -130,7 +134,9 @@ def patch_gallery(q: QuerySlide, n: int) -> list[tuple[Image.Image, str]]:
     if not q.path or q.patch_l0 <= 0 or not Path(q.path).exists():
         return []
     return [
-        (read_patch(q.path, r.x, r.y, q.patch_l0),
-         f"#{r.rank} · attention {r.score:.3f} · ({r.x}, {r.y})")
+        (
+            read_patch(q.path, r.x, r.y, q.patch_l0),
+            f"#{r.rank} · attention {r.score:.3f} · ({r.x}, {r.y})",
+        )
         for r in top_patches(q.attention, n).itertuples()
-    ]  # fmt: skip
+    ]

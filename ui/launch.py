@@ -39,22 +39,43 @@ def free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
 
 def command(index_dir: str | Path, host: str, port: int, max_upload_mb: int) -> list[str]:
     """The ``streamlit run`` command line."""
+    options = {
+        "server.address": host,
+        "server.port": port,
+        "server.headless": "true",
+        "server.fileWatcherType": "none",
+        "server.runOnSave": "false",
+        "server.maxUploadSize": max_upload_mb,
+        "browser.gatherUsageStats": "false",
+        "client.showErrorDetails": "none",
+        "client.toolbarMode": "minimal",
+        "global.developmentMode": "false",
+        "theme.base": "light",
+    }
+    flags = [a for name, value in options.items() for a in (f"--{name}", str(value))]
     return [
-        sys.executable, "-m", "streamlit", "run", str(APP),
-        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
-        "--server.fileWatcherType", "none", "--server.runOnSave", "false",
-        "--server.maxUploadSize", str(max_upload_mb), "--browser.gatherUsageStats", "false",
-        "--client.showErrorDetails", "none", "--client.toolbarMode", "minimal",
-        "--global.developmentMode", "false", "--theme.base", "light",
-        "--", str(Path(index_dir).resolve()),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP),
+        *flags,
+        "--",
+        str(Path(index_dir).resolve()),
+    ]
 
 
 def _env(index_dir, host: str, tile_port: int, max_upload_mb: int) -> dict:
     env = dict(os.environ)
-    env.update({ENV_INDEX: str(Path(index_dir).resolve()), ENV_HOST: host,
-                ENV_TILE_PORT: str(tile_port), ENV_MAX_UPLOAD_MB: str(max_upload_mb),
-                "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"})  # fmt: skip
+    env.update(
+        {
+            ENV_INDEX: str(Path(index_dir).resolve()),
+            ENV_HOST: host,
+            ENV_TILE_PORT: str(tile_port),
+            ENV_MAX_UPLOAD_MB: str(max_upload_mb),
+            "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
+        }
+    )
     return env
 
 
@@ -91,19 +112,27 @@ class UiServer:
 
 
 def start(
-    index_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
-    tile_port: int = 0, max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB, timeout: float = 60.0,
+    index_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    tile_port: int = 0,
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
+    timeout: float = 60.0,
     log=None,
-) -> UiServer:  # fmt: skip
+) -> UiServer:
     """Start the UI in the background and wait until it answers (``timeout`` s). ``port`` None:
     8501 when free, else any free port. ``log``: a file for the server's output (default:
     discarded). Raises ``RuntimeError`` with the server's output when it does not come up."""
     _check_index(index_dir)
     port = free_port(host, port or DEFAULT_PORT)
     out = log if log is not None else subprocess.DEVNULL
-    proc = subprocess.Popen(command(index_dir, host, port, max_upload_mb),
-                            env=_env(index_dir, host, tile_port, max_upload_mb),
-                            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        command(index_dir, host, port, max_upload_mb),
+        env=_env(index_dir, host, tile_port, max_upload_mb),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     server = UiServer(f"http://{url_host}:{port}", proc)
     deadline = time.monotonic() + timeout
@@ -121,16 +150,19 @@ def start(
 
 
 def launch(
-    index_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
+    index_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int | None = None,
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
-) -> int:  # fmt: skip
+) -> int:
     """Run the UI in the foreground until it exits or Ctrl-C; returns its exit code.
     ``port`` None: 8501 when free, else a free port. The URL is printed."""
     _check_index(index_dir)
     port = free_port(host, port or DEFAULT_PORT) if port is None else int(port)
     print(f"threads-search UI for {index_dir}: http://{host}:{port}  (Ctrl-C to stop)", flush=True)
-    proc = subprocess.Popen(command(index_dir, host, port, max_upload_mb),
-                            env=_env(index_dir, host, 0, max_upload_mb))  # fmt: skip
+    proc = subprocess.Popen(
+        command(index_dir, host, port, max_upload_mb), env=_env(index_dir, host, 0, max_upload_mb)
+    )
     try:
         return proc.wait()
     except KeyboardInterrupt:

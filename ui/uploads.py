@@ -18,14 +18,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from threads_search.errors import InputError
+
 SLIDE_UPLOAD_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".scn", ".svslide", ".bif")
 RNA_UPLOAD_EXTENSIONS = (".csv", ".tsv", ".txt", ".parquet")
 DNA_UPLOAD_EXTENSIONS = (".maf", ".tsv", ".txt", ".csv", ".parquet")
 SIGNATURE_SHIFT = 2.0  # standard deviations up/down for signature genes
 
 
-class UploadError(ValueError):
-    """An upload was refused or could not be read; the message says which file and why."""
+class UploadError(InputError):
+    """An upload was refused or could not be read; the message says which file and why (a
+    ``ThreadsSearchError`` and a ``ValueError``)."""
 
 
 class UploadStore:

@@ -64,8 +64,9 @@ class TileServer:
         self.httpd = ThreadingHTTPServer((host, int(port)), handler)
         self.httpd.daemon_threads = True
         self.host, self.port = host, self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True,
-                                        name=f"tile-server-{self.port}")  # fmt: skip
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, daemon=True, name=f"tile-server-{self.port}"
+        )
         self._thread.start()
 
     @property
@@ -149,8 +150,10 @@ class TileServer:
         if slide is None:
             return 0, 0
         props = slide.properties
-        return (int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0) or 0),
-                int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0) or 0))  # fmt: skip
+        return (
+            int(props.get(openslide.PROPERTY_NAME_BOUNDS_X, 0) or 0),
+            int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0) or 0),
+        )
 
     def view(self, vid: str) -> list[ViewSlide] | None:
         with self._lock:
@@ -205,8 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, buf.getvalue(), "image/jpeg", cache=True)
 
     def _static(self, rel: str) -> None:
-        allowed = {p.relative_to(STATIC_DIR).as_posix(): p for p in STATIC_DIR.rglob("*")
-                   if p.is_file()}  # fmt: skip
+        allowed = {
+            p.relative_to(STATIC_DIR).as_posix(): p for p in STATIC_DIR.rglob("*") if p.is_file()
+        }
         p = allowed.get(rel)
         if p is None:
             return self._send(404, b"not found", "text/plain")
@@ -234,11 +238,15 @@ def view_page(panels: list[ViewSlide], offsets: list[tuple[int, int]] | None = N
         f'<div class="status" id="status{i}">loading…</div></div>'
         for i, p in enumerate(panels)
     )
-    spec = json.dumps([
-        {"dzi": f"/dzi/{p.token}.dzi",
-         "marks": [{**m, "x": m["x"] - ox, "y": m["y"] - oy} for m in p.marks]}
-        for p, (ox, oy) in zip(panels, offsets, strict=True)
-    ])  # fmt: skip
+    spec = json.dumps(
+        [
+            {
+                "dzi": f"/dzi/{p.token}.dzi",
+                "marks": [{**m, "x": m["x"] - ox, "y": m["y"] - oy} for m in p.marks],
+            }
+            for p, (ox, oy) in zip(panels, offsets, strict=True)
+        ]
+    )
     return _PAGE.replace("__CELLS__", cells).replace("__SPEC__", spec)
 
 

@@ -1,4 +1,5 @@
-"""Input checks and helpers shared by the evaluation metrics (numpy only)."""
+"""Input checks and helpers shared by the evaluation metrics (numpy only). Bad data given to a
+metric raises ``InputError``, a bad option ``ConfigError`` (both ``ValueError``)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from threads_search.errors import ConfigError, InputError
+
 
 def as_matrix(x, name: str) -> np.ndarray:
     """``x`` as a non-empty, finite float64 ``[N, D]`` array; ``ValueError`` naming ``name``."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [N, D], got shape {arr.shape}")
+        raise InputError(f"{name} must be 2-D [N, D], got shape {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
+        raise InputError(f"{name} is empty (shape {arr.shape})")
     if not np.isfinite(arr).all():
         bad = int(np.nonzero(~np.isfinite(arr).all(axis=1))[0][0])
-        raise ValueError(f"{name} has non-finite values (first at row {bad})")
+        raise InputError(f"{name} has non-finite values (first at row {bad})")
     return arr
 
 
@@ -26,12 +29,12 @@ def as_labels(y, n: int, name: str) -> np.ndarray:
     """``y`` as a 1-D array of length ``n`` without missing values."""
     arr = np.asarray(y)
     if arr.ndim != 1:
-        raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
+        raise InputError(f"{name} must be 1-D, got shape {arr.shape}")
     if len(arr) != n:
-        raise ValueError(f"{name} has {len(arr)} entries but the embeddings have {n} rows")
+        raise InputError(f"{name} has {len(arr)} entries but the embeddings have {n} rows")
     if pd.isna(arr).any():
         bad = int(np.nonzero(pd.isna(arr))[0][0])
-        raise ValueError(f"{name} has missing values (first at position {bad})")
+        raise InputError(f"{name} has missing values (first at position {bad})")
     return arr
 
 
@@ -45,16 +48,10 @@ def as_ks(ks: Iterable[int]) -> tuple[int, ...]:
     """Positive integer cut-offs, in the given order, duplicates removed."""
     out = tuple(dict.fromkeys(int(k) for k in ks))
     if not out:
-        raise ValueError("ks is empty")
+        raise ConfigError("ks is empty")
     if min(out) < 1:
-        raise ValueError(f"every k must be >= 1, got {out}")
+        raise ConfigError(f"every k must be >= 1, got {out}")
     return out
-
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows scaled to unit L2 norm; an all-zero row stays zero (cosine 0 to everything)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, eps)
 
 
 def macro_auc(y_true: np.ndarray, scores: np.ndarray, classes: np.ndarray) -> float:

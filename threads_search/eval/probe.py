@@ -12,6 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, f1_score
 from sklearn.preprocessing import StandardScaler
 
+from threads_search.errors import ConfigError, InputError
 from threads_search.eval._common import as_labels, as_matrix, macro_auc
 
 
@@ -44,10 +45,10 @@ def linear_probe(
     xtr, ytr, xte, yte = _check_split(train_x, train_y, test_x, test_y)
     classes = np.unique(ytr)
     if len(classes) < 2:
-        raise ValueError(f"a linear probe needs >= 2 classes in train_y, got {classes.tolist()}")
+        raise InputError(f"a linear probe needs >= 2 classes in train_y, got {classes.tolist()}")
     unseen = np.setdiff1d(np.unique(yte), classes)
     if unseen.size:
-        raise ValueError(f"test_y has labels absent from train_y: {unseen.tolist()}")
+        raise InputError(f"test_y has labels absent from train_y: {unseen.tolist()}")
     if standardize:
         scaler = StandardScaler().fit(xtr)
         xtr, xte = scaler.transform(xtr), scaler.transform(xte)
@@ -71,7 +72,7 @@ def _check_split(train_x, train_y, test_x, test_y):
     xtr = as_matrix(train_x, "train_x")
     xte = as_matrix(test_x, "test_x")
     if xtr.shape[1] != xte.shape[1]:
-        raise ValueError(f"train_x has D={xtr.shape[1]} but test_x has D={xte.shape[1]}")
+        raise InputError(f"train_x has D={xtr.shape[1]} but test_x has D={xte.shape[1]}")
     ytr = as_labels(train_y, len(xtr), "train_y")
     yte = as_labels(test_y, len(xte), "test_y")
     return xtr, ytr, xte, yte
@@ -105,12 +106,12 @@ def few_shot_curve(
     xtr, ytr, xte, yte = _check_split(train_x, train_y, test_x, test_y)
     shots = tuple(dict.fromkeys(int(k) for k in shots))
     if not shots or min(shots) < 1:
-        raise ValueError(f"shots must be a non-empty list of integers >= 1, got {shots}")
+        raise ConfigError(f"shots must be a non-empty list of integers >= 1, got {shots}")
     if n_draws < 1:
-        raise ValueError(f"n_draws must be >= 1, got {n_draws}")
+        raise ConfigError(f"n_draws must be >= 1, got {n_draws}")
     classes, codes = np.unique(ytr, return_inverse=True)
     if len(classes) < 2:
-        raise ValueError(f"a few-shot curve needs >= 2 classes in train_y, got {classes.tolist()}")
+        raise InputError(f"a few-shot curve needs >= 2 classes in train_y, got {classes.tolist()}")
     per_class = [np.nonzero(codes == c)[0] for c in range(len(classes))]
     largest = max(len(idx) for idx in per_class)
     metrics = ("balanced_accuracy", "auc", "weighted_f1")

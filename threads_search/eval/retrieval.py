@@ -12,14 +12,9 @@ from typing import Literal
 
 import numpy as np
 
-from threads_search.eval._common import (
-    as_ks,
-    as_labels,
-    as_matrix,
-    encode,
-    l2_normalize,
-    top_k_stable,
-)
+from threads_search.errors import ConfigError, InputError
+from threads_search.eval._common import as_ks, as_labels, as_matrix, encode, top_k_stable
+from threads_search.linalg import l2_normalize
 
 _CHUNK = 1024  # queries scored at once: [chunk, N] float64 similarities in memory
 
@@ -37,10 +32,10 @@ def cross_modal_recall(
     capped at ``G``); a query with no relevant item at all counts as a miss. Returns
     ``{"R@1": .., "R@5": .., "R@10": ..}`` (keys follow ``ks``), values in [0, 1].
     """
-    q = l2_normalize(as_matrix(query_emb, "query_emb"))
-    g = l2_normalize(as_matrix(gallery_emb, "gallery_emb"))
+    q = l2_normalize(as_matrix(query_emb, "query_emb"), np.float64)
+    g = l2_normalize(as_matrix(gallery_emb, "gallery_emb"), np.float64)
     if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query_emb has D={q.shape[1]} but gallery_emb has D={g.shape[1]}")
+        raise InputError(f"query_emb has D={q.shape[1]} but gallery_emb has D={g.shape[1]}")
     ks = as_ks(ks)
     n_q, n_g = len(q), len(g)
     rel = _relevance(match, n_q, n_g)
@@ -60,18 +55,18 @@ def _relevance(match, n_q: int, n_g: int) -> np.ndarray:
     m = np.asarray(match)
     if m.ndim == 2:
         if m.shape != (n_q, n_g):
-            raise ValueError(f"match matrix has shape {m.shape}, expected (Q, G) = {(n_q, n_g)}")
+            raise InputError(f"match matrix has shape {m.shape}, expected (Q, G) = {(n_q, n_g)}")
         if m.dtype != bool:
-            raise ValueError(f"match matrix must be boolean, got dtype {m.dtype}")
+            raise InputError(f"match matrix must be boolean, got dtype {m.dtype}")
         return m
     if m.ndim != 1 or len(m) != n_q:
-        raise ValueError(
+        raise InputError(
             f"match must be [Q={n_q}] indices or a [Q, G] boolean matrix, got {m.shape}"
         )
     if not np.issubdtype(m.dtype, np.integer):
-        raise ValueError(f"match indices must be integers, got dtype {m.dtype}")
+        raise InputError(f"match indices must be integers, got dtype {m.dtype}")
     if m.size and (m.min() < 0 or m.max() >= n_g):
-        raise ValueError(f"match indices must lie in [0, {n_g}), got [{m.min()}, {m.max()}]")
+        raise InputError(f"match indices must lie in [0, {n_g}), got [{m.min()}, {m.max()}]")
     rel = np.zeros((n_q, n_g), bool)
     rel[np.arange(n_q), m] = True
     return rel
@@ -110,16 +105,16 @@ def retrieval_metrics(
     Returns ``{"acc@1", "mMV@1", "mAP@1", "acc@5", ...}``, values in [0, 1].
     Raises ``ValueError`` when some query has no candidate at all.
     """
-    x = l2_normalize(as_matrix(emb, "emb"))
+    x = l2_normalize(as_matrix(emb, "emb"), np.float64)
     n = len(x)
     y, _ = encode(as_labels(labels, n, "labels"))
     grp_raw = None if groups is None else as_labels(groups, n, "groups")
     grp = None if grp_raw is None else encode(grp_raw)[0]
     ks = as_ks(ks)
     if ap_denominator not in ("min", "k"):
-        raise ValueError(f"ap_denominator must be 'min' or 'k', got {ap_denominator!r}")
+        raise ConfigError(f"ap_denominator must be 'min' or 'k', got {ap_denominator!r}")
     if mv_ties not in ("rank", "any"):
-        raise ValueError(f"mv_ties must be 'rank' or 'any', got {mv_ties!r}")
+        raise ConfigError(f"mv_ties must be 'rank' or 'any', got {mv_ties!r}")
     kmax = min(max(ks), n - 1) if n > 1 else 1
     n_labels = int(y.max()) + 1
     sums = {f"{m}@{k}": 0.0 for k in ks for m in ("acc", "mMV", "mAP")}
@@ -134,7 +129,7 @@ def retrieval_metrics(
         if (n_cand == 0).any():
             bad = int(rows[np.argmax(n_cand == 0)])
             why = "" if grp_raw is None else f" (its group {grp_raw[bad]!r} holds every item)"
-            raise ValueError(f"query {bad} has no candidate to retrieve{why}")
+            raise InputError(f"query {bad} has no candidate to retrieve{why}")
         sims[excluded] = -np.inf
         order = top_k_stable(sims, kmax)
         valid = np.take_along_axis(~excluded, order, axis=1)  # [B, kmax]

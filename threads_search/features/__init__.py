@@ -1,8 +1,8 @@
-"""Patch features per slide: segment, patch, encode; TRIDENT/CLAM-compatible h5 files."""
+"""Patch features per slide: plan (tissue, patch grid), encode; TRIDENT/CLAM-compatible h5
+files."""
 
-from threads_search.features.config import FeaturesConfig, load_config
+from threads_search.features.config import FeaturesConfig, FeaturesConfigError, load_config
 from threads_search.features.extract import (
-    FeaturesConfigError,
     SlideOutcome,
     default_config,
     encode_slide_file,

@@ -1,20 +1,21 @@
-"""The features stage: segment, patch and encode slides into a FEATURES_DIR (DESIGN.md layout).
+"""The features stage: plan (tissue, patch grid), encode and write slides into a FEATURES_DIR
+(DESIGN.md layout).
 
 One bad slide is recorded as failed with its reason and the others complete; a re-run skips
 slides already done with the same config (``retry_failed`` redoes failures) unless the slide
 file was replaced since (``reuse_features``: its fingerprint, recorded in the status row and
-the h5, differs); every file appears atomically, so a run killed at any moment leaves nothing
-a re-run would trust wrongly.
-One writer at a time: a run holds ``FEATURES_DIR/.lock`` (``features_lock``) from start to end,
-and a second one is refused naming the holder. Every per-slide file is named through
-``threads_search.paths.slide_file`` (never outside FEATURES_DIR); paths and messages are stored
-as valid UTF-8 (``display_text``), so a file name that is not UTF-8 is one more slide.
+the h5, differs); every file appears atomically (``threads_search.atomic``; the temporaries of
+a killed run are removed by the next one), so a run killed at any moment leaves nothing a
+re-run would trust wrongly. One writer at a time: a run holds ``FEATURES_DIR/.lock``
+(``features_lock``) from start to end, and a second one is refused naming the holder. Every
+per-slide file is named through ``threads_search.paths.slide_file`` (never outside
+FEATURES_DIR); paths and messages are stored as valid UTF-8 (``display_text``), so a file name
+that is not UTF-8 is one more slide.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 import traceback
 from collections.abc import Callable
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from threads_search.features.config import FeaturesConfig, load_config
+from threads_search.atomic import remove_orphans
+from threads_search.errors import ConfigError
+from threads_search.features.config import FeaturesConfig, FeaturesConfigError, load_config
 from threads_search.features.h5io import write_features
 from threads_search.features.reuse import (  # noqa: F401 - public here too (ray engine)
     CHANGED,
@@ -35,16 +38,11 @@ from threads_search.features.reuse import (  # noqa: F401 - public here too (ray
 from threads_search.features.status import StatusTable
 from threads_search.locking import DirLock, WriterLockedError
 from threads_search.paths import display_text, slide_file
-from threads_search.procs import pid_alive
 from threads_search.wsi import SlideError, discover_slides, load_mpp_csv, lookup_override
 from threads_search.wsi.fingerprint import to_text
 from threads_search.wsi.plan import SlidePlan, plan_slide
 from threads_search.wsi.reader import patch_loader
 from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
-
-
-class FeaturesConfigError(ValueError):
-    """FEATURES_DIR was made with other settings than the ones asked for now."""
 
 
 @dataclass
@@ -82,13 +80,23 @@ def features_lock(out_dir: str | Path, command: str = "") -> DirLock:
 
 
 def check_config(out_dir: Path, config: FeaturesConfig) -> None:
-    """Refuse to mix features made with different settings in one folder."""
+    """Refuse to mix features made with different settings in one folder
+    (``FeaturesConfigError`` listing the settings that differ). The folder's ``config.json``
+    may have been written by an earlier version (``FeaturesConfig.from_saved``)."""
     existing = load_config(out_dir)
     if existing is None or existing.get("config_hash") == config.hash():
         return
-    old = FeaturesConfig.from_dict(existing).output_key()
+    try:
+        old = FeaturesConfig.from_saved(existing).output_key()
+    except ConfigError as e:
+        raise FeaturesConfigError(
+            f"{out_dir} holds features made with settings this version cannot read ({e}). "
+            "Use another --out folder for these settings."
+        ) from None
     new = config.output_key()
     diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+    if not diff:  # settings that no longer exist (an older version's) made its features
+        diff = [f"config_hash: {existing.get('config_hash')!r} -> {config.hash()!r}"]
     raise FeaturesConfigError(
         f"{out_dir} holds features made with other settings ({'; '.join(diff)}). "
         "Use another --out folder for these settings."
@@ -100,9 +108,15 @@ def encode_plan(plan: SlidePlan, encoder, config: FeaturesConfig, on_batch: Call
     grid = config.segment.grid
     transform = encoder.encode_one if getattr(encoder, "cpu_per_patch", False) else None
     loader = patch_loader(
-        plan.path, plan.coords, grid.patch_size, grid.target_mpp, mpp=plan.mpp,
-        batch_size=config.batch_size, workers=config.workers, transform=transform,
-    )  # fmt: skip
+        plan.path,
+        plan.coords,
+        grid.patch_size,
+        grid.target_mpp,
+        mpp=plan.mpp,
+        batch_size=config.batch_size,
+        workers=config.workers,
+        transform=transform,
+    )
     out = np.zeros((len(plan.coords), encoder.spec.dim), np.float32)
     i = 0
     for batch, _ in loader:
@@ -139,7 +153,7 @@ def h5_attrs(plan: SlidePlan, config: FeaturesConfig, source_fp: dict | None = N
 def process_slide(
     ref, out_dir: Path, encoder, config, mpp=None, on_start=None, on_batch=None, source_fp=None
 ):
-    """Segment + encode one slide and write its h5 (with ``source_fp``, the file's fingerprint
+    """Plan + encode one slide and write its h5 (with ``source_fp``, the file's fingerprint
     taken before reading it), thumbnail and contours. Returns n patches. Raises ``SlideError``
     (also for a ``ref.problem`` found at discovery)."""
     if ref.problem is not None:
@@ -151,8 +165,8 @@ def process_slide(
     feats = encode_plan(plan, encoder, config, on_batch)
     if config.dtype == "float16":
         feats = feats.astype(np.float16)
-    write_thumbnail_jpeg(_display_thumb(plan, mpp), plan.tissue,
-                         thumbnail_path(out_dir, ref.slide_id))  # fmt: skip
+    thumb = _display_thumb(plan, mpp)
+    write_thumbnail_jpeg(thumb, plan.tissue, thumbnail_path(out_dir, ref.slide_id))
     write_geojson(plan.tissue, ref.slide_id, contours_path(out_dir, ref.slide_id))
     attrs = h5_attrs(plan, config, source_fp)
     write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, attrs)
@@ -169,14 +183,6 @@ def _display_thumb(plan: SlidePlan, mpp: float | None, side: int = 1024) -> np.n
     with open_slide(plan.path, mpp=mpp) as s:
         target = max(s.mpp, max(s.dimensions) * s.mpp / side)
         return s.thumbnail(target)[0]
-
-
-def _remove_orphans(out_dir: Path) -> None:
-    """Delete temporary files left by runs that were killed (their PID is gone)."""
-    for p in out_dir.rglob(".*.tmp*"):
-        m = re.search(r"\.tmp(\d+)$", p.name) or re.search(r"\.(\d+)\.tmp$", p.name)
-        if m and not pid_alive(int(m.group(1))):
-            p.unlink(missing_ok=True)
 
 
 def extract_features(
@@ -205,7 +211,7 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
     from threads_search.patch_encoders import create_patch_encoder
 
     check_config(out, config)
-    _remove_orphans(out)
+    remove_orphans(out)  # temporaries of killed runs (the FEATURES_DIR lock is held)
     refs = discover_slides(inputs)
     overrides = load_mpp_csv(mpp_csv) if mpp_csv else {}
     status = StatusTable(out)
@@ -251,20 +257,19 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
                 progress.slide_done(ref.slide_id, o.state, o.error)
             continue
         if use.action == "adopt":
-            status.set(ref.slide_id, path=display_text(ref.path), state="done", error="",
-                       n_patches=use.n_patches, seconds=0.0, config_hash=chash,
-                       finished=time.time(), source_fingerprint=fp_text)  # fmt: skip
+            row = dict(state="done", error="", n_patches=use.n_patches, seconds=0.0)
+            status.set(ref.slide_id, **_row(ref, chash, fp_text), **row)
             skipped = SlideOutcome(ref.slide_id, str(ref.path), "skipped", "", use.n_patches)
             skipped.fingerprint = use.fingerprint
             outcomes.append(skipped)
             continue
+        on_start = (lambda n, r=ref: progress.start_slide(r.slide_id, n)) if progress else None
+        on_batch = progress.advance if progress else None
         t0 = time.perf_counter()
         try:
             n = process_slide(
-                ref, out, encoder, config, slide_mpp,
-                on_start=(lambda n, r=ref: progress.start_slide(r.slide_id, n)) if progress else None,
-                on_batch=progress.advance if progress else None, source_fp=use.fingerprint,
-            )  # fmt: skip
+                ref, out, encoder, config, slide_mpp, on_start, on_batch, use.fingerprint
+            )
             state, error = "done", ""
         except SlideError as e:
             n, state, error = 0, "failed", f"{e.reason}: {e.detail}"
@@ -276,9 +281,8 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
         error = display_text(error)
         if state == "failed":
             h5.unlink(missing_ok=True)  # a stale file from older settings must not be trusted
-        status.set(ref.slide_id, path=display_text(ref.path), state=state, error=error,
-                   n_patches=n, seconds=dt, config_hash=chash, finished=time.time(),
-                   source_fingerprint=fp_text)  # fmt: skip
+        row = dict(state=state, error=error, n_patches=n, seconds=dt)
+        status.set(ref.slide_id, **_row(ref, chash, fp_text), **row)
         o = SlideOutcome(ref.slide_id, str(ref.path), state, error, n, dt, use.note)
         o.fingerprint = use.fingerprint
         outcomes.append(o)
@@ -287,6 +291,17 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
     if recorded:
         status.save()
     return outcomes
+
+
+def _row(ref, config_hash: str, fp_text: str | None) -> dict:
+    """The status-row fields of ``ref`` that every outcome records (path, settings, time,
+    the slide file's fingerprint as JSON text)."""
+    return {
+        "path": display_text(ref.path),
+        "config_hash": config_hash,
+        "finished": time.time(),
+        "source_fingerprint": fp_text,
+    }
 
 
 def encode_slide_file(

@@ -3,23 +3,26 @@
 ``h5/<slide_id>.h5``: dataset ``features`` ``[N, D]`` float32 (or float16), dataset ``coords``
 ``[N, 2]`` int64 level-0 (x, y); attrs on ``coords``: ``patch_size``, ``patch_size_level0``,
 ``target_mpp``, ``level0_mpp``, ``level0_width``, ``level0_height`` (+ ``encoder``,
-``config_hash`` when written here). Files appear atomically (temporary name, then rename).
+``config_hash`` when written here). Files appear atomically (``threads_search.atomic``).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from threads_search.atomic import atomic_path
+from threads_search.errors import InputError
+
 REQUIRED_ATTRS = ("patch_size", "patch_size_level0", "target_mpp", "level0_mpp")
 
 
-class FeatureFileError(ValueError):
-    """An h5 that does not hold valid patch features; the message names the file and the fault."""
+class FeatureFileError(InputError):
+    """An h5 that does not hold valid patch features; the message names the file and the fault
+    (a ``ValueError`` too)."""
 
 
 @dataclass
@@ -31,25 +34,29 @@ class FeatureFile:
     attrs: dict
 
 
-def write_features(path: str | Path, features: np.ndarray, coords: np.ndarray, attrs: dict) -> None:
-    """Write atomically: a reader (or a re-run after kill -9) never sees a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_features(
+    path: str | Path,
+    features: np.ndarray,
+    coords: np.ndarray,
+    attrs: dict,
+    extra: dict[str, np.ndarray] | None = None,
+) -> None:
+    """Write ``features`` ``[N, D]``, ``coords`` ``[N, 2]`` (level-0 px) with ``attrs`` on
+    ``coords`` (and the datasets ``extra``, name → array) atomically: a reader (or a re-run
+    after kill -9) never sees a partial file; on an error neither the file nor a temporary
+    is left."""
     features = np.asarray(features)
     coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
     if features.ndim != 2 or len(features) != len(coords):
         raise ValueError(f"features {features.shape} and coords {coords.shape} disagree")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features)
-            ds = f.create_dataset("coords", data=coords)
-            for k, v in attrs.items():
-                ds.attrs[k] = v
-            f.attrs["complete"] = True
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=features)
+        ds = f.create_dataset("coords", data=coords)
+        for k, v in attrs.items():
+            ds.attrs[k] = v
+        for name, data in (extra or {}).items():
+            f.create_dataset(name, data=data)
+        f.attrs["complete"] = True
 
 
 def read_features(path: str | Path, validate: bool = True) -> FeatureFile:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from threads_search.errors import MissingError
 from threads_search.features.config import FeaturesConfig
 from threads_search.features.extract import SlideOutcome, check_config, features_lock, h5_path
 from threads_search.features.h5io import FeatureFileError, read_features, write_features
@@ -77,7 +78,9 @@ def _import(src_dir: Path, out: Path, config: FeaturesConfig, params: ImportPara
     check_config(out, config)
     files = sorted(p for p in src_dir.rglob("*.h5") if not p.name.startswith("."))
     if not files:
-        raise FileNotFoundError(f"no .h5 files under {src_dir}")
+        raise MissingError(
+            f"no .h5 files under {src_dir}; give the folder of the TRIDENT or CLAM h5 files"
+        )
     ids = assign_ids([(src_dir, f) for f in files], keep_suffix=False)
     status = StatusTable(out)
     dim = None
@@ -99,8 +102,8 @@ def _import(src_dir: Path, out: Path, config: FeaturesConfig, params: ImportPara
             state, err, n = "failed", f"invalid-h5: {e}", 0
         dt = time.perf_counter() - t0
         err = display_text(err)
-        status.set(sid, path=display_text(f), state=state, error=err, n_patches=n, seconds=dt,
-                   config_hash=config.hash(), finished=time.time())  # fmt: skip
+        row = dict(state=state, error=err, n_patches=n, seconds=dt, finished=time.time())
+        status.set(sid, path=display_text(f), config_hash=config.hash(), **row)
         outcomes.append(SlideOutcome(sid, str(f), state, err, n, dt))
     config.save(out, {"imported": True, "feature_dim": dim})
     return outcomes

@@ -22,12 +22,12 @@ Ids come from the h5 file names under ``h5/`` (``threads_search.paths.slide_id_o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from threads_search.features.config import load_config
 from threads_search.features.status import STATUS_NAME
 from threads_search.paths import (
     UnsafeSlideIdError,
@@ -101,10 +101,7 @@ def feature_sources(fdir: str | Path, only: set[str] | None = None) -> FeatureSo
         return out
     st = pd.read_parquet(st_path)
     rows = {str(r["slide_id"]): r for r in st.to_dict("records")}
-    cfg_path = fdir / "config.json"
-    chash = (
-        (json.loads(cfg_path.read_text()) or {}).get("config_hash") if cfg_path.exists() else None
-    )
+    chash = (load_config(fdir) or {}).get("config_hash")
     for sid in sorted(set(rows) | set(h5s)):
         if only is not None and sid not in only:
             continue

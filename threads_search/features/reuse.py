@@ -1,7 +1,7 @@
 """Whether a slide's features already in a FEATURES_DIR are reused, or made (again).
 
 The one rule of the features stage (``features.extract``) and of the Ray engine's plan
-(``indexer.ray_engine``): ``reuse_features`` (status row, h5 and the slide file's fingerprint,
+(``indexer.ray_plan``): ``reuse_features`` (status row, h5 and the slide file's fingerprint,
 ``threads_search.wsi.fingerprint``) and ``id_conflict`` (a row that belongs to another file).
 """
 

@@ -13,11 +13,11 @@ before this column existed read as rows without one (None: unknown).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from threads_search.atomic import atomic_path
 from threads_search.paths import display_text
 
 STATUS_NAME = "status.parquet"
@@ -65,7 +65,7 @@ class StatusTable:
         return df.sort_values("slide_id").reset_index(drop=True)
 
     def save(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        """Write every row to ``status.parquet`` atomically (``threads_search.atomic``)."""
         df = self.frame().astype({"n_patches": "Int64", "seconds": "float64"})
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, self.path)
+        with atomic_path(self.path) as tmp:
+            df.to_parquet(tmp, index=False)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from threads_search.errors import ConfigError
+
 
 class InfoNCE(nn.Module):
     """Symmetric InfoNCE between paired embeddings ``a`` ``[B, D]`` and ``b`` ``[B, D]``.
@@ -29,7 +31,7 @@ class InfoNCE(nn.Module):
     ) -> None:
         super().__init__()
         if not 0 < min_temperature <= init_temperature <= max_temperature:
-            raise ValueError("need 0 < min_temperature <= init_temperature <= max_temperature")
+            raise ConfigError("need 0 < min_temperature <= init_temperature <= max_temperature")
         self.min_log = math.log(1 / max_temperature)
         self.max_log = math.log(1 / min_temperature)
         scale = torch.tensor(math.log(1 / init_temperature))

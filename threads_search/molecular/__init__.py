@@ -12,9 +12,12 @@
 
 from __future__ import annotations
 
+from threads_search.errors import InputError
 
-class MolecularDataError(ValueError):
-    """A molecular input is unusable; the message names the file, sample(s) and gene(s) at fault."""
+
+class MolecularDataError(InputError):
+    """A molecular input is unusable; the message names the file, sample(s) and gene(s) at fault
+    (a ``ValueError`` too)."""
 
 
 class RnaUnitsError(MolecularDataError):

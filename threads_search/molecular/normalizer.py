@@ -5,7 +5,6 @@ vectorised alignment of any profile's genes to that vocabulary."""
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from threads_search.atomic import write_text
+from threads_search.errors import MissingError
 from threads_search.molecular import MissingGenesWarning, MolecularDataError
 from threads_search.molecular.rna import (
     _check_finite,
@@ -203,22 +204,17 @@ class RnaNormalizer:
             raise MolecularDataError(
                 f"RNA normalisation: {len(genes)} genes but {len(mean)} means, {len(std)} stds"
             )
-        return cls(
-            genes, mean.astype(np.float64), std.astype(np.float64), d.get("units", "tpm"),
-            d.get("std_floor", 0.1), d.get("clip", 10.0), d.get("n_samples", 0),
-            d.get("min_coverage", 0.5),
-        )  # fmt: skip
+        settings = ("units", "std_floor", "clip", "n_samples", "min_coverage")
+        options = {k: d[k] for k in settings if k in d}  # others: the dataclass defaults
+        return cls(genes, mean.astype(np.float64), std.astype(np.float64), **options)
 
     def save(self, path: str | Path) -> None:
-        """Write JSON atomically (temp file + rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, path)
+        """Write JSON atomically (``threads_search.atomic``)."""
+        write_text(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: str | Path) -> RnaNormalizer:
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"RNA normalisation file not found: {path}")
+            raise MissingError(f"RNA normalisation file not found: {path}")
         return cls.from_dict(json.loads(path.read_text()))

@@ -29,18 +29,49 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from threads_search.errors import ConfigError
 from threads_search.molecular import MolecularDataError, RnaUnitsError
 from threads_search.molecular.tables import _examples, read_table, set_sample_index
 
 UNITS = ("tpm", "counts", "log")
 NON_GENE_COLUMNS = frozenset(
     {
-        "slide_id", "sample_id", "patient_id", "case_id", "subject_id", "age", "sex", "gender",
-        "race", "ethnicity", "er", "pr", "her2", "grade", "stage", "size", "time", "event",
-        "status", "os", "pfs", "dfs", "dss", "rfs", "label", "subtype", "cohort", "project",
-        "site", "batch", "diagnosis", "vital_status", "days_to_death", "days_to_last_follow_up",
+        "slide_id",
+        "sample_id",
+        "patient_id",
+        "case_id",
+        "subject_id",
+        "age",
+        "sex",
+        "gender",
+        "race",
+        "ethnicity",
+        "er",
+        "pr",
+        "her2",
+        "grade",
+        "stage",
+        "size",
+        "time",
+        "event",
+        "status",
+        "os",
+        "pfs",
+        "dfs",
+        "dss",
+        "rfs",
+        "label",
+        "subtype",
+        "cohort",
+        "project",
+        "site",
+        "batch",
+        "diagnosis",
+        "vital_status",
+        "days_to_death",
+        "days_to_last_follow_up",
     }
-)  # fmt: skip
+)
 _NON_GENE = sorted(NON_GENE_COLUMNS)
 _ENSEMBL = re.compile(r"^(ENS[A-Z]*\d+)\.\d+(_PAR_Y)?$")
 
@@ -184,7 +215,7 @@ def reject_text_cells(df: pd.DataFrame, mask: np.ndarray, source: str, always=Fa
 
 def _check_units(units: str) -> None:
     if units not in UNITS:
-        raise ValueError(f"RNA units must be one of {UNITS}, got {units!r}")
+        raise ConfigError(f"RNA units must be one of {UNITS}, got {units!r}")
 
 
 def check_finite(values: pd.DataFrame, source: str) -> None:

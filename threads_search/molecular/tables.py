@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from threads_search.errors import ConfigError, MissingError
 from threads_search.molecular import MolecularDataError
 
 ID_COLUMNS = ("slide_id", "sample_id", "patient_id")
@@ -39,7 +40,7 @@ def read_table(
     ``allow_duplicate_columns`` the frame keeps both columns under the name as written."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{what} file not found: {path}")
+        raise MissingError(f"{what} file not found: {path}")
     name = path.name.lower()
     base = name[:-3] if name.endswith(".gz") else name
     suffix = Path(base).suffix
@@ -205,7 +206,7 @@ def read_pairs(path: str | Path, pair_by: str = "sample") -> pd.DataFrame:
     Patients with slides but no samples (or the reverse) are reported in a warning.
     """
     if pair_by not in ("sample", "patient"):
-        raise ValueError(f"pair_by must be 'sample' or 'patient', got {pair_by!r}")
+        raise ConfigError(f"pair_by must be 'sample' or 'patient', got {pair_by!r}")
     df = read_table(path, "pairs")
     missing = [c for c in ("slide_id", "sample_id") if c not in df.columns]
     if missing:

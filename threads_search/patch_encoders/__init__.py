@@ -1,8 +1,16 @@
-"""Patch-encoder registry: ``create_patch_encoder(name, checkpoint=None, device="auto")``."""
+"""Patch-encoder registry: ``create_patch_encoder(name, checkpoint=None, device="auto")``.
+
+A name that is not registered raises ``UnknownPatchEncoderError`` (a ``ConfigError``) listing
+the registered ones; a missing, unreadable or mismatched checkpoint ``CheckpointError`` (a
+``MissingError`` when the file is not there)."""
 
 from __future__ import annotations
 
-from threads_search.patch_encoders.base import PatchEncoder, PatchEncoderSpec
+from threads_search.patch_encoders.base import (
+    PatchEncoder,
+    PatchEncoderSpec,
+    UnknownPatchEncoderError,
+)
 from threads_search.registry import Registry
 
 PATCH_ENCODERS: Registry[PatchEncoder] = Registry("patch encoder")
@@ -15,6 +23,7 @@ def list_patch_encoders() -> list[str]:
 
 def get_patch_encoder_spec(name: str) -> PatchEncoderSpec:
     _load_builtins()
+    _check(name)
     return PATCH_ENCODERS.info(name)
 
 
@@ -23,7 +32,16 @@ def create_patch_encoder(
 ) -> PatchEncoder:
     """Build the encoder ``name``; pretrained ones load weights from the local ``checkpoint`` file."""
     _load_builtins()
+    _check(name)
     return PATCH_ENCODERS.create(name, checkpoint=checkpoint, device=device, **kwargs)
+
+
+def _check(name: str) -> None:
+    if name not in PATCH_ENCODERS:
+        known = ", ".join(PATCH_ENCODERS.names()) or "(none)"
+        raise UnknownPatchEncoderError(
+            f"unknown patch encoder {name!r}; available: {known} (see `threads-search encoders`)"
+        )
 
 
 def _load_builtins() -> None:
@@ -35,6 +53,7 @@ __all__ = [
     "PATCH_ENCODERS",
     "PatchEncoder",
     "PatchEncoderSpec",
+    "UnknownPatchEncoderError",
     "create_patch_encoder",
     "get_patch_encoder_spec",
     "list_patch_encoders",

@@ -6,6 +6,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from threads_search.registry import UnknownNameError
+
+
+class UnknownPatchEncoderError(UnknownNameError):
+    """A patch-encoder name that is not registered; the message lists the registered ones (a
+    ``KeyError`` and a ``ValueError`` too, for callers of earlier versions)."""
+
 
 @dataclass(frozen=True)
 class PatchEncoderSpec:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from threads_search.errors import InputError, MissingError
 
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not match the encoder's architecture."""
+
+class CheckpointError(InputError):
+    """A checkpoint is missing, unreadable or does not match the encoder's architecture (a
+    ``ValueError`` too; a file that is not there is a ``MissingError``)."""
 
 
 def read_state_dict(path, strip_prefixes: tuple[str, ...] = ("module.", "model.")) -> dict:
@@ -20,7 +23,9 @@ def read_state_dict(path, strip_prefixes: tuple[str, ...] = ("module.", "model."
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+        raise MissingError(
+            f"checkpoint file {path} does not exist; give the path of a local copy of the weights"
+        )
     suffix = path.suffix.lower()
     try:
         if suffix == ".safetensors":

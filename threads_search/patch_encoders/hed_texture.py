@@ -1,8 +1,9 @@
 """``hed-texture``: the built-in, weight-free patch encoder (hand-crafted H&E colour and texture).
 
 A patch (uint8 ``[S, S, 3]``, nominally 512 px at 0.5 µm/px, i.e. 256 µm of tissue; other sizes
-are resized, so µm below assume that field; non-square patches are refused, not stretched) is box-filtered to ``input_size`` = 256 px, the
-*fine* scale (1 µm/px), and to 128 px, the *coarse* scale (2 µm/px). numpy/scipy/PIL only, one
+are resized, so µm below assume that field; non-square patches are refused, not stretched) is
+box-filtered to ``input_size`` = 256 px, the *fine* scale (1 µm/px), and to 128 px, the *coarse*
+scale (2 µm/px). numpy/scipy/PIL only, one
 thread, no BLAS on large arrays, deterministic, finite for any input; a 512 px patch costs about
 as long as reading it from a JPEG-tiled TIFF (``bench/encoders_micro.py``). Stains are from
 Ruifrok colour deconvolution (optical density, log10). "Tissue" is min(R, G, B) <= 215.
@@ -51,10 +52,11 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
+from threads_search.errors import ConfigError
 from threads_search.patch_encoders import PATCH_ENCODERS
 from threads_search.patch_encoders.base import PatchEncoder, PatchEncoderSpec
+from threads_search.patch_encoders.nuclei_ops import nuclei_features
 from threads_search.patch_encoders.texture_ops import (
     N_ANGLE,
     N_RADIAL,
@@ -86,11 +88,7 @@ _HED_EDGES = (  # internal edges of the 8 reported bins per stain, on the 0.01 g
 )
 _FINE_CENTRES = _FINE_LO + (np.arange(_FINE_BINS) + 0.5) * _FINE_STEP
 _FINE_TO_HIST = np.stack([np.searchsorted(e, _FINE_CENTRES) for e in _HED_EDGES])  # [3, 300]
-_NUC_THRESHOLDS = (0.35, 0.65)
-_NUC_MIN_AREA_UM2 = 4.0
-_CORE_MIN_AREA_UM2 = 2.0
 _UM_PER_PX = 512 * 0.5 / WORK_SIZE  # fine scale, for a nominal patch
-_AREA_BINS_UM2 = np.array([8.0, 16.0, 32.0, 64.0, 128.0])  # 6 bins: <8, 8-16, ..., >=128
 
 FEATURE_SIZES: tuple[tuple[str, int], ...] = (
     ("background", 2),
@@ -184,69 +182,6 @@ def _texture(grey8: np.ndarray, h8: np.ndarray, stride: int) -> np.ndarray:
     lbp = lbp_hist(np.stack([grey8, h8]), 2 * stride).ravel()  # grey, then H
     glcm = glcm_features(grey8 >> 4, 4 * stride)
     return np.concatenate([lbp, glcm, spectral, gabor])
-
-
-def _size_stats(areas: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:
-    """Fill ``out[0:11]``: log area mean/4, std/2, p25, p50, p90 (/4), 6-bin histogram."""
-    if len(areas) == 0:
-        return
-    la = np.sort(np.log(areas))
-    out[0:2] = la.mean() / 4, la.std() / 2
-    out[2:5] = la[[int(q * (len(la) - 1)) for q in (0.25, 0.5, 0.9)]] / 4
-    out[5:11] = np.bincount(np.searchsorted(edges, areas, "right"), minlength=6) / len(areas)
-
-
-def _nuclei(h: np.ndarray, tissue: np.ndarray) -> np.ndarray:
-    """34 nuclear proxies (17 per threshold, see the module docstring) from ``[S, S]`` planes at
-    ``_UM_PER_PX`` µm/px: H (OD), tissue (bool). One labelling of the low-threshold mask;
-    high-threshold "cores" are counted per low-threshold component."""
-    px_area = _UM_PER_PX**2
-    n_tissue = int(np.count_nonzero(tissue))
-    lo = (h > _NUC_THRESHOLDS[0]) & tissue
-    n_lo = int(np.count_nonzero(lo))
-    f_lo, f_hi = np.zeros(17), np.zeros(17)
-    if n_lo == 0:
-        return np.concatenate([f_lo, f_hi])
-    hi = h > _NUC_THRESHOLDS[1]
-    hi &= lo
-    n_hi = int(np.count_nonzero(hi))
-    labels, n = ndimage.label(lo, output=np.intp)
-    lab = labels.ravel()
-    areas = np.bincount(lab, minlength=n + 1)[1:] * px_area
-    cores = np.bincount(lab[hi.ravel()], minlength=n + 1)[1:] * px_area  # hi area per component
-    keep = areas >= _NUC_MIN_AREA_UM2
-    areas, cores = areas[keep], cores[keep]
-    cores = cores[cores >= _CORE_MIN_AREA_UM2]
-    tissue_um2 = max(n_tissue * px_area, 1.0)
-
-    f_lo[0], f_lo[1] = n_lo / lo.size, n_lo / max(n_tissue, 1)
-    f_lo[2] = np.log1p(len(areas) / tissue_um2 * 1000.0)
-    _size_stats(areas, _AREA_BINS_UM2, f_lo[3:14])
-    hf, lof = h.ravel(), lo.ravel().astype(np.float32)
-    f_lo[14] = float(np.einsum("i,i->", hf, lof)) / n_lo
-    outside = n_tissue - n_lo
-    if outside > 0:
-        outside_f = (tissue ^ lo).ravel().astype(np.float32)  # lo lies inside tissue
-        f_lo[15] = float(np.einsum("i,i->", hf, outside_f)) / outside
-    f_lo[16] = 1.0 - np.count_nonzero(_interior(lo)) / n_lo
-
-    f_hi[0], f_hi[1] = n_hi / hi.size, n_hi / max(n_tissue, 1)
-    f_hi[2] = np.log1p(len(cores) / tissue_um2 * 1000.0)
-    f_hi[3] = len(cores) / max(len(areas), 1)
-    _size_stats(cores, _AREA_BINS_UM2 / 4, f_hi[4:15])
-    if n_hi:
-        f_hi[15] = float(np.einsum("i,i->", hf, hi.ravel().astype(np.float32))) / n_hi
-    f_hi[16] = n_hi / n_lo
-    return np.concatenate([f_lo, f_hi])
-
-
-def _interior(mask: np.ndarray) -> np.ndarray:
-    """Pixels of ``mask[1:-1, 1:-1]`` whose 4 neighbours are all in ``mask``."""
-    inner = mask[1:-1, 1:-1] & mask[:-2, 1:-1]
-    inner &= mask[2:, 1:-1]
-    inner &= mask[1:-1, :-2]
-    inner &= mask[1:-1, 2:]
-    return inner
 
 
 # --------------------------------------------------------------------------- encoder
@@ -363,7 +298,7 @@ def hed_texture_features(patch: np.ndarray) -> np.ndarray:
     planes8 = img.reshape(S * S, 3).T.copy()  # [3, N]
     h_img = _haematoxylin(planes8).reshape(S, S)
     tissue = (np.minimum(np.minimum(planes8[0], planes8[1]), planes8[2]) <= 215).reshape(S, S)
-    f[L["nuclei_lo"].start : L["nuclei_hi"].stop] = _nuclei(h_img, tissue)
+    f[L["nuclei_lo"].start : L["nuclei_hi"].stop] = nuclei_features(h_img, tissue, _UM_PER_PX)
     f[L["texture_fine"]] = _texture(_grey8(planes8).reshape(S, S), _h8(h_img), 2)
 
     # Coarse scale (2 µm/px): colour statistics, texture, stain spectra, heterogeneity.
@@ -411,7 +346,7 @@ def _create(checkpoint=None, device: str = "auto", **kwargs) -> HedTextureEncode
     """No weights: ``checkpoint`` must be None. ``device`` and other options are accepted for a
     uniform factory signature and ignored (this encoder always runs on the CPU)."""
     if checkpoint is not None:
-        raise ValueError(
+        raise ConfigError(
             f"patch encoder 'hed-texture' has no weights; got checkpoint={checkpoint!r} (omit it)"
         )
     return HedTextureEncoder()

@@ -64,9 +64,15 @@ _IMAGE_OFFSET = (np.arange(8, dtype=np.uint16) * 256)[:, None, None]
 
 _GLCM_I, _GLCM_J = (g.ravel().astype(np.float64) for g in np.indices((16, 16)))
 _GLCM_WEIGHTS = np.stack(  # p @ W: contrast (scaled to [0, 1]), homogeneity, E[ij], E[i], E[i²]
-    [(_GLCM_I - _GLCM_J) ** 2 / 225, 1 / (1 + (_GLCM_I - _GLCM_J) ** 2), _GLCM_I * _GLCM_J,
-     _GLCM_I, _GLCM_I**2], axis=1
-)  # fmt: skip
+    [
+        (_GLCM_I - _GLCM_J) ** 2 / 225,
+        1 / (1 + (_GLCM_I - _GLCM_J) ** 2),
+        _GLCM_I * _GLCM_J,
+        _GLCM_I,
+        _GLCM_I**2,
+    ],
+    axis=1,
+)
 # Partner pixel offsets (dy, dx): distance 1 then 2, each at 0, 45, 90, 135 degrees.
 _GLCM_OFFSETS = ((0, 1), (1, 1), (1, 0), (1, -1), (0, 2), (2, 2), (2, 0), (2, -2))
 

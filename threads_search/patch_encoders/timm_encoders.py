@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from threads_search.device import resolve_device
+from threads_search.errors import ConfigError
 from threads_search.patch_encoders import PATCH_ENCODERS
 from threads_search.patch_encoders.base import PatchEncoder, PatchEncoderSpec
 from threads_search.patch_encoders.checkpoint import CheckpointError, load_strict, read_state_dict
@@ -58,7 +59,7 @@ class TorchPatchEncoder(PatchEncoder):
         import torch
 
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         self.spec = spec
         self.transform = transform
         self.device = resolve_device(device)
@@ -130,7 +131,11 @@ SPECS = {
     s.name: s
     for s in [
         PatchEncoderSpec(
-            name="conch_v15", dim=768, input_size=448, patch_size=512, precision="fp16",
+            name="conch_v15",
+            dim=768,
+            input_size=448,
+            patch_size=512,
+            precision="fp16",
             needs_checkpoint=True,
             checkpoint_files=("pytorch_model_vision.bin", "conch_v1_5_pytorch_model.bin"),
             source="Hugging Face MahmoodLab/conchv1_5 (pytorch_model_vision.bin) "
@@ -138,35 +143,64 @@ SPECS = {
             licence=_MMRI,
         ),
         PatchEncoderSpec(
-            name="uni", dim=1024, input_size=224, patch_size=256, precision="fp16",
-            needs_checkpoint=True, checkpoint_files=("pytorch_model.bin",),
-            source="Hugging Face MahmoodLab/UNI", licence=_MMRI,
+            name="uni",
+            dim=1024,
+            input_size=224,
+            patch_size=256,
+            precision="fp16",
+            needs_checkpoint=True,
+            checkpoint_files=("pytorch_model.bin",),
+            source="Hugging Face MahmoodLab/UNI",
+            licence=_MMRI,
         ),
         PatchEncoderSpec(
-            name="uni2-h", dim=1536, input_size=224, patch_size=256, precision="bf16",
-            needs_checkpoint=True, checkpoint_files=("pytorch_model.bin",),
-            source="Hugging Face MahmoodLab/UNI2-h", licence=_MMRI,
+            name="uni2-h",
+            dim=1536,
+            input_size=224,
+            patch_size=256,
+            precision="bf16",
+            needs_checkpoint=True,
+            checkpoint_files=("pytorch_model.bin",),
+            source="Hugging Face MahmoodLab/UNI2-h",
+            licence=_MMRI,
         ),
         PatchEncoderSpec(
-            name="virchow2", dim=2560, input_size=224, patch_size=224, precision="fp16",
-            needs_checkpoint=True, checkpoint_files=("pytorch_model.bin",),
+            name="virchow2",
+            dim=2560,
+            input_size=224,
+            patch_size=224,
+            precision="fp16",
+            needs_checkpoint=True,
+            checkpoint_files=("pytorch_model.bin",),
             source="Hugging Face paige-ai/Virchow2",
             licence="CC-BY-NC-ND-4.0 (gated on Hugging Face: accept the terms; non-commercial)",
         ),
         PatchEncoderSpec(
-            name="h-optimus-0", dim=1536, input_size=224, patch_size=224, precision="fp16",
-            mean=HOPTIMUS_MEAN, std=HOPTIMUS_STD,
-            needs_checkpoint=True, checkpoint_files=("pytorch_model.bin",),
-            source="Hugging Face bioptimus/H-optimus-0", licence="Apache-2.0",
+            name="h-optimus-0",
+            dim=1536,
+            input_size=224,
+            patch_size=224,
+            precision="fp16",
+            mean=HOPTIMUS_MEAN,
+            std=HOPTIMUS_STD,
+            needs_checkpoint=True,
+            checkpoint_files=("pytorch_model.bin",),
+            source="Hugging Face bioptimus/H-optimus-0",
+            licence="Apache-2.0",
         ),
         PatchEncoderSpec(
-            name="resnet50-trunc", dim=1024, input_size=224, patch_size=256, precision="fp32",
-            needs_checkpoint=True, checkpoint_files=("model.safetensors", "pytorch_model.bin"),
+            name="resnet50-trunc",
+            dim=1024,
+            input_size=224,
+            patch_size=256,
+            precision="fp32",
+            needs_checkpoint=True,
+            checkpoint_files=("model.safetensors", "pytorch_model.bin"),
             source="Hugging Face timm/resnet50.tv_in1k (torchvision ImageNet ResNet-50)",
             licence="BSD-3-Clause (timm model card; torchvision ImageNet weights)",
         ),
     ]
-}  # fmt: skip
+}
 
 
 def _vit(arch: str, depth: int | None, **kwargs):
@@ -192,24 +226,44 @@ def _conch(depth):
 
 def _uni(depth):
     return _vit(
-        "vit_large_patch16_224", depth, img_size=224, patch_size=16, init_values=1e-5,
+        "vit_large_patch16_224",
+        depth,
+        img_size=224,
+        patch_size=16,
+        init_values=1e-5,
         dynamic_img_size=True,
-    )  # fmt: skip
+    )
 
 
 def _uni2h(depth):
     return _vit(
-        "vit_giant_patch14_224", 24 if depth is None else depth, img_size=224, patch_size=14,
-        num_heads=24, init_values=1e-5, embed_dim=1536, mlp_ratio=2.66667 * 2,
-        no_embed_class=True, reg_tokens=8, dynamic_img_size=True, **_swiglu(),
-    )  # fmt: skip
+        "vit_giant_patch14_224",
+        24 if depth is None else depth,
+        img_size=224,
+        patch_size=14,
+        num_heads=24,
+        init_values=1e-5,
+        embed_dim=1536,
+        mlp_ratio=2.66667 * 2,
+        no_embed_class=True,
+        reg_tokens=8,
+        dynamic_img_size=True,
+        **_swiglu(),
+    )
 
 
 def _virchow2(depth):
     return _vit(
-        "vit_huge_patch14_224", depth, img_size=224, init_values=1e-5, reg_tokens=4,
-        mlp_ratio=5.3375, global_pool="", dynamic_img_size=True, **_swiglu(),
-    )  # fmt: skip
+        "vit_huge_patch14_224",
+        depth,
+        img_size=224,
+        init_values=1e-5,
+        reg_tokens=4,
+        mlp_ratio=5.3375,
+        global_pool="",
+        dynamic_img_size=True,
+        **_swiglu(),
+    )
 
 
 def _virchow2_head(vit, x):
@@ -222,9 +276,13 @@ def _virchow2_head(vit, x):
 
 def _hoptimus0(depth):
     return _vit(
-        "vit_giant_patch14_reg4_dinov2", depth, img_size=224, global_pool="token",
-        init_values=1e-5, dynamic_img_size=True,
-    )  # fmt: skip
+        "vit_giant_patch14_reg4_dinov2",
+        depth,
+        img_size=224,
+        global_pool="token",
+        init_values=1e-5,
+        dynamic_img_size=True,
+    )
 
 
 def _resnet50_trunc(depth):
@@ -282,7 +340,7 @@ def build_pretrained(
     """Build encoder ``name`` and load ``checkpoint`` strictly (see the module docstring)."""
     spec, recipe = SPECS[name], RECIPES[name]
     if random_weights and checkpoint is not None:
-        raise ValueError(f"{name}: give either checkpoint or random_weights=True, not both")
+        raise ConfigError(f"{name}: give either checkpoint or random_weights=True, not both")
     state = None
     if not random_weights:
         if checkpoint is None:

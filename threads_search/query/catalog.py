@@ -21,6 +21,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from threads_search.errors import InputError
 from threads_search.query.sql_guard import FilterError, validate_where
 from threads_search.vectorstore import store
 
@@ -29,8 +30,8 @@ KEYS = {"slides": ["slide_id"], "molecular": ["sample_id", "kind"]}
 CACHE_SIZE = 32
 
 
-class CatalogError(ValueError):
-    """The catalog disagrees with the Parquet tables."""
+class CatalogError(InputError):
+    """The catalog disagrees with the Parquet tables (a damaged index; a ``ValueError``)."""
 
 
 class FilterCatalog:
@@ -88,7 +89,10 @@ class FilterCatalog:
         views: set[str] = set()
         if cat.is_file():
             con.execute("SET file_search_path = " + _quote(self.gen.as_posix()))
-            con.execute(f"ATTACH {_quote(cat.as_posix())} AS cat (READ_ONLY)")
+            try:
+                con.execute(f"ATTACH {_quote(cat.as_posix())} AS cat (READ_ONLY)")
+            except duckdb.Error as e:
+                raise CatalogError(f"{cat} cannot be read ({e}); rebuild the index") from None
             rows = con.execute(
                 "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'cat'"
             ).fetchall()

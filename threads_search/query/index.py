@@ -1,4 +1,6 @@
-"""The read-only query engine over one committed index generation: :class:`Index`.
+"""The read-only index over one committed generation of the vector store: :class:`Index`
+(opened with :func:`open_index`): its tables, its model, its filters and the queries. How a
+query becomes a vector and the rows to leave out is :mod:`threads_search.query.resolve`.
 
 Opening (``open_index``) resolves ``index.json`` once, reads the slide and molecular tables and
 memory-maps the FAISS indexes; embeddings are never loaded whole (query and subset vectors are
@@ -30,22 +32,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from threads_search.molecular import RnaUnitsError
+from threads_search.errors import ThreadsSearchError
 from threads_search.query import prototypes as proto
 from threads_search.query.catalog import FilterCatalog
+from threads_search.query.errors import IndexFormatError, QueryError
+from threads_search.query.resolve import QueryResolution
 from threads_search.query.space import Space
 from threads_search.vectorstore import store
-from threads_search.vectorstore.vectors import load_index, normalize
+from threads_search.vectorstore.vectors import load_index
+
+__all__ = ["MOLECULAR_KEYS", "Index", "IndexFormatError", "QueryError", "open_index"]
 
 MOLECULAR_KEYS = ["sample_id", "patient_id", "kind"]
-
-
-class QueryError(ValueError):
-    """A query cannot be answered; the message names the input at fault."""
-
-
-class IndexFormatError(ValueError):
-    """The index was written in a format this version cannot read."""
 
 
 def _check_format(manifest: dict, root: Path) -> None:
@@ -60,11 +58,25 @@ def _check_format(manifest: dict, root: Path) -> None:
     )
 
 
-def _space(
-    gen: Path, name: str, table: str, faiss: str, emb: str, empty: list[str], mmap: bool
-) -> Space:
+_FILES = {  # space → (table, FAISS file, embeddings, columns of its table when absent)
+    "slides": (
+        store.SLIDES,
+        store.FAISS_SLIDES,
+        store.SLIDE_EMB,
+        ["slide_id", "path", "patient_id"],
+    ),
+    "molecular": (store.MOLECULAR, store.FAISS_MOLECULAR, store.MOLECULAR_EMB, MOLECULAR_KEYS),
+}
+
+
+def _open_space(gen: Path, name: str, mmap: bool) -> Space:
+    """The ``name`` space of generation ``gen``: its table and memory-mapped FAISS file."""
+    table, faiss, emb, empty = _FILES[name]
     if (gen / table).exists():
-        frame = pd.read_parquet(gen / table)
+        try:
+            frame = pd.read_parquet(gen / table)
+        except (OSError, ValueError) as e:  # truncated or not Parquet (pyarrow's ArrowInvalid)
+            raise IndexFormatError(f"{gen / table} cannot be read ({e}); rebuild the index") from e
     else:
         frame = pd.DataFrame({c: pd.Series(dtype=str) for c in empty})
     index = load_index(gen / faiss, mmap=mmap) if len(frame) else None
@@ -76,7 +88,7 @@ def _space(
     return Space(name, frame, index, gen / emb)
 
 
-class Index:
+class Index(QueryResolution):
     """A committed index opened read-only (see the module docstring). ``model``: a
     ``ThreadsModel`` or bundle folder overriding the one named in ``index.json``; ``mmap``:
     memory-map the FAISS files (default; False reads them into memory, slower to open)."""
@@ -89,10 +101,8 @@ class Index:
         _check_format(manifest, self.root)
         self._manifest = manifest
         self.generation_dir = gen = Path(manifest["generation_dir"])
-        self._s = _space(gen, "slides", store.SLIDES, store.FAISS_SLIDES, store.SLIDE_EMB,
-                         ["slide_id", "path", "patient_id"], mmap)  # fmt: skip
-        self._m = _space(gen, "molecular", store.MOLECULAR, store.FAISS_MOLECULAR,
-                         store.MOLECULAR_EMB, MOLECULAR_KEYS, mmap)  # fmt: skip
+        self._s = _open_space(gen, "slides", mmap)
+        self._m = _open_space(gen, "molecular", mmap)
         self._catalog = FilterCatalog(gen, {"slides": self._s.table, "molecular": self._m.table})
         self._slide_pos = pd.Index(self._s.table["slide_id"])
         is_dir = isinstance(model, (str, Path))
@@ -169,11 +179,16 @@ class Index:
             if (m.get(name) or {}).get("faiss")
         }
         return {
-            "index_dir": str(self.root.resolve()), "generation": m.get("generation"),
-            "built": m.get("committed"), "format_version": m.get("format_version"),
-            "counts": m.get("counts"), "dim": self.dim, "model": model, "faiss": faiss_info,
+            "index_dir": str(self.root.resolve()),
+            "generation": m.get("generation"),
+            "built": m.get("committed"),
+            "format_version": m.get("format_version"),
+            "counts": m.get("counts"),
+            "dim": self.dim,
+            "model": model,
+            "faiss": faiss_info,
             "versions": m.get("versions"),
-        }  # fmt: skip
+        }
 
     def warm(self) -> None:
         """Build the lazy parts now (filter catalog, patient groups, slide-id lookup), e.g. in a
@@ -210,7 +225,7 @@ class Index:
 
                     try:
                         self._model = load_model(path, device=self._device)
-                    except (FileNotFoundError, ValueError) as e:
+                    except (ThreadsSearchError, FileNotFoundError, ValueError) as e:
                         raise QueryError(f"cannot load the index's model bundle {path}: {e}") from e
                 if self.dim and self._model.embedding_dim != self.dim:
                     raise QueryError(
@@ -250,113 +265,6 @@ class Index:
         ids = self.filter_ids(where, table)
         return t.copy(deep=False) if ids is None else t.take(ids).reset_index(drop=True)
 
-    # -- query resolution ----------------------------------------------------------------
-    def _space(self, name: str) -> Space:
-        sp = self._s if name == "slides" else self._m
-        if sp.index is None:
-            raise QueryError(f"index {self.root} has no {name} to search")
-        return sp
-
-    def _path_row(self, path: str) -> int:
-        with self._lock:
-            if self._paths is None:
-                col = self._s.table["path"] if "path" in self._s.table else pd.Series(dtype=str)
-                self._paths = {os.path.abspath(str(p)): i for i, p in col.dropna().items()}
-        return self._paths.get(os.path.abspath(path), -1)
-
-    def _slide_query(self, query) -> tuple[np.ndarray, int | None]:
-        """(query vector [E], row of the indexed slide or None)."""
-        if not isinstance(query, (str, Path)):
-            return self._vector(query), None
-        s = str(query)
-        row = int(self._slide_pos.get_indexer([s])[0]) if isinstance(query, str) else -1
-        if row < 0:
-            row = self._path_row(s)
-        if row >= 0:
-            return self._s.rows([row])[0], row
-        if not Path(s).exists():
-            ex = ", ".join(map(str, self._s.table["slide_id"].head(3)))
-            raise QueryError(
-                f"{s!r} is neither a slide_id of this index (e.g. {ex}) nor an existing slide "
-                "or feature file"
-            )
-        model = self.model
-        try:
-            return np.asarray(model.embed_slide(Path(s)), np.float32), None
-        except Exception as e:
-            raise QueryError(f"cannot embed slide {s}: {e}") from e
-
-    def _vector(self, v) -> np.ndarray:
-        if hasattr(v, "detach"):
-            v = v.detach().cpu().numpy()
-        try:
-            v = np.asarray(v, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise QueryError(f"query must be an id, a path or a vector, not {type(v)}") from e
-        if v.ndim == 2 and v.shape[0] == 1:
-            v = v[0]
-        if v.ndim != 1 or v.shape[0] != self.dim:
-            raise QueryError(f"query vector has shape {v.shape}; the index holds {self.dim}-d")
-        if not np.isfinite(v).all() or not np.any(v):
-            raise QueryError("query vector must be finite and non-zero")
-        return v
-
-    def _molecular_query(self, kind: str, value) -> tuple[np.ndarray, object]:
-        """(normalised embedding [E], patient or None) of an indexed sample id or a profile."""
-        t = self._m.table
-        if isinstance(value, str):
-            hit = np.flatnonzero(t["sample_id"].to_numpy() == value) if len(t) else []
-            rows = [int(r) for r in hit if t["kind"].iat[r] == kind]
-            if not rows:
-                other = sorted({str(t["kind"].iat[r]) for r in hit})
-                why = f"it is a {'/'.join(other)} sample" if other else "no such sample"
-                raise QueryError(
-                    f"{kind}={value!r} is not an indexed {kind} sample ({why}); pass a profile "
-                    f"or the sample_id of an indexed {kind} sample"
-                )
-            return self._m.rows(rows[:1])[0], self._m.patient(rows[0])
-        model = self.model
-        try:
-            emb = np.asarray((model.embed_rna if kind == "rna" else model.embed_dna)(value))
-        except RnaUnitsError as e:
-            raise QueryError(
-                f"cannot embed the RNA profile: {e.detail}: the index's model reads profiles in "
-                f"{e.units} units (those it was trained on): give the profile in {e.units}"
-            ) from e
-        except (TypeError, ValueError, KeyError) as e:
-            raise QueryError(f"cannot embed the {kind.upper()} profile: {e}") from e
-        if emb.ndim == 2:
-            if emb.shape[0] != 1:
-                raise QueryError(f"{kind}= must be one profile, got {emb.shape[0]} samples")
-            emb = emb[0]
-        return normalize(emb)[0], None
-
-    def _run(self, sp: Space, q, k: int, where: str | None, exclude, allowed=None):
-        if int(k) < 1:
-            raise QueryError(f"k must be >= 1, got {k}")
-        ids = self.filter_ids(where, sp.name)
-        if allowed is not None:
-            ids = allowed if ids is None else np.intersect1d(ids, allowed)
-        scores, rows = sp.knn(q, int(k), ids, exclude)
-        out = sp.frame(rows, scores)
-        if sp is self._s:
-            out["thumbnail"] = [self.thumbnail(s) for s in out["slide_id"]]
-        return out
-
-    @staticmethod
-    def _exclusions(sp: Space, patient, flag: bool | None, own_row, what: str) -> list:
-        exclude = [own_row] if own_row is not None else []
-        if flag is None:
-            flag = patient is not None
-        if flag:
-            if patient is None:
-                raise QueryError(
-                    f"exclude_same_patient=True needs a query whose patient is known ({what}); "
-                    "pass exclude_same_patient=False"
-                )
-            exclude.extend(sp.patient_rows(patient).tolist())
-        return exclude
-
     # -- queries -------------------------------------------------------------------------
     def search_slides(
         self, query, k: int = 10, where: str | None = None, exclude_same_patient: bool | None = None
@@ -372,9 +280,13 @@ class Index:
         return self._run(sp, q, k, where, ex)
 
     def search_by_molecule(
-        self, rna=None, dna=None, k: int = 10, where: str | None = None,
+        self,
+        rna=None,
+        dna=None,
+        k: int = 10,
+        where: str | None = None,
         exclude_same_patient: bool = False,
-    ) -> pd.DataFrame:  # fmt: skip
+    ) -> pd.DataFrame:
         """Nearest slides to a molecular query. ``rna`` / ``dna``: a profile (RNA: dict gene →
         value, Series, one-row DataFrame or RnaMatrix, in the model's units unless an RnaMatrix
         says otherwise; DNA: list of mutated genes, dict, Series, one-row binary DataFrame or one
@@ -398,9 +310,13 @@ class Index:
         return self._run(sp, q, k, where, ex)
 
     def search_molecules(
-        self, query, k: int = 10, where: str | None = None, kind: str | None = None,
+        self,
+        query,
+        k: int = 10,
+        where: str | None = None,
+        kind: str | None = None,
         exclude_same_patient: bool = False,
-    ) -> pd.DataFrame:  # fmt: skip
+    ) -> pd.DataFrame:
         """Nearest molecular samples to a slide (slide_id, path or vector, as in
         ``search_slides``). ``kind``: "rna" | "dna" | None (both). ``where`` filters the
         molecular table. Same patient: as in :meth:`search_by_molecule` (the other cross-modal
@@ -417,9 +333,14 @@ class Index:
         return self._run(sp, q, k, where, ex, allowed=of_kind)
 
     def classify(
-        self, label: str, prototypes: str = "molecular", where: str | None = None, slides=None,
-        min_samples: int = 5, kind: str | None = None,
-    ) -> pd.DataFrame:  # fmt: skip
+        self,
+        label: str,
+        prototypes: str = "molecular",
+        where: str | None = None,
+        slides=None,
+        min_samples: int = 5,
+        kind: str | None = None,
+    ) -> pd.DataFrame:
         """Zero-shot classification by class prototypes (:mod:`~threads_search.query.prototypes`).
 
         Prototypes: mean normalised embedding per value of metadata column ``label`` over the
@@ -429,28 +350,20 @@ class Index:
         classes with fewer than ``min_samples`` samples are left out with a
         ``SmallClassWarning`` and listed in ``attrs["excluded_classes"]``. Scored slides: all,
         or the ``slides`` ids, intersected with ``where`` when given. Returns ``slide_id,
-        predicted, score_<class>...`` (cosine) plus the slides' own ``label`` column when they
-        have one; ``attrs``: class_sizes, excluded_classes, min_samples, prototypes, label."""
+        predicted, score_<class>...`` (cosine; classes sorted by value, numbers numerically:
+        ``threads_search.eval.embedding.class_order``, ties to the first) plus the slides' own
+        ``label`` column when they have one; ``attrs``: class_sizes, excluded_classes,
+        min_samples, prototypes, label."""
         if prototypes not in ("molecular", "slide"):
             raise QueryError(f"prototypes must be 'molecular' or 'slide', got {prototypes!r}")
         src = self._space("molecular" if prototypes == "molecular" else "slides")
         targets = self._targets(where, slides)
         try:
-            return proto.classify_slides(src, self._space("slides"), targets, label,
-                                         prototypes == "slide", min_samples, kind)  # fmt: skip
-        except ValueError as e:
+            return proto.classify_slides(
+                src, self._space("slides"), targets, label, prototypes == "slide", min_samples, kind
+            )
+        except ThreadsSearchError as e:
             raise QueryError(f"classify by {label!r}: {e}") from None
-
-    def _targets(self, where, slides) -> np.ndarray:
-        rows = self.filter_ids(where, "slides")
-        if slides is None:
-            return np.arange(len(self._s.table), dtype=np.int64) if rows is None else rows
-        ids = [slides] if isinstance(slides, str) else [str(s) for s in slides]
-        pos = self._slide_pos.get_indexer(ids).astype(np.int64)
-        if (pos < 0).any():
-            bad = [s for s, p in zip(ids, pos, strict=True) if p < 0]
-            raise QueryError(f"slides not in the index: {', '.join(bad[:5])}")
-        return pos if rows is None else pos[np.isin(pos, rows)]
 
 
 def open_index(index_dir: str | Path, model=None, device: str = "cpu", mmap: bool = True) -> Index:

@@ -1,59 +1,41 @@
-"""Zero-shot classification by class prototypes ("molecular prompting", THREADS paper).
+"""Zero-shot classification of indexed slides by class prototypes ("molecular prompting",
+THREADS paper), on :class:`threads_search.eval.embedding.Prototypes` (prototype = mean of the
+class's L2-normalised embeddings, re-normalised; a slide goes to the highest cosine; classes in
+``eval.embedding.class_order``: sorted by value, numbers numerically). Scores are cosines in
+[-1, 1].
 
-A class prototype is the mean of the L2-normalised embeddings of that class's samples,
-re-normalised; a slide is assigned to the nearest prototype (L2 distance on normalised vectors,
-i.e. the highest cosine). Scores are cosines in [-1, 1].
-
-Leave-one-out: when a scored slide is itself one of the prototype samples (``prototypes="slide"``),
-its own embedding is removed from its class's prototype before scoring against that class
-(prototype = mean of the other n - 1 members); a class left with no other member gets score NaN
-for that slide.
+What this adds for an index: prototype samples are the indexed molecular samples or slides that
+have a value in a metadata column; classes with fewer than ``min_samples`` members are left out
+(:class:`SmallClassWarning`); leave-one-out when the scored slides are themselves the prototype
+samples (``prototypes="slide"``: a slide never scores against a prototype holding its own
+embedding; a class left with no other member scores NaN for that slide).
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from threads_search.vectorstore.vectors import normalize
+from threads_search.errors import InputError
+from threads_search.eval.embedding import Prototypes, class_codes, class_order, nearest
 
 
 class SmallClassWarning(UserWarning):
     """Classes with fewer than ``min_samples`` prototype samples were left out."""
 
 
-@dataclass
-class Prototypes:
-    """``classes`` (sorted), ``sums`` float64 ``[C, E]`` of normalised member embeddings,
-    ``counts`` ``[C]``, ``class_sizes`` (every labelled class, before exclusion) and ``excluded``
-    (class → size, below ``min_samples``)."""
-
-    classes: list
-    sums: np.ndarray
-    counts: np.ndarray
-    class_sizes: dict = field(default_factory=dict)
-    excluded: dict = field(default_factory=dict)
-
-    @property
-    def vectors(self) -> np.ndarray:
-        """Normalised prototypes float32 ``[C, E]``."""
-        return normalize(self.sums / self.counts[:, None])
-
-
 def build_prototypes(
-    vectors: np.ndarray, labels: pd.Series, min_samples: int, what: str = "samples"
-) -> Prototypes:
-    """Prototypes from normalised ``vectors`` ``[n, E]`` and their ``labels`` (no nulls).
-    Classes with fewer than ``min_samples`` members are excluded with a
-    :class:`SmallClassWarning`; none left → ValueError."""
-    labels = pd.Series(labels).reset_index(drop=True)
-    sizes = labels.value_counts(sort=False)
-    sizes = {_py(c): int(n) for c, n in sorted(sizes.items(), key=lambda t: str(t[0]))}
+    vectors: np.ndarray, labels: list, min_samples: int, what: str = "samples"
+) -> tuple[Prototypes, dict, dict]:
+    """Prototypes from normalised ``vectors`` ``[n, E]`` and their ``labels`` (no nulls), and
+    the sizes of every class and of those excluded (fewer than ``min_samples`` members, with a
+    :class:`SmallClassWarning`); none left → ``InputError``."""
+    classes = class_order(labels)
+    counts = np.bincount(class_codes(labels, classes), minlength=len(classes))
+    sizes = {c: int(n) for c, n in zip(classes, counts, strict=True)}
     excluded = {c: n for c, n in sizes.items() if n < min_samples}
-    kept = [c for c in sizes if c not in excluded]
     if excluded:
         warnings.warn(
             SmallClassWarning(
@@ -62,68 +44,33 @@ def build_prototypes(
             ),
             stacklevel=3,
         )
+    kept = [c for c in classes if c not in excluded]
     if not kept:
-        raise ValueError(
+        raise InputError(
             f"no class has at least {min_samples} {what} (class sizes: {sizes}); "
             "lower min_samples or index more labelled samples"
         )
-    codes = _codes(labels, kept)
-    sums = np.zeros((len(kept), vectors.shape[1]), np.float64)
-    ok = codes >= 0
-    np.add.at(sums, codes[ok], vectors[ok].astype(np.float64))
-    counts = np.bincount(codes[ok], minlength=len(kept)).astype(np.float64)
-    return Prototypes(kept, sums, counts, sizes, excluded)
-
-
-def score(x: np.ndarray, protos: Prototypes, own_class: np.ndarray | None = None) -> np.ndarray:
-    """Cosine scores float64 ``[n, C]`` of normalised ``x`` ``[n, E]`` against ``protos``.
-    ``own_class`` ``[n]`` (class index, -1 = none): leave-one-out for those rows (module
-    docstring)."""
-    scores = x.astype(np.float64) @ protos.vectors.T.astype(np.float64)
-    if own_class is None:
-        return scores
-    rows = np.flatnonzero(own_class >= 0)
-    if rows.size:
-        c = own_class[rows]
-        loo = protos.sums[c] - x[rows].astype(np.float64)
-        norm = np.linalg.norm(loo, axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            s = np.einsum("ij,ij->i", x[rows].astype(np.float64), loo) / norm
-        s[(protos.counts[c] <= 1) | (norm <= 1e-12)] = np.nan
-        scores[rows, c] = s
-    return scores
-
-
-def predict(scores: np.ndarray, classes: list) -> list:
-    """The class of the highest score per row (NaN ignored; all NaN → None)."""
-    filled = np.where(np.isnan(scores), -np.inf, scores)
-    best = filled.argmax(axis=1)
-    none = np.isneginf(filled.max(axis=1)) if scores.shape[1] else np.ones(len(scores), bool)
-    return [None if n else classes[b] for b, n in zip(best, none, strict=True)]
-
-
-def _codes(labels: pd.Series, classes: list) -> np.ndarray:
-    """Index of each label in ``classes`` (-1 when absent) as int64 ``[n]``."""
-    pos = {c: i for i, c in enumerate(classes)}
-    return np.array([pos.get(_py(v), -1) for v in labels], np.int64)
-
-
-def _py(v):
-    """numpy scalars → Python scalars (JSON-friendly class names)."""
-    return v.item() if isinstance(v, np.generic) else v
+    return Prototypes.fit(vectors, labels, kept), sizes, excluded
 
 
 def classify_slides(
-    src, slides, targets: np.ndarray, label: str, by_slide: bool, min_samples: int,
-    kind: str | None = None, chunk: int = 16_384,
-) -> pd.DataFrame:  # fmt: skip
+    src,
+    slides,
+    targets: np.ndarray,
+    label: str,
+    by_slide: bool,
+    min_samples: int,
+    kind: str | None = None,
+    chunk: int = 16_384,
+) -> pd.DataFrame:
     """Prototypes from ``src`` (a :class:`~threads_search.query.space.Space`: molecular or
     slides) grouped by column ``label`` (null labels skipped; ``kind`` restricts molecular
     samples), scores for rows ``targets`` of ``slides`` (leave-one-out when ``by_slide``).
     → ``slide_id, predicted, score_<class>...`` (+ ``label`` when ``slides`` has it), with
-    ``attrs`` class_sizes, excluded_classes, min_samples, prototypes, label."""
+    ``attrs`` class_sizes, excluded_classes, min_samples, prototypes, label. Raises
+    ``InputError`` naming the fault."""
     if label not in src.table.columns:
-        raise ValueError(
+        raise InputError(
             f"no column {label!r} in the {src.name} table; columns: "
             + ", ".join(map(str, src.table.columns))
         )
@@ -132,26 +79,26 @@ def classify_slides(
         mask &= (src.table["kind"] == kind).to_numpy()
     src_rows = np.flatnonzero(mask)
     if src_rows.size == 0:
-        raise ValueError(_no_labels(src, slides, label, by_slide, kind))
-    labels = src.table[label].iloc[src_rows].map(_py).reset_index(drop=True)
+        raise InputError(_no_labels(src, slides, label, by_slide, kind))
+    labels = src.table[label].iloc[src_rows].tolist()
     what = "slides" if by_slide else "molecular samples"
-    protos = build_prototypes(src.rows(src_rows), labels, min_samples, what)
+    protos, sizes, excluded = build_prototypes(src.rows(src_rows), labels, min_samples, what)
     own = None
     if by_slide:
-        codes = _codes(labels, protos.classes)
-        lookup = dict(zip(src_rows.tolist(), codes.tolist(), strict=True))
+        lookup = dict(zip(src_rows.tolist(), protos.codes(labels).tolist(), strict=True))
         own = np.array([lookup.get(r, -1) for r in targets.tolist()], np.int64)
     parts = [
-        score(
-            slides.rows(targets[a : a + chunk]), protos, None if own is None else own[a : a + chunk]
+        protos.scores(
+            slides.rows(targets[a : a + chunk]), None if own is None else own[a : a + chunk]
         )
         for a in range(0, len(targets), chunk)
     ]
     scores = np.vstack(parts) if parts else np.zeros((0, len(protos.classes)))
+    best = nearest(scores)
     out = pd.DataFrame(
         {
             "slide_id": slides.table["slide_id"].take(targets).to_numpy(),
-            "predicted": predict(scores, protos.classes),
+            "predicted": [protos.classes[i] if i >= 0 else None for i in best],
         }
     )
     for j, c in enumerate(protos.classes):
@@ -159,9 +106,12 @@ def classify_slides(
     if label in slides.table.columns:
         out[label] = slides.table[label].take(targets).to_numpy()
     out.attrs.update(
-        class_sizes=protos.class_sizes, excluded_classes=protos.excluded,
-        min_samples=min_samples, prototypes="slide" if by_slide else "molecular", label=label,
-    )  # fmt: skip
+        class_sizes=sizes,
+        excluded_classes=excluded,
+        min_samples=min_samples,
+        prototypes="slide" if by_slide else "molecular",
+        label=label,
+    )
     return out
 
 

@@ -1,5 +1,6 @@
-"""One searchable table of an index: the metadata frame, its memory-mapped FAISS index (row i =
-FAISS id i) and exact k-NN over all rows or a subset of them."""
+"""One searchable table of the index (slides or molecular samples): the metadata frame, its
+memory-mapped FAISS index from the vector store (row i = FAISS id i) and exact k-NN over all
+rows or a subset of them."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from threads_search.vectorstore.vectors import (
     subset_vectors,
 )
 
-RESULT_COLUMNS = ("rank", "score", "thumbnail")  # added to result frames by the query engine
+RESULT_COLUMNS = ("rank", "score", "thumbnail")  # added to result frames by the index
 
 
 @dataclass

@@ -26,9 +26,9 @@ no longer than ``from`` in UTF-8 bytes, so it never lengthens text (nested repla
 otherwise grow a short filter's text exponentially, gigabytes per row). What remains (``||``,
 ``concat``) grows text only linearly in the filter's length.
 
-Defence in depth: the query engine runs the accepted expression on an in-memory copy of the
+Defence in depth: the index runs the accepted expression on an in-memory copy of the
 metadata with ``enable_external_access = false`` and a locked configuration (see
-``threads_search.query.index``), so even a guard bug could not read or write files.
+``threads_search.query.catalog``), so even a guard bug could not read or write files.
 """
 
 from __future__ import annotations
@@ -40,45 +40,42 @@ from collections.abc import Iterable
 
 import duckdb
 
+from threads_search.errors import InputError
+
 MAX_LENGTH = 4000
 MAX_DEPTH = 64
 _PREFIX = "SELECT * FROM t WHERE ("
 
-ALLOWED_FUNCTIONS = frozenset(
-    {
-        # operators as DuckDB names them
-        "+", "-", "*", "/", "//", "%", "**", "^", "||",
-        "~~", "!~~", "~~*", "!~~*",  # LIKE, NOT LIKE, ILIKE, NOT ILIKE
-        # text
-        "lower", "upper", "lcase", "ucase", "length", "strlen", "trim", "ltrim", "rtrim",
-        "substr", "substring", "left", "right", "replace", "concat", "starts_with",
-        "ends_with", "suffix", "prefix", "contains", "strpos", "instr", "position",
-        "regexp_matches", "regexp_full_match", "regexp_extract", "like_escape",
-        "ilike_escape", "split_part", "reverse",
-        # numbers
-        "abs", "round", "floor", "ceil", "ceiling", "sign", "sqrt", "ln", "log", "log2",
-        "log10", "exp", "pow", "power", "least", "greatest", "isnan", "isinf", "isfinite",
-        # null handling
-        "coalesce", "ifnull", "nullif",
-        # dates
-        "year", "month", "day", "quarter", "dayofweek", "dayofyear", "week", "date_part",
-        "datepart", "date_trunc", "datetrunc", "date_diff", "datediff", "make_date",
-        "to_days", "to_months", "to_years", "to_weeks", "to_hours", "to_minutes",
-        "to_seconds",
-    }
-)  # fmt: skip
-ALLOWED_TYPES = frozenset(
-    {
-        "BOOLEAN", "BOOL", "TINYINT", "SMALLINT", "INTEGER", "INT", "INT4", "BIGINT", "INT8",
-        "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "FLOAT", "REAL", "DOUBLE",
-        "DECIMAL", "NUMERIC", "VARCHAR", "TEXT", "STRING", "DATE", "TIMESTAMP", "TIME",
-        "INTERVAL",
-    }
-)  # fmt: skip
+# Scalar functions a filter may call, by kind (DuckDB's names; the operators as DuckDB names
+# them: ~~ LIKE, !~~ NOT LIKE, ~~* ILIKE, !~~* NOT ILIKE).
+_FUNCTIONS = {
+    "operators": "+ - * / // % ** ^ || ~~ !~~ ~~* !~~*",
+    "text": """lower upper lcase ucase length strlen trim ltrim rtrim substr substring left right
+        replace concat starts_with ends_with suffix prefix contains strpos instr position
+        regexp_matches regexp_full_match regexp_extract like_escape ilike_escape split_part
+        reverse""",
+    "numbers": """abs round floor ceil ceiling sign sqrt ln log log2 log10 exp pow power least
+        greatest isnan isinf isfinite""",
+    "null handling": "coalesce ifnull nullif",
+    "dates": """year month day quarter dayofweek dayofyear week date_part datepart date_trunc
+        datetrunc date_diff datediff make_date to_days to_months to_years to_weeks to_hours
+        to_minutes to_seconds""",
+}
+ALLOWED_FUNCTIONS = frozenset(name for names in _FUNCTIONS.values() for name in names.split())
+_TYPES = """BOOLEAN BOOL TINYINT SMALLINT INTEGER INT INT4 BIGINT INT8 HUGEINT UTINYINT USMALLINT
+    UINTEGER UBIGINT FLOAT REAL DOUBLE DECIMAL NUMERIC VARCHAR TEXT STRING DATE TIMESTAMP TIME
+    INTERVAL"""
+ALLOWED_TYPES = frozenset(_TYPES.split())
 _OPERATORS = frozenset(
-    {"COMPARE_IN", "COMPARE_NOT_IN", "OPERATOR_IS_NULL", "OPERATOR_IS_NOT_NULL", "OPERATOR_NOT",
-     "OPERATOR_COALESCE"}
-)  # fmt: skip
+    {
+        "COMPARE_IN",
+        "COMPARE_NOT_IN",
+        "OPERATOR_IS_NULL",
+        "OPERATOR_IS_NOT_NULL",
+        "OPERATOR_NOT",
+        "OPERATOR_COALESCE",
+    }
+)
 # functions refused with a reason (they can turn a short filter into gigabytes of text)
 _AMPLIFIERS = {
     "lpad": "padding to a length taken from the filter can allocate gigabytes",
@@ -95,8 +92,9 @@ _URL = re.compile(r"^\s*[a-z][a-z0-9+.\-]*://", re.IGNORECASE)
 _IGNORED_KEYS = {"query_location", "query_location_length", "where_clause"}
 
 
-class FilterError(ValueError):
-    """A ``where`` filter was refused; the message says why and what is allowed."""
+class FilterError(InputError):
+    """A ``where`` filter was refused; the message says why and what is allowed (a
+    ``ThreadsSearchError`` and a ``ValueError``)."""
 
 
 _parser_lock = threading.Lock()
@@ -194,8 +192,12 @@ def check_text(expr: str) -> None:
     if quote:
         raise FilterError(f"unterminated {quote} quote in filter")
     text = "".join(outside)
-    for bad, why in ((";", "';' (more than one statement)"), ("--", "comments ('--')"),
-                     ("/*", "comments ('/*')"), ("$", "'$' (parameters or dollar quoting)")):  # fmt: skip
+    for bad, why in (
+        (";", "';' (more than one statement)"),
+        ("--", "comments ('--')"),
+        ("/*", "comments ('/*')"),
+        ("$", "'$' (parameters or dollar quoting)"),
+    ):
         if bad in text:
             raise FilterError(f"filter refused: {why} are not allowed; give one boolean expression")
 

@@ -19,7 +19,6 @@ e.g. changing ``n_genes`` leaves the patients' latent states unchanged.
 from __future__ import annotations
 
 import json
-import os
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from threads_search.atomic import atomic_path
+from threads_search.errors import ConfigError, InputError, MissingError
 from threads_search.synth import cohort_molecular as mol
 
 FORMAT = "threads-search-synthetic-cohort"
@@ -101,7 +102,7 @@ class Cohort:
         ``cohort.json`` (params + truth), each atomically; ``cohort.json`` comes last. Returns
         the paths by name (rna, maf, pairs, metadata, slides, cohort)."""
         if rna_format not in ("parquet", "csv"):
-            raise ValueError(f"rna_format must be 'parquet' or 'csv', got {rna_format!r}")
+            raise ConfigError(f"rna_format must be 'parquet' or 'csv', got {rna_format!r}")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = {
@@ -114,12 +115,8 @@ class Cohort:
         }
 
         def atomic(path: Path, write) -> None:
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            try:
+            with atomic_path(path) as tmp:
                 write(tmp)
-                os.replace(tmp, path)
-            finally:
-                tmp.unlink(missing_ok=True)
 
         if rna_format == "parquet":
             atomic(paths["rna"], lambda p: self.rna.to_parquet(p, index=False))
@@ -145,10 +142,10 @@ def load_cohort(out_dir: str | Path) -> Cohort:
     parameters; generation is deterministic)."""
     path = Path(out_dir) / "cohort.json"
     if not path.exists():
-        raise FileNotFoundError(f"no cohort.json in {out_dir} (not a synthetic cohort folder)")
+        raise MissingError(f"no cohort.json in {out_dir} (not a synthetic cohort folder)")
     doc = json.loads(path.read_text())
     if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {doc.get('format')!r} is not {FORMAT!r}")
+        raise InputError(f"{path}: format {doc.get('format')!r} is not {FORMAT!r}")
     params = dict(doc["params"])
     for k in ("modality", "split", "signal_fraction", "slides_per_patient", "subtype_weights"):
         if isinstance(params.get(k), list):
@@ -159,14 +156,14 @@ def load_cohort(out_dir: str | Path) -> Cohort:
 def _fractions(values, n: int, what: str) -> tuple[float, ...]:
     v = tuple(float(x) for x in values)
     if len(v) != n or min(v) < 0 or abs(sum(v) - 1.0) > 1e-6:
-        raise ValueError(f"{what} must be {n} non-negative fractions summing to 1, got {values}")
+        raise ConfigError(f"{what} must be {n} non-negative fractions summing to 1, got {values}")
     return v
 
 
 def _range(values, what: str, lo: float, hi: float) -> tuple[float, float]:
     a, b = (values, values) if np.isscalar(values) else tuple(values)
     if not lo <= a <= b <= hi:
-        raise ValueError(f"{what}={values}: need {lo} <= min <= max <= {hi}")
+        raise ConfigError(f"{what}={values}: need {lo} <= min <= max <= {hi}")
     return float(a), float(b)
 
 
@@ -210,12 +207,12 @@ def make_cohort(
     per-gene noise, natural-log units. ``site_effect``: batch-effect scale. ``split``:
     train/val/test fractions of patients. ``subtype_weights``: subtype prevalences (uniform)."""
     if n_patients < 1 or n_subtypes < 2 or n_programmes < 0 or n_sites < 1:
-        raise ValueError(
+        raise ConfigError(
             f"need n_patients >= 1, n_subtypes >= 2, n_programmes >= 0, n_sites >= 1 (got "
             f"{n_patients}, {n_subtypes}, {n_programmes}, {n_sites})"
         )
     if n_sites > 99:
-        raise ValueError(f"n_sites={n_sites}: at most 99 sites (two-digit site code)")
+        raise ConfigError(f"n_sites={n_sites}: at most 99 sites (two-digit site code)")
     modality = _fractions(modality, 3, "modality (both, rna_only, dna_only)")
     split = _fractions(split, 3, "split (train, val, test)")
     weights = _fractions(
@@ -223,14 +220,24 @@ def make_cohort(
     )
     sig_lo, sig_hi = _range(signal_fraction, "signal_fraction", 0.0, 1.0)
     spp_lo, spp_hi = _range(slides_per_patient, "slides_per_patient", 1, 99)
-    params = {
-        "n_patients": n_patients, "n_subtypes": n_subtypes, "n_programmes": n_programmes,
-        "n_genes": n_genes, "n_panel": n_panel, "slides_per_patient": [int(spp_lo), int(spp_hi)],
-        "modality": list(modality), "signal_fraction": [sig_lo, sig_hi], "noise": float(noise),
-        "n_sites": n_sites, "split": list(split), "subtype_weights": list(weights),
-        "rna_effect": rna_effect, "rna_noise": rna_noise, "site_effect": site_effect,
-        "seed": int(seed),
-    }  # fmt: skip
+    params = dict(
+        n_patients=n_patients,
+        n_subtypes=n_subtypes,
+        n_programmes=n_programmes,
+        n_genes=n_genes,
+        n_panel=n_panel,
+        slides_per_patient=[int(spp_lo), int(spp_hi)],
+        modality=list(modality),
+        signal_fraction=[sig_lo, sig_hi],
+        noise=float(noise),
+        n_sites=n_sites,
+        split=list(split),
+        subtype_weights=list(weights),
+        rna_effect=rna_effect,
+        rna_noise=rna_noise,
+        site_effect=site_effect,
+        seed=int(seed),
+    )
 
     def stream(name: str) -> np.random.Generator:
         return np.random.default_rng([int(seed), _STREAMS[name]])
@@ -257,8 +264,9 @@ def make_cohort(
 
     names = subtype_names(n_subtypes)
     pids = [f"SYNT-{s + 1:02d}-{i + 1:04d}" for i, s in enumerate(site)]
-    patients = pd.DataFrame({"patient_id": pids, "subtype": [names[k] for k in subtype],
-                             "subtype_index": subtype})  # fmt: skip
+    patients = pd.DataFrame(
+        {"patient_id": pids, "subtype": [names[k] for k in subtype], "subtype_index": subtype}
+    )
     for p in range(n_programmes):
         patients[f"programme_{p + 1}"] = progs[:, p]
     patients["site"] = [f"site_{s + 1}" for s in site]
@@ -274,12 +282,11 @@ def make_cohort(
     rows = []
     for i, pid in enumerate(pids):
         for j in range(int(n_slides[i])):
-            rows.append({
-                "slide_id": f"{pid}-DX{j + 1}", "patient_id": pid, "slide_index": j,
-                "signal_fraction": float(rng_s.uniform(sig_lo, sig_hi)),
-                "seed": int(rng_s.integers(0, 2**31 - 1)), "subtype": names[subtype[i]],
-                "site": f"site_{site[i] + 1}", "split": splits[i],
-            })  # fmt: skip
+            row = dict(slide_id=f"{pid}-DX{j + 1}", patient_id=pid, slide_index=j)
+            row["signal_fraction"] = float(rng_s.uniform(sig_lo, sig_hi))
+            row["seed"] = int(rng_s.integers(0, 2**31 - 1))
+            row.update(subtype=names[subtype[i]], site=f"site_{site[i] + 1}", split=splits[i])
+            rows.append(row)
     slides = pd.DataFrame(rows)
 
     # ---- molecular samples
@@ -291,12 +298,18 @@ def make_cohort(
         columns=["sample_id", "patient_id", "kind"],
     )
     roles = mol.gene_roles(n_genes, n_subtypes, n_programmes, stream("rna_roles"))
+    rna_samples = [rna_ids[i] for i in np.flatnonzero(has_rna)]
+    dna_samples = [dna_ids[i] for i in np.flatnonzero(has_dna)]
     rna = mol.make_rna(
-        patients[has_rna].reset_index(drop=True), [rna_ids[i] for i in np.flatnonzero(has_rna)],
-        roles, stream("rna"), effect=rna_effect, noise=rna_noise, site_effect=site_effect,
-    )  # fmt: skip
-    maf = mol.make_maf(mutated[has_dna], [dna_ids[i] for i in np.flatnonzero(has_dna)], panel,
-                       rng_dna)  # fmt: skip
+        patients[has_rna].reset_index(drop=True),
+        rna_samples,
+        roles,
+        stream("rna"),
+        effect=rna_effect,
+        noise=rna_noise,
+        site_effect=site_effect,
+    )
+    maf = mol.make_maf(mutated[has_dna], dna_samples, panel, rng_dna)
 
     pairs = slides[["slide_id", "patient_id"]].merge(samples, on="patient_id", how="inner")
     pairs = pairs[["slide_id", "sample_id", "patient_id", "kind"]].reset_index(drop=True)

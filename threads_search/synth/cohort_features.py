@@ -34,6 +34,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from threads_search.errors import ConfigError, InputError
+
 ENCODER_NAME = "synthetic-features"
 PATCH_SIZE = 512  # px at TARGET_MPP, as the real features stage
 TARGET_MPP = 0.5
@@ -66,7 +68,7 @@ def feature_space(
     s = int(cohort.params["n_sites"])
     need = 2 + k + p + n_normal + s
     if dim < need:
-        raise ValueError(
+        raise ConfigError(
             f"dim={dim} is too small: the feature space needs at least {need} orthogonal "
             f"directions (1 marker + {k} subtypes + {p} programmes + 1 TP53 + {n_normal} normal "
             f"+ {s} sites)"
@@ -162,10 +164,14 @@ def make_bag(
     feats = rng.standard_normal((n, dim)) * noise + shift
     feats[is_signal] += tumour
     feats[~is_signal] += space.normal[cluster[~is_signal]]
-    return {
-        "features": feats.astype(np.float32), "coords": coords, "is_signal": is_signal,
-        "normal_cluster": cluster, "width": width, "height": height,
-    }  # fmt: skip
+    return dict(
+        features=feats.astype(np.float32),
+        coords=coords,
+        is_signal=is_signal,
+        normal_cluster=cluster,
+        width=width,
+        height=height,
+    )
 
 
 def write_feature_bags(
@@ -185,16 +191,17 @@ def write_feature_bags(
     ``dim``-d, 512 px at 0.5 µm/px). ``noise`` defaults to the cohort's; see the module docstring
     for the other difficulty knobs. Returns slide_id, patient_id, path, n_patches, n_signal,
     signal_fraction (realised)."""
-    from threads_search.features.config import FeaturesConfig, load_config
+    from threads_search.features.config import FeaturesConfig, FeaturesConfigError, load_config
     from threads_search.features.extract import h5_path
+    from threads_search.features.h5io import write_features
     from threads_search.features.status import StatusTable
     from threads_search.wsi.grid import GridParams
     from threads_search.wsi.plan import SegmentConfig
 
     if dtype not in ("float32", "float16"):
-        raise ValueError(f"dtype must be float32 or float16, got {dtype!r}")
+        raise ConfigError(f"dtype must be float32 or float16, got {dtype!r}")
     if not 1 <= n_patches[0] <= n_patches[1]:
-        raise ValueError(f"n_patches={n_patches}: need 1 <= min <= max")
+        raise ConfigError(f"n_patches={n_patches}: need 1 <= min <= max")
     out = Path(features_dir)
     # files named through h5_path: an unsafe id is refused before anything is written
     paths = {sid: h5_path(out, sid) for sid in cohort.slides.slide_id}
@@ -206,16 +213,27 @@ def write_feature_bags(
     )
     old = load_config(out)
     if old is not None and old.get("patch_encoder") != ENCODER_NAME:
-        raise ValueError(
+        raise FeaturesConfigError(
             f"{out} holds features of patch encoder {old.get('patch_encoder')!r}; "
             f"write {ENCODER_NAME!r} bags into another folder"
         )
-    knobs = {
-        "dim": dim, "n_patches": list(n_patches), "noise": noise, "slide_shift": slide_shift,
-        "confounding": confounding, "signal_strength": signal_strength, "n_normal": n_normal,
-    }  # fmt: skip
-    spec = {"name": ENCODER_NAME, "dim": dim, "input_size": PATCH_SIZE, "patch_size": PATCH_SIZE,
-            "target_mpp": TARGET_MPP, "source": "threads_search.synth.cohort_features"}  # fmt: skip
+    knobs = dict(
+        dim=dim,
+        n_patches=list(n_patches),
+        noise=noise,
+        slide_shift=slide_shift,
+        confounding=confounding,
+        signal_strength=signal_strength,
+        n_normal=n_normal,
+    )
+    spec = {
+        "name": ENCODER_NAME,
+        "dim": dim,
+        "input_size": PATCH_SIZE,
+        "patch_size": PATCH_SIZE,
+        "target_mpp": TARGET_MPP,
+        "source": "threads_search.synth.cohort_features",
+    }
     cfg.save(out, {"encoder_spec": spec, "synthetic": {"cohort": cohort.params, **knobs}})
     chash = cfg.hash()
     space = feature_space(cohort, dim, n_normal, signal_strength, confounding)
@@ -227,43 +245,38 @@ def write_feature_bags(
         bag = make_bag(cohort, slide, space, patients, n_patches, noise, slide_shift)
         path = paths[slide["slide_id"]]
         attrs = {
-            "patch_size": PATCH_SIZE, "patch_size_level0": PATCH_SIZE, "target_mpp": TARGET_MPP,
-            "level0_mpp": TARGET_MPP, "level0_width": bag["width"],
-            "level0_height": bag["height"], "encoder": ENCODER_NAME, "config_hash": chash,
-        }  # fmt: skip
-        _write(path, bag, attrs, dtype)
+            "patch_size": PATCH_SIZE,
+            "patch_size_level0": PATCH_SIZE,
+            "target_mpp": TARGET_MPP,
+            "level0_mpp": TARGET_MPP,
+            "level0_width": bag["width"],
+            "level0_height": bag["height"],
+            "encoder": ENCODER_NAME,
+            "config_hash": chash,
+        }
+        truth = {"is_signal": bag["is_signal"], "normal_cluster": bag["normal_cluster"]}
+        write_features(path, bag["features"].astype(dtype), bag["coords"], attrs, truth)
         n, n_sig = len(bag["coords"]), int(bag["is_signal"].sum())
-        status.rows[slide["slide_id"]] = {
-            "slide_id": slide["slide_id"], "path": f"synthetic:{slide['slide_id']}",
-            "state": "done", "error": "", "n_patches": n,
-            "seconds": time.perf_counter() - t0, "config_hash": chash, "finished": time.time(),
-        }  # fmt: skip
+        sid = slide["slide_id"]
+        status.rows[sid] = {
+            "slide_id": sid,
+            "path": f"synthetic:{sid}",
+            "state": "done",
+            "error": "",
+            "n_patches": n,
+            "seconds": time.perf_counter() - t0,
+            "config_hash": chash,
+            "finished": time.time(),
+        }
         rows.append((slide["slide_id"], slide["patient_id"], path, n, n_sig, n_sig / n))
     status.save()
     cols = ["slide_id", "patient_id", "path", "n_patches", "n_signal", "signal_fraction"]
     return pd.DataFrame(rows, columns=cols)
 
 
-def _write(path: Path, bag: dict, attrs: dict, dtype: str) -> None:
-    """``write_features`` to a temporary name, add the ground-truth datasets, then rename."""
-    import os
-
-    from threads_search.features.h5io import write_features
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write_features(tmp, bag["features"].astype(dtype), bag["coords"], attrs)
-        with h5py.File(tmp, "a") as f:
-            f.create_dataset("is_signal", data=bag["is_signal"])
-            f.create_dataset("normal_cluster", data=bag["normal_cluster"])
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def read_signal_mask(path: str | Path) -> np.ndarray:
     """The ``is_signal`` ground truth (bool ``[N]``) of a synthetic feature h5."""
     with h5py.File(path, "r") as f:
         if "is_signal" not in f:
-            raise KeyError(f"{path}: no 'is_signal' dataset (not a synthetic feature bag)")
+            raise InputError(f"{path}: no 'is_signal' dataset (not a synthetic feature bag)")
         return f["is_signal"][()].astype(bool)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from threads_search.errors import ConfigError
+
 HOUSEKEEPING = ["ACTB", "GAPDH", "RPLP0", "TBP", "B2M", "PGK1", "HPRT1", "PPIA", "GUSB", "YWHAZ"]
 MODULE_SYMBOLS = [  # real-looking symbols placed first in each subtype module (A, B, C, D)
     ["ESR1", "PGR", "FOXA1", "XBP1"],
@@ -33,13 +35,58 @@ PROGRAMME_SYMBOLS = [  # programme_1 immune, programme_2 stromal, programme_3 hy
     ["VEGFA", "CA9", "SLC2A1"],
 ]
 P53_TARGETS = ["CDKN1A", "MDM2", "BAX", "FAS", "GADD45A", "TP53I3"]
-PANEL = [
-    "TP53", "PIK3CA", "KRAS", "PTEN", "APC", "BRAF", "EGFR", "CDH1", "GATA3", "MAP3K1",
-    "ARID1A", "KMT2D", "KMT2C", "NF1", "RB1", "CDKN2A", "SMAD4", "FBXW7", "CTNNB1", "NRAS",
-    "IDH1", "ATM", "BRCA1", "BRCA2", "ERBB3", "NOTCH1", "FGFR3", "KEAP1", "STK11", "SPOP",
-    "CHD4", "AKT1", "MTOR", "TSC1", "VHL", "PBRM1", "SETD2", "BAP1", "NFE2L2", "RNF43",
-    "TCF7L2", "SOX9", "ACVR2A", "CIC", "FUBP1", "ATRX", "POLE", "RUNX1", "CBFB", "TBX3",
-]  # fmt: skip
+PANEL = [  # real cancer genes, TP53 first
+    "TP53",
+    "PIK3CA",
+    "KRAS",
+    "PTEN",
+    "APC",
+    "BRAF",
+    "EGFR",
+    "CDH1",
+    "GATA3",
+    "MAP3K1",
+    "ARID1A",
+    "KMT2D",
+    "KMT2C",
+    "NF1",
+    "RB1",
+    "CDKN2A",
+    "SMAD4",
+    "FBXW7",
+    "CTNNB1",
+    "NRAS",
+    "IDH1",
+    "ATM",
+    "BRCA1",
+    "BRCA2",
+    "ERBB3",
+    "NOTCH1",
+    "FGFR3",
+    "KEAP1",
+    "STK11",
+    "SPOP",
+    "CHD4",
+    "AKT1",
+    "MTOR",
+    "TSC1",
+    "VHL",
+    "PBRM1",
+    "SETD2",
+    "BAP1",
+    "NFE2L2",
+    "RNF43",
+    "TCF7L2",
+    "SOX9",
+    "ACVR2A",
+    "CIC",
+    "FUBP1",
+    "ATRX",
+    "POLE",
+    "RUNX1",
+    "CBFB",
+    "TBX3",
+]
 NON_SILENT = {  # classification: (weight, Variant_Type)
     "Missense_Mutation": (0.60, "SNP"),
     "Nonsense_Mutation": (0.12, "SNP"),
@@ -63,7 +110,7 @@ def gene_roles(n_genes: int, n_subtypes: int, n_programmes: int, rng) -> dict:
     n_p53 = min(len(P53_TARGETS), max(2, round(0.02 * n_genes)))
     need = n_house + n_subtypes * n_mod + n_programmes * n_prog + n_p53
     if need > n_genes:
-        raise ValueError(
+        raise ConfigError(
             f"n_genes={n_genes} too small for {n_subtypes} subtype modules and {n_programmes} "
             f"programmes (needs at least {need}; try n_genes={int(need / 0.8) + 1})"
         )
@@ -146,7 +193,7 @@ def make_rna(
 def panel_genes(n_panel: int) -> list[str]:
     """``n_panel`` gene symbols, TP53 first (real cancer genes, then ``PANEL0051``...)."""
     if n_panel < 2:
-        raise ValueError(f"n_panel={n_panel}: the DNA panel needs at least 2 genes (TP53 + one)")
+        raise ConfigError(f"n_panel={n_panel}: the DNA panel needs at least 2 genes (TP53 + one)")
     return [PANEL[i] if i < len(PANEL) else f"PANEL{i + 1:04d}" for i in range(n_panel)]
 
 
@@ -174,8 +221,12 @@ def mutation_rates(
     for idx in prog_cols:
         rates[:, idx] = 0.2
     prog_genes = [[panel[i] for i in idx] for idx in prog_cols]
-    return {"rates": rates, "drivers": drivers, "programme_genes": prog_genes,
-            "programme_cols": prog_cols}  # fmt: skip
+    return {
+        "rates": rates,
+        "drivers": drivers,
+        "programme_genes": prog_genes,
+        "programme_cols": prog_cols,
+    }
 
 
 PROGRAMME_EFFECT = 2.0  # log-odds per programme standard deviation
@@ -219,8 +270,17 @@ def make_maf(
         prot = {"Silent": f"p.{a}{pos}{a}", "Nonsense_Mutation": f"p.{a}{pos}*"}.get(cls)
         if prot is None:
             prot = f"p.{a}{pos}{b}" if cls in NON_SILENT else ""
-        rows.append((panel[gi], f"chr{chrom[gi]}", int(locus[gi] + rng.integers(0, 50_000)),
-                     cls, vtype, sample, prot))  # fmt: skip
+        rows.append(
+            (
+                panel[gi],
+                f"chr{chrom[gi]}",
+                int(locus[gi] + rng.integers(0, 50_000)),
+                cls,
+                vtype,
+                sample,
+                prot,
+            )
+        )
 
     for i, sample in enumerate(sample_ids):
         start = len(rows)
@@ -231,6 +291,13 @@ def make_maf(
             row(gi, sample, s_names[rng.choice(len(s_names), p=s_p)])
         if len(rows) == start:  # sequenced, nothing found: keep the sample visible
             row(int(rng.integers(len(panel))), sample, "Silent")
-    cols = ["Hugo_Symbol", "Chromosome", "Start_Position", "Variant_Classification",
-            "Variant_Type", "Tumor_Sample_Barcode", "HGVSp_Short"]  # fmt: skip
+    cols = [
+        "Hugo_Symbol",
+        "Chromosome",
+        "Start_Position",
+        "Variant_Classification",
+        "Variant_Type",
+        "Tumor_Sample_Barcode",
+        "HGVSp_Short",
+    ]
     return pd.DataFrame(rows, columns=cols)

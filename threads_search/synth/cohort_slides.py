@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from threads_search.errors import ConfigError, InputError
 from threads_search.synth.paint import Morphology
 
 # nuclear_density, nuclear_size_um, gland_fraction, pleomorphism, eosin_intensity
@@ -44,8 +45,8 @@ def subtype_profile(cohort, k: int) -> tuple[float, ...]:
     if k < len(SUBTYPE_PROFILES):
         return SUBTYPE_PROFILES[k]
     rng = np.random.default_rng([cohort.seed, 200, k])
-    return (rng.uniform(0.6, 1.7), rng.uniform(6.0, 8.5), rng.uniform(0.0, 0.7),
-            rng.uniform(0.15, 0.55), rng.uniform(0.9, 1.35))  # fmt: skip
+    lows, highs = (0.6, 6.0, 0.0, 0.15, 0.9), (1.7, 8.5, 0.7, 0.55, 1.35)
+    return tuple(rng.uniform(lo, hi) for lo, hi in zip(lows, highs, strict=True))
 
 
 def slide_morphology(
@@ -83,8 +84,9 @@ def _paint_one(job: tuple) -> tuple[str, float]:
 
     path, width, height, mpp, fmt, seed, morph, tissue_fraction = job
     t0 = time.perf_counter()
-    make_slide(path, width, height, mpp, fmt, seed=seed, morphology=morph,
-               tissue_fraction=tissue_fraction)  # fmt: skip
+    make_slide(
+        path, width, height, mpp, fmt, seed=seed, morphology=morph, tissue_fraction=tissue_fraction
+    )
     return str(path), time.perf_counter() - t0
 
 
@@ -109,7 +111,7 @@ def write_slides(
     from dataclasses import asdict
 
     if fmt not in ("tiff", "svs"):
-        raise ValueError(f"fmt must be 'tiff' or 'svs', got {fmt!r}")
+        raise ConfigError(f"fmt must be 'tiff' or 'svs', got {fmt!r}")
     out = Path(slides_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = cohort.slides.to_dict("records")
@@ -117,7 +119,7 @@ def write_slides(
         known = {r["slide_id"]: r for r in rows}
         missing = [s for s in slide_ids if s not in known]
         if missing:
-            raise KeyError(f"slide ids not in the cohort: {missing[:5]}")
+            raise InputError(f"slide ids not in the cohort: {missing[:5]}")
         rows = [known[s] for s in slide_ids]
     ext = "svs" if fmt == "svs" else "tiff"
     jobs, morphs = [], []
@@ -133,6 +135,13 @@ def write_slides(
         done = [_paint_one(j) for j in jobs]
     table = []
     for r, m, (path, secs) in zip(rows, morphs, done, strict=True):
-        table.append({"slide_id": r["slide_id"], "patient_id": r["patient_id"], "path": path,
-                      "seconds": secs, **asdict(m)})  # fmt: skip
+        table.append(
+            {
+                "slide_id": r["slide_id"],
+                "patient_id": r["patient_id"],
+                "path": path,
+                "seconds": secs,
+                **asdict(m),
+            }
+        )
     return pd.DataFrame(table)

@@ -7,12 +7,14 @@ with ``AppMag`` and ``MPP``, a thumbnail page after level 0 and a macro image at
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from PIL import Image
+
+from threads_search.atomic import atomic_path
+from threads_search.errors import ConfigError
 
 _APERIO = "Aperio Image Library v12.0.15 \r\n"
 
@@ -51,55 +53,53 @@ def write_slide(
     """Write ``rgb`` (uint8 ``[H, W, 3]``, level 0 at ``mpp`` µm/px) as a pyramidal slide.
 
     ``fmt``: ``tiff`` (generic, 2x levels) or ``svs`` (Aperio, 4x levels). ``mpp=None`` writes
-    no resolution at all (for missing-resolution tests). The file appears atomically.
+    no resolution at all (for missing-resolution tests). The file appears atomically
+    (``threads_search.atomic``). ``ConfigError`` for another ``fmt``.
     """
+    if fmt not in ("tiff", "svs"):
+        raise ConfigError(f"unknown slide format {fmt!r}: use 'tiff' or 'svs'")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    h, w = rgb.shape[:2]
     jpeg = {"compression": "jpeg", "compressionargs": {"level": quality}, "photometric": "rgb"}
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=rgb.nbytes > 2**31) as tw:
-            if fmt == "tiff":
-                for i, (ds, img) in enumerate(_pyramid(rgb, 2, min_side)):
-                    res = {}
-                    if mpp is not None:
-                        res = {
-                            "resolution": (1e4 / (mpp * ds),) * 2,
-                            "resolutionunit": "CENTIMETER",
-                        }
-                    else:
-                        res = {"resolution": None, "resolutionunit": None}
-                    tw.write(img, tile=(tile, tile), subfiletype=1 if i else 0, metadata=None,
-                             **res, **jpeg)  # fmt: skip
-            elif fmt == "svs":
-                mag = app_mag if app_mag is not None else (10.0 / mpp if mpp else None)
-                head = f"{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q={quality}"
-                if mag:
-                    head += f"|AppMag = {mag:g}"
-                if mpp:
-                    head += f"|MPP = {mpp:g}"
-                head += f"|Filename = {path.stem}"
-                levels = _pyramid(rgb, 4, min_side)
-                tw.write(rgb, tile=(tile, tile), description=_APERIO + head, metadata=None,
-                         **jpeg)  # fmt: skip
-                thumb = np.asarray(Image.fromarray(rgb).reduce(max(1, max(h, w) // 768)))
-                tw.write(thumb, description=_APERIO + f"{w}x{h} -> {thumb.shape[1]}x{thumb.shape[0]}",
-                         metadata=None, **jpeg)  # fmt: skip
-                for _, img in levels[1:]:
-                    desc = _APERIO + f"{w}x{h} [0,0 {w}x{h}] -> {img.shape[1]}x{img.shape[0]}"
-                    tw.write(img, tile=(tile, tile), description=desc, subfiletype=1,
-                             metadata=None, **jpeg)  # fmt: skip
-                macro = np.full((256, 640, 3), 200, np.uint8)
-                macro[:, 440:] = np.asarray(Image.fromarray(rgb).resize((200, 256)))
-                tw.write(macro, description=_APERIO + "macro 640x256", subfiletype=9,
-                         metadata=None, **jpeg)  # fmt: skip
-            else:
-                raise ValueError(f"unknown slide format {fmt!r}: use 'tiff' or 'svs'")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=rgb.nbytes > 2**31) as tw:
+        if fmt == "tiff":
+            _write_tiff(tw, rgb, mpp, tile, min_side, jpeg)
+        else:
+            _write_svs(tw, rgb, mpp, tile, quality, app_mag, min_side, path.stem, jpeg)
     return path
+
+
+def _write_tiff(tw, rgb, mpp, tile: int, min_side: int, jpeg: dict) -> None:
+    """Generic TIFF: 2x levels as top-level pages, resolution in pixels per centimetre."""
+    for i, (ds, img) in enumerate(_pyramid(rgb, 2, min_side)):
+        res = {"resolution": None, "resolutionunit": None}
+        if mpp is not None:
+            res = {"resolution": (1e4 / (mpp * ds),) * 2, "resolutionunit": "CENTIMETER"}
+        tw.write(img, tile=(tile, tile), subfiletype=1 if i else 0, metadata=None, **res, **jpeg)
+
+
+def _write_svs(tw, rgb, mpp, tile, quality, app_mag, min_side, stem: str, jpeg: dict) -> None:
+    """Aperio SVS: level 0, thumbnail page, 4x levels, macro image; ``AppMag`` and ``MPP`` in
+    the ImageDescription."""
+    h, w = rgb.shape[:2]
+    mag = app_mag if app_mag is not None else (10.0 / mpp if mpp else None)
+    head = f"{w}x{h} [0,0 {w}x{h}] ({tile}x{tile}) JPEG/RGB Q={quality}"
+    if mag:
+        head += f"|AppMag = {mag:g}"
+    if mpp:
+        head += f"|MPP = {mpp:g}"
+    head += f"|Filename = {stem}"
+    levels = _pyramid(rgb, 4, min_side)
+    tw.write(rgb, tile=(tile, tile), description=_APERIO + head, metadata=None, **jpeg)
+    thumb = np.asarray(Image.fromarray(rgb).reduce(max(1, max(h, w) // 768)))
+    desc = _APERIO + f"{w}x{h} -> {thumb.shape[1]}x{thumb.shape[0]}"
+    tw.write(thumb, description=desc, metadata=None, **jpeg)
+    for _, img in levels[1:]:
+        desc = _APERIO + f"{w}x{h} [0,0 {w}x{h}] -> {img.shape[1]}x{img.shape[0]}"
+        tw.write(img, tile=(tile, tile), description=desc, subfiletype=1, metadata=None, **jpeg)
+    macro = np.full((256, 640, 3), 200, np.uint8)
+    macro[:, 440:] = np.asarray(Image.fromarray(rgb).resize((200, 256)))
+    desc = _APERIO + "macro 640x256"
+    tw.write(macro, description=desc, subfiletype=9, metadata=None, **jpeg)
 
 
 def write_broken_slides(out_dir: str | Path, rgb: np.ndarray | None = None) -> dict[str, Path]:

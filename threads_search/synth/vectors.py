@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from threads_search.linalg import l2_normalize
+
 
 def clustered_embeddings(
     n: int,
@@ -51,8 +53,7 @@ def clustered_embeddings(
                 out, ci, start, min(n, start + chunk), seed, centres, spreads, bases, probs, noise
             )
             if normalize:
-                seg = out[start : min(n, start + chunk)]
-                seg /= np.maximum(np.linalg.norm(seg, axis=1, keepdims=True), 1e-12)
+                l2_normalize(out[start : min(n, start + chunk)], inplace=True)
     return out
 
 

@@ -1,4 +1,8 @@
-"""Vector indexes: FAISS index types, automatic choice and recall tuning, search, I/O."""
+"""The vector store: FAISS index types, their automatic choice and recall tuning, cosine search
+(filtered too), FAISS file I/O, and INDEX_DIR's generations on disk (``store``, ``writer``).
+
+Below :mod:`threads_search.query`, whose read-only :class:`~threads_search.query.Index` ("the
+index") is what users open; it stores vectors and tables and never loads a model."""
 
 from threads_search.vectorstore.autotune import (
     DEFAULT_MEMORY_BUDGET,

@@ -26,6 +26,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from threads_search.errors import ConfigError, InputError
 from threads_search.vectorstore.faiss_types import IndexType, create_index_type, pq_m
 from threads_search.vectorstore.gpu import resolve_gpu
 from threads_search.vectorstore.vectors import exact_knn, normalize, recall_at_k, search
@@ -42,10 +43,10 @@ def choose_index(
     prefer: str = "ivf",
 ) -> tuple[str, dict[str, Any]]:
     """Index type and parameters for ``n`` vectors of ``dim`` under ``memory_budget_bytes``
-    (see the module docstring for the rule). Raises ValueError when not even 1 byte/vector of
-    PQ code fits."""
+    (see the module docstring for the rule). Raises ``ConfigError`` (a ``ValueError``) when not
+    even 1 byte/vector of PQ code fits."""
     if prefer not in ("ivf", "hnsw"):
-        raise ValueError(f"prefer must be 'ivf' or 'hnsw', got {prefer!r}")
+        raise ConfigError(f"prefer must be 'ivf' or 'hnsw', got {prefer!r}")
     flat = create_index_type("flat")
     if n <= exact_max and flat.memory_bytes(n, dim) <= memory_budget_bytes:
         return "flat", {}
@@ -57,7 +58,7 @@ def choose_index(
     per_vector = (memory_budget_bytes - fixed) / max(n, 1) - 16  # minus id + direct-map entry
     if per_vector < 1:
         need = probe.memory_bytes(n, dim)
-        raise ValueError(
+        raise ConfigError(
             f"memory budget {memory_budget_bytes} B is too small for {n} vectors of dim {dim}: "
             f"even 1-byte PQ codes need about {need} B"
         )
@@ -136,7 +137,7 @@ def build_index(
     (tuned knob stored on it) and a JSON-ready info dict for ``index.json``."""
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or len(vectors) == 0:
-        raise ValueError(f"vectors must be a non-empty [N, D] array, got shape {vectors.shape}")
+        raise InputError(f"vectors must be a non-empty [N, D] array, got shape {vectors.shape}")
     n, dim = vectors.shape
     _check_finite(vectors)
     k = min(k, n)
@@ -227,4 +228,4 @@ def _check_finite(vectors: np.ndarray, chunk: int = 65_536) -> None:
         block = vectors[start : start + chunk]
         bad = ~np.isfinite(block).all(axis=1)
         if bad.any():
-            raise ValueError(f"vectors row {start + int(np.flatnonzero(bad)[0])} is not finite")
+            raise InputError(f"vectors row {start + int(np.flatnonzero(bad)[0])} is not finite")

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import faiss
 import numpy as np
 
+from threads_search.errors import ConfigError
 from threads_search.registry import Registry
 from threads_search.vectorstore.gpu import is_gpu_index, to_cpu, to_gpu
 from threads_search.vectorstore.vectors import iter_normalized, normalize
@@ -55,7 +56,7 @@ class IndexType:
     def __init__(self, **params: Any) -> None:
         unknown = set(params) - set(self.defaults)
         if unknown:
-            raise ValueError(
+            raise ConfigError(
                 f"index type {self.name!r}: unknown parameter(s) {sorted(unknown)}; "
                 f"accepted: {sorted(self.defaults)}"
             )
@@ -237,7 +238,7 @@ class IVFPQType(_IVFBase):
         if p.get("m") is None:
             p["m"] = pq_m(dim, max(dim // 16, 1))
         if dim % p["m"]:
-            raise ValueError(f"index type 'ivfpq': m={p['m']} must divide dim={dim}")
+            raise ConfigError(f"index type 'ivfpq': m={p['m']} must divide dim={dim}")
         return p
 
     def bytes_per_vector(self, dim: int, n: int = 1_000_000) -> float:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import faiss
 
+from threads_search.device import DeviceUnavailableError
+from threads_search.errors import ConfigError
+
 GPU_TYPES = frozenset({"flat", "ivf", "ivfpq"})
 
 
@@ -24,18 +27,19 @@ def resolve_gpu(
     """Decide whether to build/search ``index_type`` on the GPU: ``(use, reason)``.
 
     ``use_gpu``: ``False``/"cpu" never; "auto" when a GPU is visible and the type runs there;
-    ``True``/"gpu" requires a GPU (RuntimeError without one) but still builds CPU-only types
+    ``True``/"gpu" requires a GPU (``DeviceUnavailableError`` without one, a ``RuntimeError``)
+    but still builds CPU-only types
     (HNSW) on the CPU, saying so in ``reason``. ``n_gpus`` overrides the detected count (tests).
     """
     n_gpus = num_gpus() if n_gpus is None else n_gpus
     if use_gpu in (False, "cpu", "no", "false"):
         return False, "use_gpu=False"
     if use_gpu not in (True, "auto", "gpu", "yes", "true"):
-        raise ValueError(f"use_gpu must be True, False or 'auto', got {use_gpu!r}")
+        raise ConfigError(f"use_gpu must be True, False or 'auto', got {use_gpu!r}")
     if n_gpus <= 0:
         if use_gpu == "auto":
             return False, "no GPU visible to faiss (faiss-cpu build or no device)"
-        raise RuntimeError(
+        raise DeviceUnavailableError(
             "use_gpu=True, but faiss sees no GPU: install faiss-gpu on a CUDA machine, "
             "or pass use_gpu='auto'/False"
         )
@@ -54,7 +58,7 @@ def to_gpu(index: faiss.Index) -> faiss.Index:
     """Copy a CPU index to all visible GPUs (float32 storage; float16 PQ lookup tables, which
     the GPU IVF-PQ kernels need for large code sizes)."""
     if num_gpus() <= 0:
-        raise RuntimeError("to_gpu: faiss sees no GPU")
+        raise DeviceUnavailableError("to_gpu: faiss sees no GPU")
     co = faiss.GpuMultipleClonerOptions()
     co.useFloat16 = False
     co.useFloat16LookupTables = True

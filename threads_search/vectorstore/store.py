@@ -9,17 +9,21 @@ existing), never by clock time; folders named by the previous version (``<local 
 count as sequence 0, ordered by name. Older generations are deleted only after the commit, and
 never the one ``index.json`` named before it (a reader may have opened it just before). Writers
 hold ``INDEX_DIR/.lock`` (``threads_search.locking``: an OS lock, released when the writer ends).
+
+This is the vector store's layout on disk; the read-only index over it is
+:class:`threads_search.query.Index`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import uuid
 from pathlib import Path
 
+from threads_search.atomic import remove_orphans, write_text
+from threads_search.errors import InputError, MissingError
 from threads_search.locking import DirLock, WriterLockedError
 
 INDEX_JSON = "index.json"
@@ -39,8 +43,13 @@ FAISS_MOLECULAR = "faiss/molecular.index"
 CATALOG = "catalog.duckdb"
 
 
-class IndexNotFoundError(FileNotFoundError):
-    """No committed index at the path."""
+class IndexNotFoundError(MissingError):
+    """No committed index at the path (a ``FileNotFoundError`` too)."""
+
+
+class ManifestError(InputError):
+    """``index.json`` exists but cannot be read (not JSON, no generation named): a damaged
+    index (a ``ValueError`` too)."""
 
 
 # Another writer holds a lock the run needs (INDEX_DIR, or the FEATURES_DIR it writes features
@@ -57,14 +66,23 @@ def read_manifest(index_dir: str | Path) -> dict:
         hint = " (an index build may have been interrupted before its first commit)"
         hint = hint if (root / GENERATIONS).exists() else ""
         raise IndexNotFoundError(f"no index at {root}: {INDEX_JSON} is missing{hint}")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
+    manifest = _read_json(path)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise IndexNotFoundError(f"{path} is not a threads-search index.json")
+    if not isinstance(manifest.get("generation"), str):
+        raise ManifestError(f"{path} names no generation; rebuild the index")
     gen = root / GENERATIONS / manifest["generation"]
     if not gen.is_dir():
         raise IndexNotFoundError(f"{path} names generation {manifest['generation']!r}, missing")
     manifest["generation_dir"] = str(gen)
     return manifest
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ManifestError(f"{path} cannot be read ({e}); rebuild the index") from e
 
 
 _NEW_NAME = re.compile(r"g(\d+)-[0-9a-f]+")
@@ -85,23 +103,21 @@ def _generations(root: Path) -> list[Path]:
 
 def _committed(root: Path) -> str | None:
     """The generation ``index.json`` names (whether or not its folder exists); None without
-    ``index.json``. Raises ``ValueError`` when ``index.json`` cannot be read."""
+    ``index.json``. Raises ``ManifestError`` when ``index.json`` cannot be read."""
     path = root / INDEX_JSON
     if not path.exists():
         return None
-    try:
-        name = json.loads(path.read_text())["generation"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} cannot be read ({e})") from e
+    manifest = _read_json(path)
+    name = manifest.get("generation") if isinstance(manifest, dict) else None
     if not isinstance(name, str):
-        raise ValueError(f"{path}: 'generation' is not a name")
+        raise ManifestError(f"{path}: 'generation' is not a name")
     return name
 
 
 def _committed_or_none(root: Path) -> str | None:
     try:
         return _committed(root)
-    except ValueError:
+    except ManifestError:
         return None
 
 
@@ -123,16 +139,16 @@ def commit(index_dir: str | Path, generation: Path, manifest: dict, keep: int = 
     Returns the manifest written."""
     root = Path(index_dir)
     previous = _committed_or_none(root)
-    manifest = {**manifest, "format": FORMAT, "format_version": FORMAT_VERSION,
-                "generation": generation.name,
-                "generation_sequence": generation_key(generation.name)[0]}  # fmt: skip
+    manifest = {
+        **manifest,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "generation": generation.name,
+        "generation_sequence": generation_key(generation.name)[0],
+    }
     manifest.pop("generation_dir", None)
-    tmp = root / f".{INDEX_JSON}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, root / INDEX_JSON)
+    text = json.dumps(manifest, indent=2, default=str)
+    write_text(root / INDEX_JSON, text, fsync=True)  # the commit point
     _prune_generations(root, generation.name, keep, previous)
     return manifest
 
@@ -147,13 +163,16 @@ def _prune_generations(root: Path, current: str, keep: int, previous: str | None
 
 
 def remove_uncommitted(index_dir: str | Path) -> None:
-    """Delete generation folders after the committed one in sequence order (left by killed
-    writers; call with the lock held). With nothing committed, every generation folder goes;
-    with an unreadable ``index.json``, none (nothing is deleted that might be current)."""
+    """Delete what killed writers left (call with the lock held): temporaries at the root
+    (``threads_search.atomic.remove_orphans``: an unfinished ``index.json``) and generation
+    folders after the committed one in sequence order. With nothing committed, every
+    generation folder goes; with an unreadable ``index.json``, none (nothing is deleted that
+    might be current)."""
     root = Path(index_dir)
+    remove_orphans(root, recursive=False)
     try:
         current = _committed(root)
-    except ValueError:
+    except ManifestError:
         return
     for p in _generations(root):
         if current is None or generation_key(p.name) > generation_key(current):

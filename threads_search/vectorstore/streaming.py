@@ -1,4 +1,8 @@
-"""Vector index of a collection larger than memory, built by streaming Parquet shards.
+"""The vector store's out-of-core build: a FAISS index over a collection larger than memory,
+built by streaming Parquet shards (:mod:`threads_search.vectorstore.shards`).
+
+Not used by ``threads-search index`` yet (it builds in memory with ``autotune.build_index``):
+``bench/scale_out.py`` and the tests call it directly.
 
 The embeddings (``[N, D]`` float32, a fixed-size-list column of one or more Parquet files, rows
 in file order = ids ``0..N-1``) are never held at once; the build reads them twice, a chunk of
@@ -32,150 +36,36 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from threads_search.atomic import write_text
+from threads_search.errors import ConfigError, MissingError
+from threads_search.linalg import l2_normalize
 from threads_search.vectorstore.autotune import DEFAULT_MEMORY_BUDGET, choose_index, tuning_queries
 from threads_search.vectorstore.faiss_types import create_index_type
+from threads_search.vectorstore.shards import ROW_GROUP_BYTES, ShardSet, ShardWriter, write_shards
 from threads_search.vectorstore.vectors import load_index, normalize, recall_at_k, save_index
+
+__all__ = [
+    "META",
+    "ROW_GROUP_BYTES",
+    "VECTORS",
+    "ShardSet",
+    "ShardWriter",
+    "StreamingIndex",
+    "build_streaming",
+    "open_streaming",
+    "write_shards",
+]
 
 IP = faiss.METRIC_INNER_PRODUCT
 META = "streaming.json"
 VECTORS = "vectors.f32"
-ROW_GROUP_BYTES = 64 * 2**20  # Parquet row groups written by ShardWriter (one read at a time)
 SEARCH_BATCH = 1024  # queries searched at once (candidate id/score arrays bounded)
-
-
-class ShardSet:
-    """Parquet files holding the rows ``0..N-1`` in order, column ``column`` a (fixed-size)
-    list of float32 ``[D]``. Opening reads only the footers."""
-
-    def __init__(self, paths: str | Path | Iterable[str | Path], column: str = "embedding"):
-        items = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
-        self.paths = sorted(f for p in items for f in (sorted(p.glob("*.parquet"))
-                                                       if p.is_dir() else [p]))  # fmt: skip
-        if not self.paths:
-            raise FileNotFoundError(f"no Parquet files in {[str(p) for p in items]}")
-        self.column = column
-        self.counts = [pq.ParquetFile(p).metadata.num_rows for p in self.paths]
-        self.n = int(sum(self.counts))
-        first = next(self.iter_chunks(1), None)
-        if first is None:
-            raise ValueError(f"{self.paths[0]}: no rows")
-        self.dim = first[1].shape[1]
-
-    def iter_chunks(self, rows: int, shard: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first row id, float32 [<= rows, D])`` blocks in row order (of one shard only when
-        ``shard`` is given). Reads one row group at a time, single-threaded, without
-        pre-buffering (a 1024-d row group of 16k rows holds 64 MiB); row groups above
-        ``rows`` are read in batches of ``rows``."""
-        start = sum(self.counts[:shard]) if shard is not None else 0
-        for i, path in enumerate(self.paths):
-            if shard is not None and i != shard:
-                continue
-            f = pq.ParquetFile(path, pre_buffer=False)
-            for g in range(f.metadata.num_row_groups):
-                if f.metadata.row_group(g).num_rows <= rows:
-                    parts = [f.read_row_group(g, columns=[self.column], use_threads=False)]
-                else:
-                    parts = f.iter_batches(batch_size=rows, row_groups=[g], columns=[self.column],
-                                           use_threads=False)  # fmt: skip
-                for part in parts:
-                    block = _as_matrix(part.column(0), path, self.column)
-                    del part
-                    yield start, block
-                    start += len(block)
-        pa.default_memory_pool().release_unused()
-
-    def take(self, row_sets: list[np.ndarray], chunk_rows: int) -> list[np.ndarray]:
-        """For each array of sorted row ids, those rows as float32 ``[len, D]``; all sets
-        gathered in one streaming pass."""
-        outs = [np.empty((len(r), self.dim), np.float32) for r in row_sets]
-        done = [0] * len(row_sets)
-        for start, block in self.iter_chunks(chunk_rows):
-            for s, rows in enumerate(row_sets):
-                j = done[s]
-                hi = int(np.searchsorted(rows, start + len(block)))
-                if hi > j:
-                    outs[s][j:hi] = block[rows[j:hi] - start]
-                    done[s] = hi
-        return outs
-
-
-def _as_matrix(col, path: Path, name: str) -> np.ndarray:
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
-    if not pa.types.is_list(col.type) and not pa.types.is_fixed_size_list(col.type):
-        raise ValueError(f"{path}: column {name!r} is {col.type}, expected list<float32>")
-    n = len(col)
-    flat = col.flatten().to_numpy(zero_copy_only=False)
-    if n and flat.size % n:
-        raise ValueError(f"{path}: column {name!r} has rows of different lengths")
-    return flat.reshape(n, -1 if n else 0).astype(np.float32, copy=False)
-
-
-class ShardWriter:
-    """Push float32 blocks ``[b, D]`` in row order; they land in ``part-NNNNN.parquet`` files of
-    ``rows_per_shard`` rows (column ``embedding``, fixed-size list<float32>, uncompressed, row
-    groups of ``row_group`` rows, default ``ROW_GROUP_BYTES``), one block held at a time. Use as a
-    context manager, or call ``close``."""
-
-    def __init__(self, out_dir: str | Path, rows_per_shard: int, row_group: int | None = None):
-        self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.rows_per_shard, self.row_group = rows_per_shard, row_group
-        self._writer, self._rows, self._part = None, 0, 0
-
-    def write(self, block: np.ndarray) -> None:
-        block = np.ascontiguousarray(block, np.float32)
-        while len(block):
-            if self._writer is None:
-                schema = pa.schema([("embedding", pa.list_(pa.float32(), block.shape[1]))])
-                path = self.out / f"part-{self._part:05d}.parquet"
-                self._writer = pq.ParquetWriter(path, schema, compression="none")
-            take = min(len(block), self.rows_per_shard - self._rows)
-            flat = pa.array(block[:take].reshape(-1), pa.float32())
-            arr = pa.FixedSizeListArray.from_arrays(flat, block.shape[1])
-            rg = self.row_group or max(1, ROW_GROUP_BYTES // (4 * block.shape[1]))
-            self._writer.write_table(pa.table({"embedding": arr}), row_group_size=rg)
-            self._rows, block = self._rows + take, block[take:]
-            if self._rows == self.rows_per_shard:
-                self._next()
-
-    def _next(self) -> None:
-        self._writer.close()
-        self._writer, self._rows, self._part = None, 0, self._part + 1
-
-    def close(self) -> ShardSet:
-        if self._writer is not None:
-            self._next()
-        return ShardSet([self.out])
-
-    def __enter__(self) -> ShardWriter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._writer is not None:
-            self._next()
-
-
-def write_shards(
-    out_dir: str | Path,
-    chunks: Iterable[np.ndarray],
-    rows_per_shard: int,
-    row_group: int | None = None,
-) -> ShardSet:
-    """Write an iterable of float32 blocks with a ``ShardWriter``; returns the ``ShardSet``."""
-    w = ShardWriter(out_dir, rows_per_shard, row_group)
-    with w:
-        for block in chunks:
-            w.write(block)
-    return ShardSet([out_dir])
 
 
 def build_streaming(
@@ -195,10 +85,10 @@ def build_streaming(
     perturb: float = 0.1,
     log=None,
 ) -> dict:
-    """Build the index of ``shards`` into ``out_dir`` (see the module docstring) within
-    ``memory_budget`` bytes of index RAM. Returns the info written to ``streaming.json``."""
+    """Build the FAISS index of ``shards`` into ``out_dir`` (see the module docstring) within
+    ``memory_budget`` bytes of FAISS RAM. Returns the info written to ``streaming.json``."""
     if mode not in ("single", "shards"):
-        raise ValueError(f"mode must be 'single' or 'shards', got {mode!r}")
+        raise ConfigError(f"mode must be 'single' or 'shards', got {mode!r}")
     ss = shards if isinstance(shards, ShardSet) else ShardSet(shards)
     n, dim, out = ss.n, ss.dim, Path(out_dir)
     (out / "shards").mkdir(parents=True, exist_ok=True)
@@ -209,7 +99,7 @@ def build_streaming(
     else:
         name, p = index_type, {}
     if name not in ("ivf", "ivfpq"):
-        raise ValueError(f"streaming builds 'ivf' or 'ivfpq' indexes, not {name!r}")
+        raise ConfigError(f"streaming builds 'ivf' or 'ivfpq' indexes, not {name!r}")
     spec = create_index_type(name, **{**p, **(params or {})})
     p = spec.resolve(n, dim)
     # 1. sample pass: training rows and query source rows
@@ -217,7 +107,7 @@ def build_streaming(
     n_train = min(n, spec._train_size(p))
     picked = rng.choice(n, size=min(n, n_train + n_queries + n_eval), replace=False)
     train, qsrc = ss.take([np.sort(picked[:n_train]), np.sort(picked[n_train:])], chunk_rows)
-    faiss.normalize_L2(train)
+    l2_normalize(train, inplace=True)
     qsrc = qsrc[rng.permutation(len(qsrc))]  # tuning and evaluation rows both uniform
     queries = tuning_queries(qsrc, len(qsrc), seed, perturb) if len(qsrc) else qsrc
     t_sample = time.perf_counter() - t0
@@ -264,10 +154,17 @@ def build_streaming(
     t_add = time.perf_counter() - t
     say(f"added in {t_add:.1f}s ({n_chunks} chunks)")
     meta = {
-        "type": name, "params": dict(p), "mode": mode, "n": n, "dim": dim,
-        "shards": [f.name for f in shard_files], "rerank": rerank, "k_factor": 1,
-        "nprobe": int(p["nprobe"]), "vectors": VECTORS if rerank else None,
-    }  # fmt: skip
+        "type": name,
+        "params": dict(p),
+        "mode": mode,
+        "n": n,
+        "dim": dim,
+        "shards": [f.name for f in shard_files],
+        "rerank": rerank,
+        "k_factor": 1,
+        "nprobe": int(p["nprobe"]),
+        "vectors": VECTORS if rerank else None,
+    }
     _write_meta(out, meta)
     # 4. tune nprobe (and k_factor) on the tuning queries, report on the evaluation queries
     t = time.perf_counter()
@@ -280,18 +177,30 @@ def build_streaming(
     eval_rec = recall_at_k(idx.search(eq, kq)[1], et) if len(eq) else None
     eval_raw = recall_at_k(idx.search(eq, kq, k_factor=1)[1], et) if len(eq) and rerank else None
     t_tune = time.perf_counter() - t
+    seconds = {"sample": t_sample, "train": t_train, "add": t_add, "tune": t_tune}
     info = {
-        **meta, "k_factor": kf, "nprobe": nprobe, "k": kq, "target_recall": target_recall,
-        "recall_at_k": rec, "met_target": rec >= target_recall,
-        "eval": {"n_queries": len(eq), "recall_at_k": eval_rec, "recall_at_k_no_rerank": eval_raw,
-                 "queries": f"sampled rows + noise norm {perturb}, seed {seed}"},
-        "memory_bytes": spec.memory_bytes(n, dim), "memory_budget_bytes": int(memory_budget),
-        "chunk_rows": chunk_rows, "chunks_read": n_chunks, "max_rows_in_memory": max_rows,
+        **meta,
+        "k_factor": kf,
+        "nprobe": nprobe,
+        "k": kq,
+        "target_recall": target_recall,
+        "recall_at_k": rec,
+        "met_target": rec >= target_recall,
+        "eval": {
+            "n_queries": len(eq),
+            "recall_at_k": eval_rec,
+            "recall_at_k_no_rerank": eval_raw,
+            "queries": f"sampled rows + noise norm {perturb}, seed {seed}",
+        },
+        "memory_bytes": spec.memory_bytes(n, dim),
+        "memory_budget_bytes": int(memory_budget),
+        "chunk_rows": chunk_rows,
+        "chunks_read": n_chunks,
+        "max_rows_in_memory": max_rows,
         "train_rows": n_train,
-        "seconds": {"sample": t_sample, "train": t_train, "add": t_add, "tune": t_tune,
-                    "total": time.perf_counter() - t0},
+        "seconds": {**seconds, "total": time.perf_counter() - t0},
         "faiss_version": faiss.__version__,
-    }  # fmt: skip
+    }
     _write_meta(out, info)
     say(f"tuned k_factor={kf} nprobe={nprobe}: recall@{kq} {rec:.3f} (eval {eval_rec})")
     return info
@@ -304,9 +213,7 @@ def _save(index: faiss.Index, spec, p: dict, path: Path) -> Path:
 
 
 def _write_meta(out: Path, meta: dict) -> None:
-    tmp = out / f".{META}.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(meta, indent=2, default=str))
-    os.replace(tmp, out / META)
+    write_text(out / META, json.dumps(meta, indent=2, default=str))
 
 
 def _tune(idx, queries, truth, k, target, max_kf) -> tuple[int, int, float]:
@@ -345,8 +252,9 @@ def _tune(idx, queries, truth, k, target, max_kf) -> tuple[int, int, float]:
 
 
 class StreamingIndex:
-    """A built streaming index, read-only: ``search`` like ``vectors.search`` (cosine scores,
-    ids = row numbers; exact scores when re-ranked), ``reconstruct_batch`` exact rows."""
+    """The FAISS index in a folder written by ``build_streaming``, read-only: ``search`` like
+    ``vectors.search`` (cosine scores, ids = row numbers; exact scores when re-ranked),
+    ``reconstruct_batch`` exact rows."""
 
     def __init__(self, out_dir: str | Path, mmap_index: bool = True) -> None:
         self.dir = Path(out_dir)
@@ -389,8 +297,9 @@ class StreamingIndex:
         sp.nprobe = int(nprobe)
         return self.index.search(q, min(kk, self.ntotal), params=sp)
 
-    def search(self, queries, k: int = 10, nprobe: int | None = None,
-               k_factor: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def search(
+        self, queries, k: int = 10, nprobe: int | None = None, k_factor: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` (scores, ids) ``[Q, k]`` for ``queries`` ``[Q, D]`` or ``[D]``; slots it
         could not fill have id -1 and score -inf. Thread-safe (knobs passed per call)."""
         q = normalize(queries)
@@ -446,5 +355,5 @@ class StreamingIndex:
 def open_streaming(out_dir: str | Path, mmap_index: bool = True) -> StreamingIndex:
     """Open a folder written by ``build_streaming``."""
     if not (Path(out_dir) / META).exists():
-        raise FileNotFoundError(f"{out_dir}: no {META} (not a streaming index, or unfinished)")
+        raise MissingError(f"{out_dir}: no {META} (not a streaming index, or unfinished)")
     return StreamingIndex(out_dir, mmap_index)

@@ -1,8 +1,9 @@
-"""Cosine vector search with FAISS: normalisation, exact k-NN, search, filtered search, I/O.
+"""Cosine vector search with FAISS: normalisation, exact k-NN, search, filtered search, I/O of
+the vector store's FAISS files.
 
 Conventions: vectors are float32 ``[N, D]`` and are L2-normalised here (callers pass raw
 embeddings), so inner product = cosine similarity and scores lie in [-1, 1], higher = more
-similar. Index ids are the row numbers ``0..N-1`` of the caller's Parquet table (vectors are
+similar. FAISS ids are the row numbers ``0..N-1`` of the caller's Parquet table (vectors are
 added in row order). Results are ``(scores [Q, k'], ids [Q, k'])`` with ``k' = min(k, N)``;
 a slot FAISS could not fill (IVF lists too small for ``k``) has id -1 and score -inf, always at
 the end of its row: ``drop_padding`` turns one row into the valid hits only.
@@ -10,7 +11,6 @@ the end of its row: ``drop_padding`` turns one row into the valid hits only.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,19 +18,24 @@ from typing import Any
 import faiss
 import numpy as np
 
+from threads_search.atomic import atomic_path
+from threads_search.errors import MissingError, ThreadsSearchError
+from threads_search.linalg import l2_normalize
+
 IP = faiss.METRIC_INNER_PRODUCT
 SUBSET_EXACT_MAX = 50_000  # filtered search brute-forces subsets up to this many vectors
 SMALL_BATCH = 20  # FAISS's BLAS threshold: fewer queries on a flat index go through NumPy
 
 
+class VectorFileError(ThreadsSearchError, RuntimeError):
+    """A FAISS file that FAISS cannot read (truncated, corrupt, another format); a
+    ``RuntimeError`` too, as before."""
+
+
 def normalize(x: np.ndarray) -> np.ndarray:
     """Float32 C-contiguous L2-normalised copy of ``x`` [N, D] (or [D] -> [1, D]); zero rows stay
-    zero."""
-    x = np.array(x, dtype=np.float32, order="C", ndmin=2, copy=True)
-    if x.ndim != 2:
-        raise ValueError(f"expected vectors [N, D], got shape {x.shape}")
-    faiss.normalize_L2(x)
-    return x
+    zero (``threads_search.linalg.l2_normalize``)."""
+    return l2_normalize(x, np.float32)
 
 
 def iter_normalized(vectors: np.ndarray, chunk: int = 65_536) -> Iterator[np.ndarray]:
@@ -144,8 +149,8 @@ def _flat_small_batch(index: faiss.Index, q: np.ndarray, k: int) -> tuple[np.nda
     same view is much slower when the index is memory-mapped, so BLAS is not used here."""
     n, d = int(index.ntotal), int(index.d)
     xb = faiss.rev_swig_ptr(faiss.downcast_index(index).get_xb(), n * d).reshape(n, d)
-    scores, ids = faiss.knn(np.ascontiguousarray(q, dtype=np.float32), xb, min(k, n),
-                            metric=faiss.METRIC_INNER_PRODUCT)  # fmt: skip
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    scores, ids = faiss.knn(q, xb, min(k, n), metric=faiss.METRIC_INNER_PRODUCT)
     return _finish(scores, ids)
 
 
@@ -232,18 +237,13 @@ def _exact_over(
 
 
 def save_index(index: faiss.Index, path: str | Path) -> Path:
-    """Write ``index`` (converted to CPU if on GPU) to ``path`` atomically: written to
-    ``path.tmp<pid>`` then renamed, so a reader never sees half a file."""
+    """Write ``index`` (converted to CPU if on GPU) to ``path`` atomically
+    (``threads_search.atomic``), so a reader never sees half a file."""
     from threads_search.vectorstore.gpu import to_cpu
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         faiss.write_index(to_cpu(index), str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -254,7 +254,7 @@ def load_index(path: str | Path, mmap: bool = True) -> faiss.Index:
     index is read-only and keeps working after ``path`` is replaced (the old file stays mapped)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"FAISS index file not found: {path}")
+        raise MissingError(f"FAISS index file not found: {path}")
     if mmap:
         with open(path, "rb") as f:
             fourcc = f.read(4)
@@ -267,4 +267,4 @@ def load_index(path: str | Path, mmap: bool = True) -> faiss.Index:
     try:
         return faiss.read_index(str(path))
     except RuntimeError as e:
-        raise RuntimeError(f"cannot read FAISS index {path}: {e}") from e
+        raise VectorFileError(f"cannot read FAISS index {path}: {e}") from e

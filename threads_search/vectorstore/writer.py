@@ -1,4 +1,4 @@
-"""Write one complete index generation (tables, FAISS files, catalog) and commit it.
+"""Write one complete generation of the vector store (tables, FAISS files, catalog) and commit it.
 
 Row ``i`` of ``slides.parquet`` / ``slide_embeddings.parquet`` is FAISS id ``i`` of
 ``faiss/slides.index``; likewise for the molecular tables and ``faiss/molecular.index``.
@@ -22,8 +22,16 @@ from threads_search.vectorstore import store
 from threads_search.vectorstore.autotune import build_index
 from threads_search.vectorstore.vectors import save_index
 
-SLIDE_COLUMNS = ["slide_id", "path", "patient_id", "mpp", "width", "height", "n_patches",
-                 "tissue_area_mm2"]  # fmt: skip
+SLIDE_COLUMNS = [
+    "slide_id",
+    "path",
+    "patient_id",
+    "mpp",
+    "width",
+    "height",
+    "n_patches",
+    "tissue_area_mm2",
+]
 MOLECULAR_COLUMNS = ["sample_id", "patient_id", "kind"]
 
 
@@ -95,15 +103,28 @@ def write_generation(
     root.mkdir(parents=True, exist_ok=True)
     gen = store.new_generation(root)
     try:
-        return _write(root, gen, t0, slides, slide_emb, molecular, molecular_emb, attention,
-                      thumbnails, manifest, index_type, memory_budget)  # fmt: skip
+        info = _slide_tables(gen, slides, slide_emb, index_type, memory_budget)
+        info.update(_molecular_tables(gen, molecular, molecular_emb))
+        _slide_files(gen, attention or {}, thumbnails or {})
+        _catalog(gen, "molecular" in info)
+        full = {
+            **(manifest or {}),
+            "counts": {
+                "slides": info["slides"]["count"],
+                "molecular": info["molecular"]["count"] if "molecular" in info else 0,
+            },
+            **info,
+            "write_seconds": time.perf_counter() - t0,
+            "committed": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        return store.commit(root, gen, full)
     except BaseException:
         shutil.rmtree(gen, ignore_errors=True)  # never committed: nobody can be reading it
         raise
 
 
-def _write(root, gen, t0, slides, slide_emb, molecular, molecular_emb, attention, thumbnails,
-           manifest, index_type, memory_budget) -> dict:  # fmt: skip
+def _slide_tables(gen: Path, slides, slide_emb, index_type: str, memory_budget) -> dict:
+    """The slide table, its embeddings and FAISS file, rows sorted by slide_id."""
     order = np.argsort(slides["slide_id"].to_numpy(), kind="stable")
     slides = slides.iloc[order].reset_index(drop=True)
     slide_emb = np.asarray(slide_emb, np.float32)[order]
@@ -111,35 +132,39 @@ def _write(root, gen, t0, slides, slide_emb, molecular, molecular_emb, attention
     write_embeddings(gen / store.SLIDE_EMB, slides[["slide_id"]], slide_emb)
     info = {"slides": {"count": len(slides), "dim": int(slide_emb.shape[1]) if len(slides) else 0}}
     if len(slides):
-        info["slides"]["faiss"] = _faiss(
-            slide_emb, gen / store.FAISS_SLIDES, index_type, memory_budget
-        )
-    has_mol = molecular is not None and len(molecular) > 0
-    if has_mol:
-        mo = np.lexsort((molecular["kind"].to_numpy(), molecular["sample_id"].to_numpy()))
-        molecular = molecular.iloc[mo].reset_index(drop=True)
-        molecular_emb = np.asarray(molecular_emb, np.float32)[mo]
-        molecular.to_parquet(gen / store.MOLECULAR, index=False)
-        write_embeddings(gen / store.MOLECULAR_EMB, molecular[["sample_id", "kind"]], molecular_emb)
-        kinds = molecular["kind"].value_counts().to_dict()
-        info["molecular"] = {"count": len(molecular), "by_kind": kinds,
-                             "faiss": _faiss(molecular_emb, gen / store.FAISS_MOLECULAR, "flat", None)}  # fmt: skip
+        path = gen / store.FAISS_SLIDES
+        info["slides"]["faiss"] = _faiss(slide_emb, path, index_type, memory_budget)
+    return info
+
+
+def _molecular_tables(gen: Path, molecular, molecular_emb) -> dict:
+    """The molecular table, its embeddings and (flat) FAISS file, rows sorted by sample_id
+    then kind; nothing (and ``{}``) without molecular samples."""
+    if molecular is None or len(molecular) == 0:
+        return {}
+    order = np.lexsort((molecular["kind"].to_numpy(), molecular["sample_id"].to_numpy()))
+    molecular = molecular.iloc[order].reset_index(drop=True)
+    molecular_emb = np.asarray(molecular_emb, np.float32)[order]
+    molecular.to_parquet(gen / store.MOLECULAR, index=False)
+    write_embeddings(gen / store.MOLECULAR_EMB, molecular[["sample_id", "kind"]], molecular_emb)
+    kinds = molecular["kind"].value_counts().to_dict()
+    faiss_info = _faiss(molecular_emb, gen / store.FAISS_MOLECULAR, "flat", None)
+    return {"molecular": {"count": len(molecular), "by_kind": kinds, "faiss": faiss_info}}
+
+
+def _slide_files(gen: Path, attention: dict, thumbnails: dict) -> None:
+    """``attention/<slide_id>.parquet`` and ``thumbnails/<slide_id>.jpg`` (hard links when the
+    file system allows)."""
     (gen / store.ATTENTION).mkdir()
-    for sid, frame in (attention or {}).items():
+    for sid, frame in attention.items():
         dest = slide_file(gen / store.ATTENTION, sid, ".parquet")
         dest.parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(dest, index=False)
     (gen / store.THUMBNAILS).mkdir()
-    for sid, src in (thumbnails or {}).items():
+    for sid, src in thumbnails.items():
         dest = slide_file(gen / store.THUMBNAILS, sid, ".jpg")
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.link(src, dest)  # same file system: no copy
         except OSError:
             shutil.copyfile(src, dest)
-    _catalog(gen, has_mol)
-    full = {**(manifest or {}), "counts": {"slides": len(slides),
-            "molecular": len(molecular) if has_mol else 0}, **info,
-            "write_seconds": time.perf_counter() - t0,
-            "committed": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
-    return store.commit(root, gen, full)

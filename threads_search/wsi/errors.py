@@ -1,11 +1,15 @@
-"""The one exception slide reading raises."""
+"""The errors of slide reading: ``SlideError`` (a slide cannot be used) and ``MppError`` (a
+µm/px override or mpp CSV cannot be used). Both are ``ThreadsSearchError``s: the user's input,
+never a bug."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from threads_search.errors import InputError, ThreadsSearchError
 
-class SlideError(Exception):
+
+class SlideError(ThreadsSearchError):
     """A slide cannot be used. The message names the file and the reason.
 
     ``reason`` is a short machine-friendly category: ``missing``, ``empty``, ``unsupported``,
@@ -22,3 +26,12 @@ class SlideError(Exception):
         if detail:
             msg += f" — {detail}"
         super().__init__(msg)
+
+    def __reduce__(self):
+        # rebuilt from its three parts when it crosses a process (reader workers, Ray tasks)
+        return type(self), (self.path, self.reason, self.detail)
+
+
+class MppError(InputError):
+    """A µm/px override (``--mpp``, an mpp CSV row) that is not a plausible level-0 resolution,
+    or an mpp CSV that cannot be read; the message names the value or file and the fix."""

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from threads_search.config import StrictConfig
+from threads_search.errors import ConfigError
 
-@dataclass(frozen=True)
-class GridParams:
+
+@dataclass
+class GridParams(StrictConfig):
     """``patch_size`` px at ``target_mpp`` µm/px; ``overlap`` px (at target mpp) shared by
     neighbours; a patch is kept when its tissue fraction is at least ``min_tissue``.
     ``max_upsample``: a slide whose level-0 µm/px exceeds ``target_mpp`` by more than this
     factor is refused (its patches would be blown up from few pixels; 2 admits 10x scans at
-    1 µm/px for 0.5 µm/px patches; see ``upsample_problem``)."""
+    1 µm/px for 0.5 µm/px patches; see ``upsample_problem``). Ranges are checked when the
+    settings are made (``check``: ``ConfigError``, a ValueError, naming the setting)."""
 
     patch_size: int = 512
     target_mpp: float = 0.5
@@ -22,8 +26,19 @@ class GridParams:
     min_tissue: float = 0.25
     max_upsample: float = 2.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self) -> None:
+        if not self.patch_size >= 1:
+            raise ConfigError(f"patch_size {self.patch_size} must be >= 1 (px)")
+        if not self.target_mpp > 0:
+            raise ConfigError(f"target_mpp {self.target_mpp} must be > 0 (µm/px)")
+        if not 0 <= self.overlap < self.patch_size:
+            raise ConfigError(
+                f"overlap {self.overlap} must be in [0, patch_size={self.patch_size})"
+            )
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise ConfigError(f"min_tissue {self.min_tissue} must be in [0, 1]")
+        if not self.max_upsample >= 1.0:
+            raise ConfigError(f"max_upsample {self.max_upsample} must be >= 1")
 
 
 def upsample_problem(level0_mpp: float, params: GridParams, source: str = "") -> str:
@@ -58,12 +73,7 @@ def patch_grid(
     Only whole patches inside ``level0_size`` = (width, height) are returned.
     """
     p = params or GridParams()
-    if not 0 <= p.overlap < p.patch_size:
-        raise ValueError(f"overlap {p.overlap} must be in [0, patch_size={p.patch_size})")
-    if not 0.0 <= p.min_tissue <= 1.0:
-        raise ValueError(f"min_tissue {p.min_tissue} must be in [0, 1]")
-    if not p.max_upsample >= 1.0:
-        raise ValueError(f"max_upsample {p.max_upsample} must be >= 1")
+    p.check()  # again: the fields of a GridParams may have been set since it was made
     side0 = p.patch_size * p.target_mpp / level0_mpp
     step0 = (p.patch_size - p.overlap) * p.target_mpp / level0_mpp
     w0, h0 = level0_size

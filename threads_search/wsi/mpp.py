@@ -7,7 +7,7 @@ Plausible level-0 values are ``MPP_RANGE`` = 0.02–20 µm/px: scanners give 0.1
 about 0.25, 20x 0.5, 10x 1.0); 2–10 µm/px are downsampled copies; above 20 µm/px an "image" is
 a macro photograph or a wrong value (a 300 dpi TIFF tag is 84.7 µm/px; a 90 µm/px override
 made 144,787 patches of a 1536 px image). A file value outside the range is treated as absent
-(the next source is tried); an override outside it is refused with ``ValueError``. How much
+(the next source is tried); an override outside it is refused with ``MppError``. How much
 patches may be upsampled from a coarse slide is the patch grid's business
 (``GridParams.max_upsample``).
 """
@@ -19,6 +19,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from threads_search.errors import MissingError
+from threads_search.wsi.errors import MppError
 
 # Vendor properties holding the pixel size; the factor converts the stored unit to µm.
 _VENDOR_KEYS: list[tuple[str, str, float]] = [
@@ -66,11 +69,11 @@ def _plausible(v: float | None) -> bool:
 
 
 def check_override(value, what: str = "µm/px override") -> float:
-    """``value`` as a float when it is a plausible level-0 µm/px; else ValueError saying why and
-    what to check."""
+    """``value`` as a float when it is a plausible level-0 µm/px; else ``MppError`` (a
+    ValueError) saying why and what to check."""
     v = _num(value)
     if v is None or not _plausible(v):
-        raise ValueError(
+        raise MppError(
             f"{what} {value!r} is not a plausible level-0 resolution: expected "
             f"{MPP_RANGE[0]:g}–{MPP_RANGE[1]:g} µm/px (scanners give 0.1–1: 40x ≈ 0.25, "
             "20x ≈ 0.5, 10x ≈ 1.0); check the value and its unit (micrometres per pixel, "
@@ -119,16 +122,24 @@ def resolve_mpp(props: Mapping[str, str], override: float | None = None) -> MppI
 
 
 def load_mpp_csv(path: str | Path) -> dict[str, float]:
-    """Read a ``slide,mpp`` CSV (header required). Keys are slide ids, file names or paths."""
+    """Read a ``slide,mpp`` CSV (UTF-8, header required). Keys are slide ids, file names or
+    paths. ``MissingError`` when there is no such file, ``MppError`` for a file that is not such
+    a CSV or holds an implausible value (the message names the file and line)."""
     out: dict[str, float] = {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-        if "slide" not in fields or "mpp" not in fields:
-            raise ValueError(f"{path}: mpp CSV needs columns 'slide,mpp', found {fields}")
-        for i, row in enumerate(reader, start=2):
-            row = {k.strip().lower(): v for k, v in row.items() if k}
-            out[row["slide"].strip()] = check_override(row["mpp"], f"{path}:{i}: mpp")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            fields = [c.strip().lower() for c in (reader.fieldnames or [])]
+            if "slide" not in fields or "mpp" not in fields:
+                raise MppError(f"{path}: mpp CSV needs columns 'slide,mpp', found {fields}")
+            for i, row in enumerate(reader, start=2):
+                row = {k.strip().lower(): v for k, v in row.items() if k}
+                mpp = check_override(row["mpp"], f"{path}:{i}: mpp")
+                out[(row["slide"] or "").strip()] = mpp
+    except FileNotFoundError:
+        raise MissingError(f"mpp CSV {path} does not exist; give a 'slide,mpp' CSV") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise MppError(f"{path}: not a readable 'slide,mpp' CSV ({e})") from e
     return out
 
 

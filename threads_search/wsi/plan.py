@@ -2,57 +2,59 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from threads_search.config import StrictConfig
+from threads_search.errors import ConfigError
 from threads_search.wsi.errors import SlideError
 from threads_search.wsi.grid import GridParams, patch_grid, upsample_problem
 from threads_search.wsi.slide import open_slide
 from threads_search.wsi.tissue import TissueParams, TissueResult, detect_tissue
 
+# Settings earlier versions saved that no longer exist (their features were made without them
+# mattering); dropped when such a saved config is read back (``SegmentConfig.from_saved``).
+REMOVED_KEYS = {"tissue": ("exclude_pen", "pen_dilate_um"), "grid": ()}
+
 
 @dataclass
-class SegmentConfig:
-    """Tissue detection and patch grid settings; saved beside every artifact that uses them."""
+class SegmentConfig(StrictConfig):
+    """Tissue detection and patch grid settings; saved beside every artifact that uses them.
+    ``from_dict`` is strict (an unknown key is refused, listing the accepted ones)."""
 
     tissue: TissueParams = field(default_factory=TissueParams)
     grid: GridParams = field(default_factory=GridParams)
 
-    def to_dict(self) -> dict:
-        return {"tissue": asdict(self.tissue), "grid": asdict(self.grid)}
-
     @classmethod
-    def from_dict(cls, d: dict) -> SegmentConfig:
-        """Settings from ``to_dict``; keys that no longer exist (written by older versions, e.g.
-        ``exclude_pen``) are dropped, missing ones take today's defaults."""
-        return cls(_known(TissueParams, d.get("tissue", {})), _known(GridParams, d.get("grid", {})))
+    def from_saved(cls, d: dict) -> SegmentConfig:
+        """Settings saved beside an artifact by this or an earlier version: the keys earlier
+        versions wrote that no longer exist (``REMOVED_KEYS``, e.g. ``exclude_pen``) are
+        dropped, missing ones take today's defaults; any other unknown key is refused."""
+        clean = dict(d) if isinstance(d, dict) else d
+        for part, gone in REMOVED_KEYS.items():
+            if isinstance(d, dict) and isinstance(d.get(part), dict):
+                clean[part] = {k: v for k, v in d[part].items() if k not in gone}
+        return cls.from_dict(clean)
 
 
 def apply_options(cfg: SegmentConfig, **options) -> SegmentConfig:
     """A copy of ``cfg`` with the given settings (None: keep) replaced: ``min_tissue`` and
-    ``max_upsample`` go to the grid, the rest to ``TissueParams`` by name. ValueError names a
-    setting that does not exist or is out of range."""
+    ``max_upsample`` go to the grid, the rest to ``TissueParams`` by name. ``ConfigError`` (a
+    ValueError) names a setting that does not exist or is out of range."""
     given = {k: v for k, v in options.items() if v is not None}
-    grid_keys = {f.name for f in fields(GridParams)} - {"patch_size", "target_mpp"}
-    tissue_keys = {f.name for f in fields(TissueParams)}
+    grid_keys = set(GridParams.fields()) - {"patch_size", "target_mpp"}
+    tissue_keys = set(TissueParams.fields())
     unknown = sorted(set(given) - grid_keys - tissue_keys)
     if unknown:
-        raise ValueError(f"unknown segmentation settings: {', '.join(unknown)}")
-    grid = replace(cfg.grid, **{k: v for k, v in given.items() if k in grid_keys})
-    tissue = replace(cfg.tissue, **{k: v for k, v in given.items() if k in tissue_keys})
-    tissue.validate()
-    if not 0.0 <= grid.min_tissue <= 1.0:
-        raise ValueError(f"min_tissue {grid.min_tissue} must be in [0, 1]")
-    if not grid.max_upsample >= 1.0:
-        raise ValueError(f"max_upsample {grid.max_upsample} must be >= 1")
+        accepted = ", ".join(sorted(grid_keys | tissue_keys))
+        raise ConfigError(
+            f"unknown segmentation settings: {', '.join(unknown)}; accepted: {accepted}"
+        )
+    grid = cfg.grid.replace(**{k: v for k, v in given.items() if k in grid_keys})
+    tissue = cfg.tissue.replace(**{k: v for k, v in given.items() if k in tissue_keys})
     return SegmentConfig(tissue, grid)
-
-
-def _known(kind, values: dict):
-    names = {f.name for f in fields(kind)}
-    return kind(**{k: v for k, v in values.items() if k in names})
 
 
 @dataclass

@@ -18,12 +18,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from threads_search.errors import InputError
+
 MAX_READ_PX = 1 << 30  # source-level pixels a thumbnail may decode (32768 x 32768, 1.07 G px)
 REGION_SIDE = 2048  # side of one read, px of the source level
 
 
-class ThumbnailTooLarge(ValueError):
-    """Making the thumbnail would decode more than the allowed number of pixels."""
+class ThumbnailTooLarge(InputError):
+    """Making the thumbnail would decode more than the allowed number of pixels (a
+    ``ValueError`` too)."""
 
 
 def thumbnail_source(

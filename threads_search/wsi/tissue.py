@@ -24,8 +24,8 @@ Contours are outer rings (plus hole rings) of each component in level-0 px.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +35,9 @@ from PIL import Image
 from scipy import ndimage as ndi
 from skimage import draw, filters, measure, morphology
 
+from threads_search.atomic import write_bytes
+from threads_search.config import StrictConfig
+from threads_search.errors import ConfigError
 from threads_search.wsi.stain import colour_measures, glass_colour, ink_mask
 
 _NON_NEGATIVE = (
@@ -50,8 +53,10 @@ _NON_NEGATIVE = (
 
 
 @dataclass
-class TissueParams:
-    """Tissue detection settings (JSON-serialisable; saved with every artifact)."""
+class TissueParams(StrictConfig):
+    """Tissue detection settings (JSON-serialisable; saved with every artifact). Ranges are
+    checked when the settings are made (``check``: ``ConfigError``, a ValueError, naming the
+    first setting out of range)."""
 
     thumb_mpp: float = 8.0  # µm/px detection runs at; finer thumbnails are block-averaged to it
     min_saturation: float = 0.05  # floor of the Otsu saturation threshold (0..1)
@@ -69,8 +74,7 @@ class TissueParams:
     ink_on_tissue_um: float = 48.0  # ink this close to (and touching) tissue is tissue
     simplify_px: float = 0.5  # polygon simplification tolerance, in mask px
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first setting out of range."""
+    def check(self) -> None:
         checks = [
             ("thumb_mpp", self.thumb_mpp > 0, "> 0"),
             ("min_saturation", 0 <= self.min_saturation <= 1, "in [0, 1]"),
@@ -83,7 +87,11 @@ class TissueParams:
             checks.append((name, getattr(self, name) >= 0, ">= 0"))
         for name, ok, want in checks:
             if not ok:
-                raise ValueError(f"tissue setting {name}={getattr(self, name)!r} must be {want}")
+                raise ConfigError(f"tissue setting {name}={getattr(self, name)!r} must be {want}")
+
+    def validate(self) -> None:
+        """``check`` (kept for callers of earlier versions)."""
+        self.check()
 
 
 @dataclass
@@ -113,7 +121,7 @@ def detect_tissue(
     slide from level-0 (0, 0)); the mask is at ``thumb_mpp`` times the integer block factor.
     ``level0_size`` (width, height): contours are clipped to it (else to the mask's extent)."""
     p = params or TissueParams()
-    p.validate()
+    p.check()  # again: the fields may have been set since the settings were made
     rgb = np.asarray(thumb_rgb)
     if rgb.ndim != 3 or rgb.shape[2] not in (3, 4) or rgb.dtype != np.uint8:
         raise ValueError(f"thumbnail must be uint8 [h, w, 3|4], got {rgb.dtype} {rgb.shape}")
@@ -170,9 +178,8 @@ def contours_to_geojson(result: TissueResult, slide_id: str) -> dict:
 
 
 def write_geojson(result: TissueResult, slide_id: str, path: str | Path) -> Path:
-    """Write ``contours_to_geojson`` to ``path`` atomically (temporary name, then rename)."""
-    data = json.dumps(contours_to_geojson(result, slide_id)).encode()
-    return _atomic_write(Path(path), lambda f: f.write(data))
+    """Write ``contours_to_geojson`` to ``path`` atomically (``threads_search.atomic``)."""
+    return write_bytes(path, json.dumps(contours_to_geojson(result, slide_id)).encode())
 
 
 def draw_contours(
@@ -206,22 +213,12 @@ def write_thumbnail_jpeg(
     if max(img.size) > max_side:
         img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     drawn = Image.fromarray(draw_contours(np.asarray(img), result))
-    return _atomic_write(Path(path), lambda f: drawn.save(f, format="JPEG", quality=85))
+    buf = io.BytesIO()
+    drawn.save(buf, format="JPEG", quality=85)
+    return write_bytes(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def _atomic_write(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _block_mean(rgb: np.ndarray, f: int) -> np.ndarray:
@@ -353,10 +350,8 @@ def _rings(mask: np.ndarray, scale: float, tol: float, bounds: tuple[float, floa
         areas = [_signed_area(r) for r in rings]
         i_out = int(np.argmax(np.abs(areas)))
         outers.append(_orient(rings[i_out], areas[i_out], positive=True))
-        holes.append(
-            [_orient(r, a, False) for i, (r, a) in enumerate(zip(rings, areas, strict=True))
-             if i != i_out and len(r) >= 4]
-        )  # fmt: skip
+        pairs = enumerate(zip(rings, areas, strict=True))
+        holes.append([_orient(r, a, False) for i, (r, a) in pairs if i != i_out and len(r) >= 4])
     return outers, holes
 
 

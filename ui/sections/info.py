@@ -9,13 +9,17 @@ import streamlit as st
 def faiss_table(info: dict) -> pd.DataFrame:
     rows = []
     for name, f in (info.get("faiss") or {}).items():
-        rows.append({
-            "table": name, "FAISS type": f.get("type"),
-            "params": ", ".join(f"{k}={v}" for k, v in (f.get("params") or {}).items()) or "—",
-            "measured recall": f.get("recall_at_k"), "at k": f.get("k"),
-            "target recall": f.get("target_recall"),
-            "memory (MiB)": round((f.get("memory_bytes") or 0) / 2**20, 2),
-        })  # fmt: skip
+        rows.append(
+            {
+                "table": name,
+                "FAISS type": f.get("type"),
+                "params": ", ".join(f"{k}={v}" for k, v in (f.get("params") or {}).items()) or "—",
+                "measured recall": f.get("recall_at_k"),
+                "at k": f.get("k"),
+                "target recall": f.get("target_recall"),
+                "memory (MiB)": round((f.get("memory_bytes") or 0) / 2**20, 2),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -31,16 +35,19 @@ def render(index, filters: dict, cfg) -> None:
     c4.metric("Built", built.split("T")[0], help=f"committed {built.replace('T', ' ')}")
     model = info.get("model") or {}
     pe = model.get("patch_encoder") or {}
-    pe_text = (f"{pe.get('name')} ({pe.get('dim')}-d, {pe.get('patch_size')} px at "
-               f"{pe.get('target_mpp')} µm/px)") if pe else "—"  # fmt: skip
-    st.table(pd.DataFrame({
-        "": ["Model bundle", "Patch encoder", "Slide encoder", "Molecular encoders", "Generation",
-             "Index folder"],
-        "value": [str(model.get("path") or model.get("dir") or "—"), pe_text,
-                  str(model.get("slide_encoder") or "—"),
-                  ", ".join(model.get("molecular_encoders") or []) or "—",
-                  str(info.get("generation") or "—"), str(info.get("index_dir"))],
-    }))  # fmt: skip
+    pe_text = "—"
+    if pe:
+        pe_text = f"{pe.get('name')} ({pe.get('dim')}-d, {pe.get('patch_size')} px at "
+        pe_text += f"{pe.get('target_mpp')} µm/px)"
+    rows = {
+        "Model bundle": str(model.get("path") or model.get("dir") or "—"),
+        "Patch encoder": pe_text,
+        "Slide encoder": str(model.get("slide_encoder") or "—"),
+        "Molecular encoders": ", ".join(model.get("molecular_encoders") or []) or "—",
+        "Generation": str(info.get("generation") or "—"),
+        "Index folder": str(info.get("index_dir")),
+    }
+    st.table(pd.DataFrame({"": list(rows), "value": list(rows.values())}))
     st.markdown("**FAISS indexes**")
     table = faiss_table(info)
     if table.empty:

@@ -11,20 +11,31 @@ from ui.common import download_csv, guard, show_gallery
 from ui.sections.slide_search import upload_store
 from ui.uploads import UploadError
 
-KINDS = ("RNA profile (upload)", "Mutations (MAF upload or gene list)",
-         "Indexed molecular sample", "Gene signature (genes up / down)")  # fmt: skip
+KINDS = (
+    "RNA profile (upload)",
+    "Mutations (MAF upload or gene list)",
+    "Indexed molecular sample",
+    "Gene signature (genes up / down)",
+)
 
 
 def _rna_query(cfg, model_units: str | None = None):
     """The RNA query from the uploaded file (None until one is given); units default to the
     model's (``Index.rna_units``)."""
-    up = st.file_uploader("RNA profile: CSV/TSV/Parquet, a sample_id column and one column per "
-                          "gene", type=[e[1:] for e in uploads.RNA_UPLOAD_EXTENSIONS],
-                          key="mol_rna_file", max_upload_size=cfg.max_upload_mb)  # fmt: skip
+    up = st.file_uploader(
+        "RNA profile: CSV/TSV/Parquet, a sample_id column and one column per gene",
+        type=[e[1:] for e in uploads.RNA_UPLOAD_EXTENSIONS],
+        key="mol_rna_file",
+        max_upload_size=cfg.max_upload_mb,
+    )
     options = ["tpm", "counts", "log"]
-    units = st.selectbox("Units", options, index=options.index(model_units or "tpm"),
-                         key="mol_rna_units",
-                         help="tpm and counts are log1p-transformed; log values are used as is")  # fmt: skip
+    units = st.selectbox(
+        "Units",
+        options,
+        index=options.index(model_units or "tpm"),
+        key="mol_rna_units",
+        help="tpm and counts are log1p-transformed; log values are used as is",
+    )
     if up is None:
         return None
     store = upload_store()
@@ -40,9 +51,12 @@ def _rna_query(cfg, model_units: str | None = None):
 
 
 def _dna_query(cfg):
-    up = st.file_uploader("MAF or binary mutation matrix (optional)",
-                          type=[e[1:] for e in uploads.DNA_UPLOAD_EXTENSIONS],
-                          key="mol_dna_file", max_upload_size=cfg.max_upload_mb)  # fmt: skip
+    up = st.file_uploader(
+        "MAF or binary mutation matrix (optional)",
+        type=[e[1:] for e in uploads.DNA_UPLOAD_EXTENSIONS],
+        key="mol_dna_file",
+        max_upload_size=cfg.max_upload_mb,
+    )
     text = st.text_area("…or mutated genes (comma / space / line separated)", key="mol_dna_genes")
     if up is not None:
         store = upload_store()
@@ -64,8 +78,9 @@ def _sample_query(index):
     if mol.empty:
         raise UploadError("this index holds no molecular samples")
     labels = [f"{s} ({k})" for s, k in zip(mol["sample_id"], mol["kind"], strict=True)]
-    pick = st.selectbox("Molecular sample", range(len(labels)), format_func=labels.__getitem__,
-                        key="mol_sample")  # fmt: skip
+    pick = st.selectbox(
+        "Molecular sample", range(len(labels)), format_func=labels.__getitem__, key="mol_sample"
+    )
     row = mol.iloc[int(pick)]
     return {str(row["kind"]): str(row["sample_id"])}
 
@@ -100,17 +115,25 @@ def search_section(index, filters: dict, cfg) -> None:
             query = _signature_query(index)
     c1, c2 = st.columns(2)
     k = c1.number_input("Results (k)", 1, 200, 10, key="mol_k")
-    exclude = c2.checkbox("Exclude the sample's own patient", value=False, key="mol_exclude",
-                          disabled=kind != KINDS[2],
-                          help="Only for indexed samples, whose patient is known.")  # fmt: skip
+    exclude = c2.checkbox(
+        "Exclude the sample's own patient",
+        value=False,
+        key="mol_exclude",
+        disabled=kind != KINDS[2],
+        help="Only for indexed samples, whose patient is known.",
+    )
     if st.button("Find matching slides", type="primary", key="mol_go"):
         with guard("Molecular search"), st.spinner("Searching…"):
             if filters["error"]:
                 raise UploadError(f"fix the filter first: {filters['error']}")
             if query is None:
                 raise UploadError("give a query first (upload, genes or a sample)")
-            res = index.search_by_molecule(**query, k=int(k), where=filters["slides"],
-                                           exclude_same_patient=bool(exclude and kind == KINDS[2]))  # fmt: skip
+            res = index.search_by_molecule(
+                **query,
+                k=int(k),
+                where=filters["slides"],
+                exclude_same_patient=bool(exclude and kind == KINDS[2]),
+            )
             st.session_state["mol_result"] = {"results": res, "query": kind}
     res = st.session_state.get("mol_result")
     if res:
@@ -128,9 +151,13 @@ def nearest_samples_section(index, filters: dict) -> None:
     if st.button("Find molecular samples", key="nm_go"):
         with guard("Nearest molecular samples"), st.spinner("Searching…"):
             patient = index.slides.set_index("slide_id").loc[slide].get("patient_id")
-            res = index.search_molecules(slide, k=int(k), where=filters["molecular"],
-                                         kind=None if kind == "both" else kind,
-                                         exclude_same_patient=bool(exclude and pd.notna(patient)))  # fmt: skip
+            res = index.search_molecules(
+                slide,
+                k=int(k),
+                where=filters["molecular"],
+                kind=None if kind == "both" else kind,
+                exclude_same_patient=bool(exclude and pd.notna(patient)),
+            )
             st.session_state["nm_result"] = {"slide": slide, "results": res}
     res = st.session_state.get("nm_result")
     if res:
@@ -139,8 +166,10 @@ def nearest_samples_section(index, filters: dict) -> None:
             st.info("No molecular sample matches.")
         else:
             top = frame.iloc[0]
-            st.markdown(f"Nearest sample to **{res['slide']}**: **{top['sample_id']}** "
-                        f"({top['kind']}, similarity {top['score']:.3f})")  # fmt: skip
+            st.markdown(
+                f"Nearest sample to **{res['slide']}**: **{top['sample_id']}** "
+                f"({top['kind']}, similarity {top['score']:.3f})"
+            )
             st.dataframe(frame, hide_index=True, width="stretch")
             download_csv(frame, "nearest_molecular_samples.csv", key="dl_nm")
 

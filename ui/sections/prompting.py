@@ -19,8 +19,11 @@ def label_columns(frame: pd.DataFrame) -> list[str]:
         if c in ID_COLUMNS or c in TECH_COLUMNS:
             continue
         n = frame[c].dropna().nunique()
-        if 2 <= n <= MAX_CLASSES and (frame[c].dtype == bool or frame[c].dtype.kind in "OUSbi"
-                                      or isinstance(frame[c].dtype, pd.StringDtype)):  # fmt: skip
+        if 2 <= n <= MAX_CLASSES and (
+            frame[c].dtype == bool
+            or frame[c].dtype.kind in "OUSbi"
+            or isinstance(frame[c].dtype, pd.StringDtype)
+        ):
             out.append(c)
     return out
 
@@ -42,12 +45,18 @@ def class_table(result: pd.DataFrame) -> pd.DataFrame:
 
 def render(index, filters: dict, cfg) -> None:
     st.header("Molecular prompting")
-    st.caption("Each class's prototype is the mean embedding of its samples; a slide is assigned "
-               "to the most similar prototype (cosine).")  # fmt: skip
+    st.caption(
+        "Each class's prototype is the mean embedding of its samples; a slide is assigned "
+        "to the most similar prototype (cosine)."
+    )
     c1, c2 = st.columns(2)
-    protos = c1.radio("Prototypes from", ["molecular", "slide"], horizontal=True, key="cl_proto",
-                      format_func={"molecular": "molecular samples",
-                                   "slide": "slides (leave-one-out)"}.get)  # fmt: skip
+    protos = c1.radio(
+        "Prototypes from",
+        ["molecular", "slide"],
+        horizontal=True,
+        key="cl_proto",
+        format_func={"molecular": "molecular samples", "slide": "slides (leave-one-out)"}.get,
+    )
     source = index.molecular if protos == "molecular" else index.slides
     labels = label_columns(source)
     if not labels:
@@ -55,18 +64,27 @@ def render(index, filters: dict, cfg) -> None:
         return
     label = c2.selectbox("Label column", labels, key="cl_label")
     c1, c2, c3 = st.columns(3)
-    kind = c1.selectbox("Molecular kind", ["both", "rna", "dna"], key="cl_kind",
-                        disabled=protos != "molecular")  # fmt: skip
+    kind = c1.selectbox(
+        "Molecular kind", ["both", "rna", "dna"], key="cl_kind", disabled=protos != "molecular"
+    )
     min_samples = c2.number_input("Smallest class (samples)", 1, 1000, 5, key="cl_min")
-    chosen = c3.multiselect("Slides to score (default: all matching the filters)",
-                            index.slides["slide_id"].tolist(), key="cl_slides")  # fmt: skip
+    chosen = c3.multiselect(
+        "Slides to score (default: all matching the filters)",
+        index.slides["slide_id"].tolist(),
+        key="cl_slides",
+    )
     if st.button("Classify", type="primary", key="cl_go"):
         with guard("Classification"), st.spinner("Building prototypes and scoring…"):
             if filters["error"]:
                 raise UploadError(f"fix the filter first: {filters['error']}")
-            res = index.classify(label, prototypes=protos, where=filters["slides"],
-                                 slides=chosen or None, min_samples=int(min_samples),
-                                 kind=None if kind == "both" or protos != "molecular" else kind)  # fmt: skip
+            res = index.classify(
+                label,
+                prototypes=protos,
+                where=filters["slides"],
+                slides=chosen or None,
+                min_samples=int(min_samples),
+                kind=None if kind == "both" or protos != "molecular" else kind,
+            )
             st.session_state["cl_result"] = res
     res = st.session_state.get("cl_result")
     if res is None:
@@ -97,5 +115,9 @@ def show_result(res: pd.DataFrame) -> None:
     chart = pd.DataFrame({"class": classes, "score": [row[s] for s in scores]})
     st.bar_chart(chart, x="class", y="score", sort=False)
     st.markdown("**Mean score per class over the scored slides**")
-    st.bar_chart(pd.DataFrame({"class": classes, "mean score": res[scores].mean().to_numpy()}),
-                 x="class", y="mean score", sort=False)  # fmt: skip
+    st.bar_chart(
+        pd.DataFrame({"class": classes, "mean score": res[scores].mean().to_numpy()}),
+        x="class",
+        y="mean score",
+        sort=False,
+    )

@@ -51,19 +51,23 @@ def indexed_query(index, slide_id: str) -> images.QuerySlide:
     if thumb is None and index.thumbnail(slide_id):
         thumb = Image.open(index.thumbnail(slide_id)).convert("RGB")
     return images.QuerySlide(
-        label=slide_id, slide_id=slide_id, path=path,
+        label=slide_id,
+        slide_id=slide_id,
+        path=path,
         width=int(row.get("width") or 0) or (thumb.width if thumb else 1),
         height=int(row.get("height") or 0) or (thumb.height if thumb else 1),
         attention=att,
-        patch_l0=images.patch_size_l0(pe.get("patch_size"), pe.get("target_mpp"), row.get("mpp"),
-                                      att),
+        patch_l0=images.patch_size_l0(
+            pe.get("patch_size"), pe.get("target_mpp"), row.get("mpp"), att
+        ),
         thumb=thumb,
-    )  # fmt: skip
+    )
 
 
 def uploaded_query(index, path: Path):
     """(query vector [E], QuerySlide) of an uploaded slide file. Raises ``UploadError``."""
     from threads_search.features import default_config, encode_slide_file
+    from threads_search.models.attention import attention_frame
     from threads_search.wsi import SlideError, open_slide
 
     name = display_name(path)
@@ -85,15 +89,17 @@ def uploaded_query(index, path: Path):
     except (OSError, ValueError, RuntimeError) as e:  # e.g. a truncated tile deep in the file
         raise UploadError(f"{name} could not be read to the end: {scrub(e, path)}") from None
     emb, att = model.embed_slide(feats, return_attention=True)
-    frame = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1]})
-    if att is not None and len(att):
-        frame["score"] = att.mean(axis=0)
+    frame = attention_frame(coords, att)  # as the index stores it (x, y, score, score_h<k>)
     q = images.QuerySlide(
-        label=f"uploaded: {name}", slide_id=None, path=str(path), width=width, height=height,
+        label=f"uploaded: {name}",
+        slide_id=None,
+        path=str(path),
+        width=width,
+        height=height,
         attention=frame if "score" in frame else None,
         patch_l0=images.patch_size_l0(pe.get("patch_size"), pe.get("target_mpp"), mpp, frame),
         thumb=images.slide_thumbnail(path),
-    )  # fmt: skip
+    )
     return emb, q
 
 
@@ -117,18 +123,22 @@ def run(index, filters: dict, cfg, source: str, slide_id, upload, k: int, exclud
     if source == SOURCES[0]:
         q = indexed_query(index, slide_id)
         has_patient = index.slides.set_index("slide_id").loc[slide_id].get("patient_id")
-        res = index.search_slides(slide_id, k=k, where=filters["slides"],
-                                  exclude_same_patient=bool(exclude and pd.notna(has_patient)))  # fmt: skip
+        res = index.search_slides(
+            slide_id,
+            k=k,
+            where=filters["slides"],
+            exclude_same_patient=bool(exclude and pd.notna(has_patient)),
+        )
     else:
         if upload is None:
             raise UploadError("choose a slide file to upload first")
         store = upload_store()
-        path = store.save(upload.name, upload.getvalue(), SLIDE_UPLOAD_EXTENSIONS,
-                          cfg.max_upload_mb)  # fmt: skip
+        path = store.save(
+            upload.name, upload.getvalue(), SLIDE_UPLOAD_EXTENSIONS, cfg.max_upload_mb
+        )
         try:
             vec, q = uploaded_query(index, path)
-            res = index.search_slides(vec, k=k, where=filters["slides"],
-                                      exclude_same_patient=False)  # fmt: skip
+            res = index.search_slides(vec, k=k, where=filters["slides"], exclude_same_patient=False)
         except BaseException:
             store.delete(path)
             raise
@@ -154,8 +164,10 @@ def show_query(q: images.QuerySlide) -> None:
             img = images.heatmap(q, n_top=N_TOP_PATCHES) if on and has_att else q.thumb
             st.image(img, width=QUERY_WIDTH)
             if on and has_att:
-                st.caption(f"Attention per patch (blue low → red high); boxes: the "
-                           f"{N_TOP_PATCHES} top-attention patches.")  # fmt: skip
+                st.caption(
+                    f"Attention per patch (blue low → red high); boxes: the "
+                    f"{N_TOP_PATCHES} top-attention patches."
+                )
     with c2:
         st.subheader("Top-attention patches")
         gallery = images.patch_gallery(q, N_TOP_PATCHES)
@@ -176,16 +188,21 @@ def render(index, filters: dict, cfg) -> None:
     else:
         upload = c2.file_uploader(
             f"Slide file ({', '.join(SLIDE_UPLOAD_EXTENSIONS)}; at most {cfg.max_upload_mb} MiB)",
-            type=[e[1:] for e in SLIDE_UPLOAD_EXTENSIONS], key="ss_upload",
+            type=[e[1:] for e in SLIDE_UPLOAD_EXTENSIONS],
+            key="ss_upload",
             max_upload_size=cfg.max_upload_mb,
             help="Kept in a private temporary folder while it is this session's query (for the "
-                 "viewer); deleted when replaced, when you delete it, or when the session ends.",
-        )  # fmt: skip
+            "viewer); deleted when replaced, when you delete it, or when the session ends.",
+        )
     k = c3.number_input("Results (k)", min_value=1, max_value=200, value=10, key="ss_k")
-    exclude = c4.checkbox("Exclude same patient", value=True,
-                          key="ss_exclude", disabled=source != SOURCES[0],
-                          help="Leave out every slide of the query's patient (an uploaded "
-                               "slide has no known patient).")  # fmt: skip
+    exclude = c4.checkbox(
+        "Exclude same patient",
+        value=True,
+        key="ss_exclude",
+        disabled=source != SOURCES[0],
+        help="Leave out every slide of the query's patient (an uploaded "
+        "slide has no known patient).",
+    )
     if st.button("Search", type="primary", key="ss_go"):
         with guard("Slide search"), st.spinner("Searching… (an uploaded slide is encoded first)"):
             run(index, filters, cfg, source, slide_id, upload, int(k), exclude)
@@ -200,8 +217,9 @@ def render(index, filters: dict, cfg) -> None:
         q = res["query"]
         left = q.slide_id or q.label
         c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
-        match = c1.selectbox("Match to compare with the query", res["results"]["slide_id"].tolist(),
-                             key="ss_match")  # fmt: skip
+        match = c1.selectbox(
+            "Match to compare with the query", res["results"]["slide_id"].tolist(), key="ss_match"
+        )
         c2.button("Open side by side", key="ss_view", on_click=_open_viewer, args=(left, match))
     if res["where"]:
         st.caption(f"Filter: `{res['where']}`")

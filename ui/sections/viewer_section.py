@@ -35,9 +35,13 @@ def _marks(index, label: str, n: int) -> list[dict]:
         q = res["query"]
     else:
         q = indexed_query(index, label)
-    top = images.top_patches(q.attention, n)
-    return [{"x": int(r.x), "y": int(r.y), "w": q.patch_l0, "h": q.patch_l0, "label": str(r.rank)}
-            for r in top.itertuples()] if q.patch_l0 > 0 else []  # fmt: skip
+    if q.patch_l0 <= 0:
+        return []
+    size = q.patch_l0
+    return [
+        {"x": int(r.x), "y": int(r.y), "w": size, "h": size, "label": str(r.rank)}
+        for r in images.top_patches(q.attention, n).itertuples()
+    ]
 
 
 def embed(url: str, host: str) -> None:
@@ -52,7 +56,7 @@ def embed(url: str, host: str) -> None:
             f"document.getElementById('v').src='http://'+h+':{port}/'+{json.dumps(path)};"
             "</script>",
             height=HEIGHT,
-        )  # fmt: skip
+        )
     else:
         st.iframe(url, height=HEIGHT)
 
@@ -69,8 +73,9 @@ def render(index, filters: dict, cfg) -> None:
     right = c2.selectbox("Right (match)", labels, key="vw_right")
     c1, c2 = st.columns(2)
     show = c1.toggle("Mark top-attention patches", value=True, key="vw_marks")
-    n = c2.number_input("Patches to mark", min_value=1, max_value=50, value=8, key="vw_n",
-                        disabled=not show)  # fmt: skip
+    n = c2.number_input(
+        "Patches to mark", min_value=1, max_value=50, value=8, key="vw_n", disabled=not show
+    )
     missing = [lab for lab in (left, right) if opts[lab] is None]
     if missing:
         st.warning(
@@ -80,10 +85,11 @@ def render(index, filters: dict, cfg) -> None:
         return
     server = get_tile_server(cfg.host, cfg.tile_port)
     panels = [
-        ViewSlide(server.register(opts[lab]), f"{side}: {lab}",
-                  _marks(index, lab, int(n)) if show else [])
+        ViewSlide(
+            server.register(opts[lab]), f"{side}: {lab}", _marks(index, lab, int(n)) if show else []
+        )
         for side, lab in (("query", left), ("match", right))
-    ]  # fmt: skip
+    ]
     url = server.view_url(panels)
     embed(url, cfg.host)
     st.caption(

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from threads_search.models.molecular_encoders import MOLECULAR_ENCODERS
-from threads_search.models.slide_encoders import EncoderConfig
+from threads_search.models.slide_encoders import EncoderConfig, EncoderModule
 
 
 @dataclass
@@ -28,9 +28,10 @@ class MLPConfig(EncoderConfig):
 
     def __post_init__(self) -> None:
         self.hidden_dims = tuple(int(h) for h in self.hidden_dims)
+        super().__post_init__()
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(EncoderModule):
     """See the module docstring; ``modality`` is "rna" or "dna"."""
 
     def __init__(self, config: MLPConfig, name: str, modality: str) -> None:
@@ -50,14 +51,6 @@ class MLPEncoder(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, config.out_dim))
         self.net = nn.Sequential(*layers)
-
-    @property
-    def in_dim(self) -> int:
-        return self.config.in_dim
-
-    @property
-    def out_dim(self) -> int:
-        return self.config.out_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [B, G]`` → ``[B, out_dim]``."""

@@ -8,12 +8,13 @@ round trip through a model bundle's ``config.json``).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from threads_search.config import StrictConfig
 from threads_search.registry import Registry
 
 
@@ -26,27 +27,20 @@ class SlideOutput(NamedTuple):
 
 
 @dataclass
-class EncoderConfig:
-    """Base of the encoder configs: JSON-ready ``to_dict`` and a strict ``from_dict``."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+class EncoderConfig(StrictConfig):
+    """Base of the encoder configs (slide and molecular): a ``StrictConfig`` (JSON-ready
+    ``to_dict``, ``from_dict`` refusing unknown keys); lists read back from JSON become tuples."""
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known: {sorted(known)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
+    def from_dict(cls, data: dict[str, Any], ignore=()):
+        if isinstance(data, dict):
+            data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return super().from_dict(data, ignore)
 
 
-class SlideEncoder(nn.Module):
-    """Base class. ``forward(features [B, N, D], mask [B, N] bool (True = real patch) | None)``
-    → :class:`SlideOutput`. ``embed_bag`` encodes one large bag ``[N, D]`` in chunks."""
+class EncoderModule(nn.Module):
+    """A ``torch.nn.Module`` whose dataclass ``config`` holds its ``in_dim`` and ``out_dim``."""
 
-    name: str = ""
     config: EncoderConfig
 
     @property
@@ -56,6 +50,13 @@ class SlideEncoder(nn.Module):
     @property
     def out_dim(self) -> int:
         return self.config.out_dim
+
+
+class SlideEncoder(EncoderModule):
+    """Base class. ``forward(features [B, N, D], mask [B, N] bool (True = real patch) | None)``
+    → :class:`SlideOutput`. ``embed_bag`` encodes one large bag ``[N, D]`` in chunks."""
+
+    name: str = ""
 
     def embed_bag(self, features: torch.Tensor, chunk_size: int = 8192) -> SlideOutput:
         """One bag ``[N, D]`` (any float dtype) → ``SlideOutput(embedding [out_dim],
@@ -68,7 +69,9 @@ class SlideEncoder(nn.Module):
 def check_bag_inputs(
     features: torch.Tensor, mask: torch.Tensor | None, in_dim: int
 ) -> torch.Tensor:
-    """Validate ``features [B, N, D]`` / ``mask [B, N]``; return a bool mask (all True if None)."""
+    """Validate ``features [B, N, D]`` / ``mask [B, N]``; return a bool mask (all True if None).
+    A plain ``ValueError`` here is a caller's bug: user inputs are checked before (bundle,
+    trainer datasets)."""
     if features.ndim != 3:
         raise ValueError(f"features must be [B, N, D], got shape {tuple(features.shape)}")
     b, n, d = features.shape
