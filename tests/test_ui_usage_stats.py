@@ -17,14 +17,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from ui.launch import wait_until_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "ui" / "app.py"
@@ -67,16 +67,11 @@ def _serve(cmd: list[str], cwd: Path, env: dict, url: str, log: Path) -> subproc
     with open(log, "w") as f:
         out = {"stdout": f, "stderr": subprocess.STDOUT, "stdin": subprocess.DEVNULL}
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, **out)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited ({proc.returncode}): {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.3)
+    try:
+        if wait_until_healthy(proc, url, 90):
+            return proc
+    except RuntimeError as e:
+        raise RuntimeError(f"{e}: {log.read_text()[-2000:]}") from None
     proc.kill()
     raise RuntimeError(f"streamlit did not answer on {url}: {log.read_text()[-2000:]}")
 

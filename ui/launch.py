@@ -135,18 +135,26 @@ def start(
     )
     url_host = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     server = UiServer(f"http://{url_host}:{port}", proc)
+    if not wait_until_healthy(proc, server.url, timeout):
+        server.stop()
+        raise RuntimeError(f"the UI server did not answer on {server.url} within {timeout:.0f} s")
+    return server
+
+
+def wait_until_healthy(proc: subprocess.Popen, url: str, timeout: float) -> bool:
+    """Whether the Streamlit server ``proc`` at ``url`` answers its health check within
+    ``timeout`` s (False: it did not; ``RuntimeError`` when it exited)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"the UI server exited with code {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{server.url}/_stcore/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
                 if r.status == 200:
-                    return server
+                    return True
         except OSError:
             time.sleep(0.3)
-    server.stop()
-    raise RuntimeError(f"the UI server did not answer on {server.url} within {timeout:.0f} s")
+    return False
 
 
 def launch(
