@@ -1,6 +1,7 @@
 """Features-stage throughput: read + ``hed-texture`` end to end versus the reader alone, at 1 and
 2 workers, on the same synthetic 20x slides in the same run; plus the per-patch cost of reading
-and of encoding measured single-threaded.
+and of encoding measured single-threaded; plus the features stage with ``--stain-normalize
+none|macenko|reinhard`` (per-slide fit + normalising every patch; ratio vs none) at 2 workers.
 
 usage: python bench/features.py [--slides 2] [--size 8192x6144] [--patches 300]
 Prints a table and writes bench/results/features.json.
@@ -21,6 +22,7 @@ from common import print_table, write_results  # noqa: E402
 
 from threads_search.features import default_config  # noqa: E402
 from threads_search.features.extract import encode_plan  # noqa: E402
+from threads_search.features.stain import fit_plan  # noqa: E402
 from threads_search.patch_encoders import create_patch_encoder  # noqa: E402
 from threads_search.synth import make_slide  # noqa: E402
 from threads_search.wsi import open_slide  # noqa: E402
@@ -83,16 +85,39 @@ def main(argv: list[str] | None = None) -> dict:
                     "e2e / reader": e2e_rate / reader_rate,
                 }
             )
+        stain_rows = []
+        for method in ("none", "macenko", "reinhard"):
+            cfg = default_config("hed-texture", workers=2, batch_size=32, stain_normalize=method)
+            t = time.perf_counter()
+            fit_s = 0.0
+            for plan in plans:
+                t_fit = time.perf_counter()
+                stain = fit_plan(plan.path, plan.coords, plan.mpp, cfg)
+                fit_s += time.perf_counter() - t_fit
+                encode_plan(plan, enc, cfg, stain=stain)
+            dt = time.perf_counter() - t
+            stain_rows.append(
+                {
+                    "stain": method,
+                    "patches": n,
+                    "patches/s": n / dt,
+                    "fit s/slide": fit_s / len(plans),
+                }
+            )
+        for r in stain_rows:
+            r["ratio vs none"] = r["patches/s"] / stain_rows[0]["patches/s"]
     print_table("features stage: 512 px @ 0.5 µm/px, hed-texture", rows)
+    print_table("features stage with --stain-normalize (2 workers, same slides)", stain_rows)
     share = {
         "read ms/patch": read_ms,
         "encode ms/patch": enc_ms,
         "encode share": enc_ms / (read_ms + enc_ms),
     }
     print_table("single-threaded cost per patch", [share])
-    out = write_results("features", {"args": vars(args), "rows": rows, "per_patch": share})
+    result = {"args": vars(args), "rows": rows, "per_patch": share, "stain": stain_rows}
+    out = write_results("features", result)
     print(f"wrote {out}")
-    return {"rows": rows, "per_patch": share}
+    return {"rows": rows, "per_patch": share, "stain": stain_rows}
 
 
 if __name__ == "__main__":

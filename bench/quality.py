@@ -112,11 +112,8 @@ def prepare(spec: CohortSpec, root: Path) -> dict:
     d = root / spec.name
     cohort = make_cohort(spec.n_patients, split=spec.split, seed=spec.seed)
     info = {"cohort": cohort, "features": d / "features", "seconds": {}}
-    marker, key = d / "ready.json", json.loads(json.dumps(asdict(spec)))
-    if marker.exists() and json.loads(marker.read_text())["spec"] == key:
-        info["paths"] = {k: Path(v) for k, v in json.loads(marker.read_text())["paths"].items()}
+    if reuse(d, spec, info):
         return info
-    shutil.rmtree(d, ignore_errors=True)
     info["paths"] = cohort.write(d / "cohort")
     t = time.perf_counter()
     if spec.kind == "features":
@@ -135,9 +132,29 @@ def prepare(spec: CohortSpec, root: Path) -> dict:
         failed = [o for o in outcomes if getattr(o, "state", "done") != "done"]
         if failed:
             raise RuntimeError(f"features stage failed on {len(failed)} slides: {failed[:3]}")
-    paths = {k: str(p) for k, p in info["paths"].items()}
-    marker.write_text(json.dumps({"spec": key, "paths": paths}))
+    mark_ready(d, spec, info)
     return info
+
+
+def reuse(d: Path, spec, info: dict) -> bool:
+    """True (``info["paths"]`` set) when ``d`` holds a finished preparation of the same
+    ``spec`` (a dataclass); else ``d`` is cleared for a new one."""
+    marker, key = d / "ready.json", json.loads(json.dumps(asdict(spec)))
+    if marker.exists() and json.loads(marker.read_text())["spec"] == key:
+        saved = json.loads(marker.read_text())
+        info["paths"] = {k: Path(v) for k, v in saved["paths"].items()}
+        info["seconds"] = saved.get("seconds", {})  # of the run that prepared it
+        return True
+    shutil.rmtree(d, ignore_errors=True)
+    return False
+
+
+def mark_ready(d: Path, spec, info: dict) -> None:
+    """Record a finished preparation of ``spec`` in ``d`` (see :func:`reuse`)."""
+    paths = {k: str(p) for k, p in info["paths"].items()}
+    key = json.loads(json.dumps(asdict(spec)))
+    seconds = info.get("seconds", {})
+    (d / "ready.json").write_text(json.dumps({"spec": key, "paths": paths, "seconds": seconds}))
 
 
 def train_config(info: dict, hp: Hyper, encoder: str, out: Path, seed: int = 0) -> dict:
@@ -320,6 +337,11 @@ def show(res: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     global TORCH_THREADS
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--sites" in argv:  # the multi-site (stain/site-confounded) cohort rows
+        import quality_sites
+
+        return quality_sites.main([a for a in argv if a != "--sites"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small cohorts, few epochs (smoke run)")
     ap.add_argument("--epochs", type=int, help="epochs on the feature-level cohort")
@@ -340,6 +362,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--skip-pixel", action="store_true")
     ap.add_argument("--skip-features", action="store_true")
+    ap.add_argument(
+        "--sites",
+        action="store_true",
+        help="instead: the multi-site cohort whose site stain goes with the subtype in training "
+        "(bench/quality_sites.py; its options follow)",
+    )
     args = ap.parse_args(argv)
     TORCH_THREADS = args.threads
     torch.set_num_threads(TORCH_THREADS)

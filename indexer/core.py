@@ -125,10 +125,18 @@ def features_dir(cfg: IndexConfig, index_dir: Path) -> Path:
 
 def features_config(cfg: IndexConfig, model, workers: int):
     """The features settings of an index run: the model's patch encoder (its patch size and
-    µm/px), ``--checkpoint``, ``--batch-size``, ``--device``, and ``workers`` reader processes."""
+    µm/px, and the stain normalisation its training features had: ``patch_encoder["stain"]``,
+    absent in older bundles = none), ``--checkpoint``, ``--batch-size``, ``--device``, and
+    ``workers`` reader processes. A stain reference that cannot be used is refused here
+    (``ConfigError`` naming it), before any slide is read."""
     from threads_search.features import default_config
+    from threads_search.features.stain import reference
+    from threads_search.wsi.stain_norm import StainConfig
 
     pe = model.patch_encoder
+    stain = StainConfig.from_dict(pe.get("stain") or {})
+    if stain.method != "none":
+        reference(stain)
     return default_config(
         pe["name"],
         pe["patch_size"],
@@ -137,6 +145,7 @@ def features_config(cfg: IndexConfig, model, workers: int):
         workers=workers,
         batch_size=cfg.batch_size,
         device=cfg.device,
+        stain=stain,
     )
 
 

@@ -188,7 +188,8 @@ class _Pipeline:
         while slide.left and self.n_chunks < self.max_chunks:
             mpp = slide.attrs["level0_mpp"]
             coords = slide.left.popleft()
-            args = (slide.job.source.path, mpp, coords, self.plan.config, self.cpu_per_patch)
+            config, stain_attrs = self.plan.config, slide.attrs  # attrs: the slide's stain fit
+            args = (slide.job.source.path, mpp, coords, config, self.cpu_per_patch, stain_attrs)
             read = self.read_fn.remote(*args)
             ref = read if self.cpu_per_patch else self.call("encode", read)
             slide.refs.append(ref)

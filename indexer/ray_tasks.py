@@ -1,11 +1,13 @@
 """The remote side of ``threads-search index --engine ray``: what runs on Ray workers.
 
 - ``plan_task`` (CPU): open a slide, resolve µm/px, detect tissue, lay the patch grid, write the
-  thumbnail and contours. Returns a ``Planned`` (coords ``[N, 2]`` int64 level-0 px, the h5
-  attributes).
+  thumbnail and contours, fit the slide's stain statistics when asked
+  (``features.stain.fit_plan``). Returns a ``Planned`` (coords ``[N, 2]`` int64 level-0 px, the
+  h5 attributes, which record the stain fit).
 - ``read_task`` (CPU, ``cpus_per_reader``): read one chunk of patches, uint8
-  ``[B, ps, ps, 3]``; for CPU-per-patch encoders (hed-texture) it also encodes them, float32
-  ``[B, D]``, exactly as the local engine's reader processes do.
+  ``[B, ps, ps, 3]``, stain-normalised with the slide's fit; for CPU-per-patch encoders
+  (hed-texture) it also encodes them, float32 ``[B, D]``, exactly as the local engine's reader
+  processes do (``features.stain.reader_transform``).
 - ``SlideWorker`` (actor, ``num_gpus=gpus_per_worker``): holds the patch encoder and the model
   bundle; ``encode`` turns patch chunks into features, ``finish`` writes the slide's feature h5
   and then runs the per-slide step (``indexer.slide_step.embed_job``: slide embedding +
@@ -113,6 +115,7 @@ def plan_task(path: str, slide_id: str, mpp: float | None, config, features_dir:
     """Tissue + grid for one slide; writes ``thumbnails/`` and ``contours/`` of FEATURES_DIR.
     Raises ``SlideFailed`` (no tissue, …)."""
     from threads_search.features.extract import contours_path, h5_attrs, thumbnail_path
+    from threads_search.features.stain import fit_plan
     from threads_search.wsi.plan import plan_slide
     from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
 
@@ -121,20 +124,27 @@ def plan_task(path: str, slide_id: str, mpp: float | None, config, features_dir:
     out = Path(features_dir)
     write_thumbnail_jpeg(plan.thumb, plan.tissue, thumbnail_path(out, slide_id))
     write_geojson(plan.tissue, slide_id, contours_path(out, slide_id))
-    return Planned(plan.coords, h5_attrs(plan, config))
+    stain = fit_plan(plan.path, plan.coords, plan.mpp, config)
+    return Planned(plan.coords, h5_attrs(plan, config, stain=stain))
 
 
 @_guard
-def read_task(path: str, mpp: float, coords: np.ndarray, config, encode: bool) -> np.ndarray:
+def read_task(
+    path: str, mpp: float, coords: np.ndarray, config, encode: bool, attrs: dict | None = None
+) -> np.ndarray:
     """Patches at ``coords`` (level-0 px, top-left) read at the config's µm/px: uint8
-    ``[B, ps, ps, 3]``, or their features float32 ``[B, D]`` when ``encode`` (CPU encoders)."""
+    ``[B, ps, ps, 3]``, or their features float32 ``[B, D]`` when ``encode`` (CPU encoders);
+    stain-normalised with the slide's fit recorded in ``attrs`` (its ``Planned.attrs``)."""
+    from threads_search.features.stain import SlideStain, reader_transform
     from threads_search.wsi.reader import PatchDataset
 
     _single_thread()
     grid = config.segment.grid
-    transform = None
+    encode_one = None
     if encode:
-        transform = _encoder(config.patch_encoder, config.checkpoint, "cpu").encode_one
+        encode_one = _encoder(config.patch_encoder, config.checkpoint, "cpu").encode_one
+    stain = SlideStain.from_attrs(attrs or {}, config.stain)
+    transform = reader_transform(stain, encode_one)
     ds = PatchDataset(path, coords, grid.patch_size, grid.target_mpp, mpp, transform)
     items = [ds[i][0].numpy() for i in range(len(ds))]
     if encode:

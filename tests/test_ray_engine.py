@@ -145,6 +145,33 @@ def test_ray_index_equals_local(ray_address, local_index, hed_bundle, tmp_path):
     assert not again.failed
 
 
+def test_ray_normalises_stain_as_the_local_engine(ray_address, local_index, tmp_path):
+    """A model trained on Reinhard-normalised features: both engines fit each slide's stain in
+    the plan step and normalise every patch read; features and index agree, and differ from
+    the un-normalised ones."""
+    from conftest import make_bundle
+
+    from threads_search.patch_encoders import get_patch_encoder_spec
+
+    root, ids = local_index
+    pe = {**get_patch_encoder_spec("hed-texture").to_dict(), "stain": {"method": "reinhard"}}
+    bundle = make_bundle(tmp_path / "model", pe)
+    loc = IndexConfig(inputs=[str(root / "slides")], model=str(bundle), out=str(tmp_path / "l"))
+    assert sorted(run_index(loc).indexed) == ids
+    s = run_index(_cfg(root, bundle, tmp_path / "r", workers=2))
+    assert sorted(s.indexed) == ids and not s.failed
+    _assert_same_index(tmp_path / "l", tmp_path / "r")
+    for sid in ids:
+        fl = read_features(tmp_path / "l" / "features" / "h5" / f"{sid}.h5")
+        fr = read_features(tmp_path / "r" / "features" / "h5" / f"{sid}.h5")
+        assert fl.attrs["stain_method"] == fr.attrs["stain_method"] == "reinhard"
+        assert fl.attrs == fr.attrs  # the same per-slide fit recorded
+        np.testing.assert_allclose(fl.features, fr.features, atol=1e-6)
+        plain = read_features(root / "loc" / "features" / "h5" / f"{sid}.h5")
+        np.testing.assert_array_equal(plain.coords, fl.coords)
+        assert np.abs(plain.features - fl.features).max() > 1e-3  # normalisation applied
+
+
 def test_worker_killed_mid_job(ray_address, local_index, hed_bundle, monkeypatch):
     """The encoder actor is SIGKILLed after the first slide, with the other slides still to
     go: Ray restarts it and every slide is indexed. One slide in flight at a time makes the

@@ -8,7 +8,7 @@ exception is a bug and propagates with its traceback.
 
 Before training, a matching report goes to stderr: pairs matched, pairs naming a slide without
 features or a sample without a profile, features and profiles named in no pair, items per
-split. Training is refused below ``--min-train-items`` matched training items (default 8).
+split, and with ``--balance-by``/``--augment-by`` the items per value of that column. Training is refused below ``--min-train-items`` matched training items (default 8).
 Imports only typer and the config at module level: ``threads-search --help`` stays fast.
 """
 
@@ -54,7 +54,12 @@ and saves nothing.
 **Model selection**: the best epoch has the highest --select-metric on the validation split (a
 split column in --metadata, else --val-fraction of the patients, default
 {DEFAULT_VAL_FRACTION:.2f}; 0 = none). Without validation it is the epoch of lowest training
-loss, reported as train_loss."""
+loss, reported as train_loss.
+
+**Site/stain shortcut**: `--balance-by site` (one site per batch, validation recall within each
+site) and `--augment-by site` (bags re-styled to another site's feature statistics) keep the
+model from retrieving by stain; both need --metadata with that patient-level column and are
+recorded in config.json's "training"."""
 
 
 def train(
@@ -167,6 +172,37 @@ def train(
     select_metric: SelectMetric = typer.Option(
         _D["select_metric"], "--select-metric", rich_help_panel=TRAINING
     ),
+    balance_by: str | None = typer.Option(
+        None,
+        "--balance-by",
+        metavar="COLUMN",
+        help="Stop the model learning the site instead of the tissue. COLUMN is a "
+        "patient-level column of --metadata (e.g. site). Each batch then holds items of ONE "
+        "value, so in-batch negatives share the site's stain and only the tissue tells them "
+        "apart; values contribute in proportion to their items (each item once an epoch). "
+        "Values with fewer than 2 training items go to mixed remainder batches, and items "
+        "without a value to a '(missing)' group (both reported). Validation recall is computed "
+        "within each value and averaged: that is val_mean_recall, used for model selection "
+        "(the all-gallery recall is logged as val_mean_recall_all).",
+        rich_help_panel=TRAINING,
+    ),
+    augment_by: str | None = typer.Option(
+        None,
+        "--augment-by",
+        metavar="COLUMN",
+        help="Feature-level stain augmentation: from the training items, each value of this "
+        "--metadata column (e.g. site) gets the mean and sd of its patch features; at each "
+        "step a bag is re-styled, with probability --augment-p, to another value: x' = (x - "
+        "mu_s) / sd_s * sd_t + mu_t. Shows the model the same tissue under another site's "
+        "look. Never applied at validation. Combines with --balance-by.",
+        rich_help_panel=TRAINING,
+    ),
+    augment_p: float = typer.Option(
+        _D["augment_p"],
+        "--augment-p",
+        help="Probability that a bag is re-styled at a step (--augment-by).",
+        rich_help_panel=TRAINING,
+    ),
     patience: int = typer.Option(
         _D["patience"], "--patience", help="Early stopping (0 = off).", rich_help_panel=TRAINING
     ),
@@ -228,6 +264,9 @@ def train(
         accum_steps=accum_steps,
         temperature=temperature,
         select_metric=select_metric,
+        balance_by=balance_by,
+        augment_by=augment_by,
+        augment_p=augment_p,
         patience=patience,
         seed=seed,
         device=device,

@@ -58,6 +58,17 @@ class TrainConfig(StrictConfig):
     accum_steps: int = 1
     temperature: float = 0.07
     select_metric: SelectMetric = "val_mean_recall"
+    # A patient-level column of --metadata (e.g. "site") to balance by (trainer.balance): each
+    # batch holds the training items of ONE value, values contributing in proportion to their
+    # items (every item once an epoch); values with < 2 training items go to mixed remainder
+    # batches (reported). Validation recall is computed within each value and averaged
+    # (val_mean_recall; the all-gallery mean is logged as val_mean_recall_all).
+    balance_by: str | None = None
+    # A patient-level column of --metadata whose per-value patch-feature mean/sd (training items
+    # only) re-style bags to another value (trainer.augment): x' = (x - mu_s) / sd_s * sd_t +
+    # mu_t, with probability augment_p per bag and step; never at validation.
+    augment_by: str | None = None
+    augment_p: float = 0.5
     patience: int = 10  # epochs without improvement before early stopping (0 = never)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -74,6 +85,16 @@ class TrainConfig(StrictConfig):
             bad.append("--epochs, --accum-steps and --max-patches must be at least 1")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             bad.append(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
+        if not 0 <= self.augment_p <= 1:
+            bad.append(f"--augment-p {self.augment_p}: a probability, in [0, 1]")
+        for opt, col in (("--balance-by", self.balance_by), ("--augment-by", self.augment_by)):
+            if col is not None and (not isinstance(col, str) or not col.strip()):
+                bad.append(f"{opt} {col!r}: name a column of --metadata (e.g. site)")
+            elif col is not None and not self.metadata:
+                bad.append(
+                    f"{opt} {col} needs --metadata FILE with a {col!r} column (one value per "
+                    "patient)"
+                )
         if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
             bad.append(f"--device {self.device}: use auto, cpu, cuda or cuda:N")
         if bad:

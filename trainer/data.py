@@ -11,7 +11,8 @@ what did not is counted in ``TrainingData.report`` (see ``trainer.matching``).
 Training is refused (:class:`TrainingDataError`) with fewer than ``cfg.min_train_items`` matched
 training items (default 8), or with a modality given (``--rna``/``--dna``) that fewer than 2
 training items carry: InfoNCE contrasts at least 2 items of a modality, so that encoder could
-not learn.
+not learn. With ``--balance-by``/``--augment-by`` each item also carries its value of that
+patient-level metadata column (``Item.groups``, ``report["groups"]``; see ``trainer.balance``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from threads_search.molecular import RnaNormalizer, multi_hot
 from threads_search.molecular.dna import read_dna
 from threads_search.molecular.rna import read_rna_matrix
 from threads_search.molecular.tables import read_pairs
+from trainer.balance import assign_groups, remainder_report
 from trainer.config import TrainConfig
 from trainer.errors import TrainingDataError
 from trainer.matching import count_items, format_report, match_report
@@ -52,6 +54,8 @@ class Item:
     rna: str | None
     dna: str | None
     split: str = "train"
+    # column → value for the --balance-by/--augment-by columns (trainer.balance.assign_groups)
+    groups: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,7 +78,8 @@ class TrainingData:
 
 
 def _features_info(features_dir: Path) -> tuple[dict, FeatureSources]:
-    """The patch-encoder description and the folder's slides reconciled as the indexer does
+    """The patch-encoder description (with the folder's stain normalisation, ``stain``, when it
+    had one) and the folder's slides reconciled as the indexer does
     (``threads_search.features.reconcile``: ``sources`` with usable features, ``adopted`` h5
     files without a status row, ``problems`` with reasons, ``failed`` at the features stage)."""
     cfg_path = features_dir / "config.json"
@@ -89,6 +94,9 @@ def _features_info(features_dir: Path) -> tuple[dict, FeatureSources]:
         "patch_size": grid.get("patch_size", 512),
         "target_mpp": grid.get("target_mpp", 0.5),
     }
+    stain = cfg.get("stain")  # the model remembers it; absent (older folders) = none
+    if isinstance(stain, dict) and stain.get("method", "none") != "none":
+        pe["stain"] = stain
     return pe, found
 
 
@@ -138,6 +146,22 @@ def _check_counts(cfg: TrainConfig, report: dict) -> None:
         raise TrainingDataError(f"cannot train:{lines}\n{cause}.\n{format_report(report)}")
 
 
+def _assign_groups(cfg: TrainConfig, items: list[Item], report: dict) -> None:
+    """Each item's value of the --balance-by/--augment-by columns (``item.groups``); what was
+    found goes to ``report["groups"]`` (per value its train/val items, the missing ones, and
+    for --balance-by the values merged into remainder batches)."""
+    asked = [(cfg.balance_by, "--balance-by"), (cfg.augment_by, "--augment-by")]
+    for column, option in asked:
+        if column and column in report.get("groups", {}):
+            report["groups"][column]["option"] += f", {option}"
+        if not column or column in report.get("groups", {}):
+            continue
+        part = assign_groups(items, cfg.metadata, column, option)
+        if column == cfg.balance_by:
+            part["remainder"] = remainder_report(part)
+        report.setdefault("groups", {})[column] = part
+
+
 def load_training_data(cfg: TrainConfig) -> TrainingData:
     """Read features, pairs and profiles; match them (``report``); split; refuse a training set
     below the minimum; fit RNA normalisation on the training split."""
@@ -176,6 +200,7 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     report["items"] = count_items(items)
     _check_counts(cfg, report)
     items = [it for it in items if it.split in ("train", "val")]
+    _assign_groups(cfg, items, report)
     train = [it for it in items if it.split == "train"]
     bags = _load_bags(fdir, sorted({s for it in items for s in it.slides}), pe)
     normalizer, rna = None, {}

@@ -5,6 +5,11 @@ gradient accumulation, bf16 autocast on GPU. Every epoch: validation, ``best`` b
 MODEL_DIR (by ``select_metric``), ``last`` bundle in MODEL_DIR/last, training state for exact
 ``--resume``, log and curves. Deterministic given ``seed``: each epoch reseeds from (seed, epoch).
 
+Site shortcut (issue 14): ``--balance-by COLUMN`` draws each batch from one value of a metadata
+column and selects on within-value validation recall (``trainer.balance``); ``--augment-by
+COLUMN`` re-styles training bags to another value's feature statistics (``trainer.augment``,
+statistics kept in the training state). Both are recorded in the bundle's training config.
+
 Model selection: the highest ``select_metric`` on the validation split; without validation
 items (or where the metric cannot be computed on them) the lowest training loss, logged and
 reported as ``train_loss``. An epoch that made no optimiser step (no batch held 2 items of one
@@ -30,6 +35,8 @@ from threads_search.device import resolve_device
 from threads_search.errors import ConfigError, MissingError
 from threads_search.models.bundle import build_model, save_model
 from threads_search.models.loss import InfoNCE
+from trainer.augment import SiteStyle
+from trainer.balance import GroupedBatches, format_groups
 from trainer.config import TrainConfig
 from trainer.data import TrainingData, collate, load_training_data
 from trainer.errors import TrainingError
@@ -113,8 +120,10 @@ def _build(cfg: TrainConfig, data: TrainingData):
     )
 
 
-def _step_loss(model, loss_fn, data: TrainingData, batch, rng, cfg, device, autocast):
+def _step_loss(model, loss_fn, data: TrainingData, batch, rng, cfg, device, autocast, style):
     feats, mask = collate([data.bag(it) for it in batch], cfg.max_patches, rng)
+    if style is not None:  # --augment-by: re-style bags to another value (trainer.augment)
+        style.apply(feats, mask, batch, rng, cfg.augment_p)
     with autocast():
         slide = model.slide(feats.to(device), mask.to(device)).embedding
         losses = []
@@ -143,6 +152,7 @@ class _Step:
     cfg: TrainConfig
     device: torch.device
     autocast: Callable
+    style: SiteStyle | None = None
 
     def epoch(self, batches: list, rng: np.random.Generator, bar: EpochProgress):
         """Returns (the losses of the batches that had one, the optimiser steps made)."""
@@ -152,7 +162,15 @@ class _Step:
         opt.zero_grad(set_to_none=True)
         for i, batch in enumerate(batches):
             loss = _step_loss(
-                self.model, self.loss_fn, self.data, batch, rng, cfg, self.device, self.autocast
+                self.model,
+                self.loss_fn,
+                self.data,
+                batch,
+                rng,
+                cfg,
+                self.device,
+                self.autocast,
+                self.style,
             )
             if loss is not None:
                 (loss / cfg.accum_steps).backward()
@@ -169,6 +187,21 @@ class _Step:
             running = np.mean(losses[-20:]) if losses else float("nan")
             bar.advance(loss=f"{running:.3f}", T=f"{self.loss_fn.temperature:.3f}")
         return losses, steps
+
+
+def _resumed_style(state: dict, fitted: SiteStyle, echo) -> SiteStyle:
+    """The --augment-by statistics of the interrupted run (exact resume); says so when the
+    training data now give other ones."""
+    saved = state.get("augment")
+    if not saved:
+        return fitted
+    style = SiteStyle.from_state(saved)
+    if echo is not None and not style.same_as(fitted):
+        echo(
+            f"note: --augment-by {style.column}: the training features now give other "
+            "statistics than the interrupted run's; the saved ones are used (exact resume)"
+        )
+    return style
 
 
 def _config_diff(old: dict, new: dict) -> list[str]:
@@ -199,11 +232,17 @@ def train(
     device = torch.device(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     data = load_training_data(cfg)
+    train_items, val_items = data.split("train"), data.split("val")
+    batcher = (
+        GroupedBatches(train_items, cfg.balance_by, cfg.batch_size) if cfg.balance_by else None
+    )
+    style = SiteStyle.fit(data, train_items, cfg.augment_by) if cfg.augment_by else None
+    if style is not None:
+        data.report["groups"][cfg.augment_by]["statistics"] = style.summary()
     if echo is not None:
-        echo(format_report(data.report))
+        echo("\n".join(filter(None, [format_report(data.report), format_groups(data.report)])))
     out.mkdir(parents=True, exist_ok=True)
     remove_orphans(out)  # temporaries of a killed run (atomic writes)
-    train_items, val_items = data.split("train"), data.split("val")
     model = _build(cfg, data).to(device)
     loss_fn = InfoNCE(init_temperature=cfg.temperature).to(device)
     params = list(model.parameters()) + list(loss_fn.parameters())
@@ -217,7 +256,8 @@ def train(
         ],
         lr=cfg.lr,
     )
-    steps_per_epoch = math.ceil(math.ceil(len(train_items) / cfg.batch_size) / cfg.accum_steps)
+    n_batches = len(batcher) if batcher else math.ceil(len(train_items) / cfg.batch_size)
+    steps_per_epoch = math.ceil(n_batches / cfg.accum_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg, steps_per_epoch))
     history: list[dict] = []
     start, best, best_epoch, stale = 0, -math.inf, -1, 0
@@ -239,6 +279,8 @@ def train(
             state["stale"],
         )
         history = state["history"]
+        if style is not None:
+            style = _resumed_style(state, style, echo)
     use_bf16 = device.type == "cuda"
 
     def autocast():
@@ -246,7 +288,7 @@ def train(
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    step = _Step(model, loss_fn, opt, sched, params, data, cfg, device, autocast)
+    step = _Step(model, loss_fn, opt, sched, params, data, cfg, device, autocast, style)
     stopped_early = False
     with EpochProgress(enabled=progress) as bar:
         for epoch in range(start, cfg.epochs):
@@ -255,17 +297,20 @@ def train(
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed * 100_003 + epoch)
             rng = np.random.default_rng([cfg.seed, epoch])
-            order = rng.permutation(len(train_items))
-            batches = [
-                [train_items[j] for j in order[i : i + cfg.batch_size]]
-                for i in range(0, len(order), cfg.batch_size)
-            ]
+            if batcher is not None:  # --balance-by: one value of the column per batch
+                batches = batcher.epoch(rng)
+            else:
+                order = rng.permutation(len(train_items))
+                batches = [
+                    [train_items[j] for j in order[i : i + cfg.batch_size]]
+                    for i in range(0, len(order), cfg.batch_size)
+                ]
             bar.start(f"epoch {epoch + 1}/{cfg.epochs}", len(batches))
             losses, steps = step.epoch(batches, rng, bar)
             train_s = time.perf_counter() - t0
             if steps == 0:
                 raise _no_step_error(epoch + 1, cfg, train_items, best_epoch)
-            metrics = validate(model, data, val_items, device)
+            metrics = validate(model, data, val_items, device, group_by=cfg.balance_by)
             train_loss = float(np.mean(losses))
             name, _, score, selection = _selection(cfg, metrics, train_loss, len(val_items))
             row = {
@@ -310,6 +355,7 @@ def train(
                     "best_epoch": best_epoch,
                     "stale": stale,
                     "history": history,
+                    "augment": style.to_state() if style is not None else None,
                 },
             )
             write_log(out, history)

@@ -1,4 +1,5 @@
-"""Validation on the patient-level split: cross-modal Recall@1/5/10 both ways, and RankMe."""
+"""Validation on the patient-level split: cross-modal Recall@1/5/10 both ways, and RankMe; with
+``--balance-by``, recall within each value of the column too (``trainer.balance``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from threads_search.eval import cross_modal_recall, rankme
+from trainer.balance import within_group_recall
 from trainer.data import Item, TrainingData
 
 
@@ -33,9 +35,26 @@ def embed_items(model, data: TrainingData, items: list[Item], device) -> dict[st
     return out
 
 
-def validate(model, data: TrainingData, items: list[Item], device) -> dict[str, float]:
-    """Metrics keyed ``val_<mod>_<slide2mol|mol2slide>_R@k``, ``val_mean_recall`` (mean of all
-    recalls) and ``val_rankme`` (effective rank of the slide embeddings)."""
+def _recalls(slide: np.ndarray, mol: np.ndarray) -> dict[str, float]:
+    """Recall@1/5/10 both ways between row-matched ``slide`` and ``mol`` ``[n, E]``, keyed
+    ``<slide2mol|mol2slide>_R@k``."""
+    match = np.arange(len(slide))
+    out = {}
+    for direction, (q, g) in {"slide2mol": (slide, mol), "mol2slide": (mol, slide)}.items():
+        for k, v in cross_modal_recall(q, g, match, ks=(1, 5, 10)).items():
+            out[f"{direction}_{k}"] = float(v)
+    return out
+
+
+def validate(
+    model, data: TrainingData, items: list[Item], device, group_by: str | None = None
+) -> dict[str, float]:
+    """Metrics keyed ``val_<mod>_<slide2mol|mol2slide>_R@k`` (gallery: every validation item),
+    ``val_mean_recall`` (mean of all recalls) and ``val_rankme`` (effective rank of the slide
+    embeddings). With ``group_by`` (``--balance-by``), recall is also computed within each value
+    of that column (``trainer.balance.within_group_recall``: ``val_<mod>_<...>_within``);
+    ``val_mean_recall`` is then their mean and the all-gallery mean is ``val_mean_recall_all``.
+    Bags are embedded as they are (never augmented)."""
     if not items:
         return {}
     emb = embed_items(model, data, items, device)
@@ -44,15 +63,14 @@ def validate(model, data: TrainingData, items: list[Item], device) -> dict[str, 
     for mod in ("rna", "dna"):
         if mod not in emb or len(emb[f"{mod}_idx"]) < 2:
             continue
-        slide = emb["slide"][emb[f"{mod}_idx"]]
-        match = np.arange(len(slide))
-        for direction, (q, g) in {
-            "slide2mol": (slide, emb[mod]),
-            "mol2slide": (emb[mod], slide),
-        }.items():
-            for k, v in cross_modal_recall(q, g, match, ks=(1, 5, 10)).items():
-                metrics[f"val_{mod}_{direction}_{k}"] = float(v)
-                recalls.append(float(v))
+        for name, v in _recalls(emb["slide"][emb[f"{mod}_idx"]], emb[mod]).items():
+            metrics[f"val_{mod}_{name}"] = v
+            recalls.append(v)
     if recalls:
         metrics["val_mean_recall"] = float(np.mean(recalls))
+    if group_by:
+        plain = metrics.pop("val_mean_recall", None)
+        if plain is not None:
+            metrics["val_mean_recall_all"] = plain
+        metrics.update(within_group_recall(emb, items, group_by, _recalls))
     return metrics

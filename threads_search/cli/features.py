@@ -102,6 +102,35 @@ def features(
     level0_mpp: float = typer.Option(
         None, "--level0-mpp", help="With --import-h5: µm/px of the scans when the files lack it."
     ),
+    stain_normalize: Literal["none", "macenko", "reinhard"] = typer.Option(
+        "none",
+        "--stain-normalize",
+        help="Normalise each slide's H&E colours to a reference before encoding, so that "
+        "slides from other labs and scanners give comparable features (search by tissue, not "
+        "by stain). macenko: maps the slide's haematoxylin and eosin stain vectors and "
+        "intensities onto the reference's (a stain model); reinhard: matches the mean and "
+        "spread of each LAB colour channel (simpler, no stain model). Fitted once per slide on "
+        "the tissue of a few of its patches (--stain-sample-patches), then applied to every "
+        "patch; glass stays white; a slide with too little tissue colour to fit is left as "
+        "scanned and said so. Use it for archives mixing sites or scanners; the model "
+        "remembers it, and its index and queries use the same setting. Cost: about 16 patch "
+        "reads per slide plus a few ms per patch (see bench/features.py). Changes the "
+        "features: use a new --out folder.",
+    ),
+    stain_reference: str = typer.Option(
+        None,
+        "--stain-reference",
+        help="With --stain-normalize: the colours to normalise to, an image file "
+        "(png/jpg/tif) or a slide region SLIDE_PATH:x,y,w,h (level-0 px), mostly covered by "
+        "well-stained tissue [default: built in: torchstain's Macenko reference; for reinhard "
+        "the LAB statistics of a real H&E tile].",
+    ),
+    stain_sample_patches: int = typer.Option(
+        16,
+        "--stain-sample-patches",
+        min=1,
+        help="With --stain-normalize: tissue patches per slide the stain fit uses.",
+    ),
 ) -> None:
     """Segment tissue, cut patches and encode them: one TRIDENT/CLAM-compatible h5 per slide.
 
@@ -116,9 +145,11 @@ def features(
     from threads_search.features import default_config
     from threads_search.features.progress import FeaturesProgress
     from threads_search.features.report import print_outcomes
+    from threads_search.features.stain import reference
     from threads_search.patch_encoders import list_patch_encoders
     from threads_search.wsi.mpp import check_override
     from threads_search.wsi.plan import apply_options
+    from threads_search.wsi.stain_norm import StainConfig
 
     if patch_encoder not in list_patch_encoders():
         known = ", ".join(list_patch_encoders())
@@ -128,6 +159,12 @@ def features(
         )
     if import_h5 is None and not slides:
         raise typer.BadParameter("give slide files or folders (or --import-h5 DIR)")
+    if import_h5 is not None and stain_normalize != "none":
+        raise typer.BadParameter(
+            "--import-h5 adopts features made elsewhere, whose patches cannot be normalised "
+            "now; drop --stain-normalize, or run the features stage on the slides",
+            param_hint="--stain-normalize",
+        )
     console = Console(stderr=True)
     cfg = default_config(
         patch_encoder,
@@ -138,7 +175,10 @@ def features(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        stain=StainConfig(stain_normalize, stain_reference, stain_sample_patches),
     )
+    if cfg.stain.method != "none":
+        reference(cfg.stain)  # a bad reference is refused before any slide is read
     cfg.segment = apply_options(
         cfg.segment,
         min_tissue=min_tissue,

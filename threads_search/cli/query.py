@@ -199,12 +199,46 @@ def classify(
 def info(
     index_dir: Path = _INDEX_DIR,
     fmt: Literal["table", "json"] = typer.Option("table", "--format", help="How to print it."),
+    batch_column: str | None = typer.Option(
+        None,
+        "--batch-column",
+        help="Metadata column whose batch effect to measure (site, scanner...) [default: "
+        "site when the slides have it, else the TCGA tissue source site of TCGA slide ids].",
+    ),
+    label_column: list[str] = typer.Option(
+        [], "--label-column", help="A label the embedding should encode instead (repeatable)."
+    ),
+    batch_effects: bool = typer.Option(
+        True, "--batch-effects/--no-batch-effects", help="Measure the batch effect at all."
+    ),
 ) -> None:
-    """Show an index: model, encoder, counts, FAISS type and measured recall, build date."""
-    from threads_search.query import open_index
+    """Show an index: model, encoder, counts, FAISS type and measured recall, build date.
 
+    Batch effects (a second table; "batch_effects" in JSON): how well the slide embeddings
+    predict --batch-column (linear-probe balanced accuracy, share of the 10 nearest slides of
+    another patient with the same value, its chance level and the lift over it) beside each
+    --label-column, with a warning when the batch is more predictable than every label. Shown
+    by default when the slides have a `site` column (or TCGA-shaped ids); --no-batch-effects
+    skips it.
+    """
+    from threads_search.query import open_index
+    from threads_search.query.batch import default_column
+
+    if not batch_effects and (batch_column or label_column):
+        raise InputError("--no-batch-effects cannot go with --batch-column / --label-column")
     with _warnings_shown():
-        info = open_index(index_dir).info()
+        index = open_index(index_dir)
+        info = index.info()
+        column = batch_column
+        if column is None and batch_effects and len(index.slides):
+            column = default_column(index.slides)
+        if column is None and label_column:
+            raise InputError(
+                "--label-column needs a batch column: the slides have no `site` column (nor "
+                "TCGA-shaped ids); name one with --batch-column"
+            )
+        if column is not None:
+            info["batch_effects"] = index.batch_effects(column, label_column)
     if fmt == "json":
         typer.echo(json.dumps(info, indent=2, default=str))
         return
@@ -216,7 +250,50 @@ def info(
     table.add_column("value")
     for key, v in _info_rows(info).items():
         table.add_row(key, "" if v is None else str(v))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if "batch_effects" in info:
+        _print_batch_effects(console, info["batch_effects"])
+
+
+def _print_batch_effects(console, report: dict) -> None:
+    """The "batch effects" table and, in yellow, the warning."""
+    from rich.table import Table
+
+    n = report["n_measured"]
+    sampled = f", a sample of {n} of {report['n_slides']} slides" if n < report["n_slides"] else ""
+    table = Table(
+        title="batch effects",
+        caption=f"kNN: {report['k']} nearest slides (cosine), "
+        f"{'other patients only' if report['exclude_same'] else 'self excluded'}{sampled}",
+    )
+    for col in ("column", "role", "n", "probe (chance)", "kNN same", "chance", "lift", "note"):
+        table.add_column(col, no_wrap=col in ("probe (chance)", "lift"))
+
+    def pct(v) -> str:
+        return "—" if v is None else f"{v:.0%}"
+
+    for r in report["columns"].values():
+        probe = r["probe_balanced_accuracy"]
+        probe = "—" if probe is None else f"{probe:.2f} ({r['probe_chance']:.2f})"
+        note = r["reason"] or ""
+        if r["n_missing"]:
+            note = f"{r['n_missing']} missing; {note}".rstrip("; ")
+        if r["rare_values"]:
+            note = f"{note}; left out: {', '.join(map(str, r['rare_values'][:5]))}".lstrip("; ")
+        table.add_row(
+            r["column"],
+            r["role"],
+            str(r["n_used"]),
+            probe,
+            pct(r["knn_same_share"]),
+            pct(r["knn_chance"]),
+            "—" if r["knn_lift"] is None else f"{r['knn_lift']:+.2f}",
+            note,
+        )
+    console.print(table)
+    if report.get("warning"):
+        console.print(f"warning: {report['warning']}", style="yellow", soft_wrap=True)
 
 
 def _info_rows(info: dict) -> dict:

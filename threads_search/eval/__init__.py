@@ -2,11 +2,13 @@
 
 Conventions follow Patho-Bench, as used by the THREADS paper; see each function's docstring.
 Class prototypes (``Prototypes``, ``class_order``) are the one implementation that
-``Index.classify`` builds on too.
+``Index.classify`` builds on too. ``batch_effect_report`` measures how visible a batch column
+(site, scanner) is in an embedding beside the labels.
 """
 
 from __future__ import annotations
 
+from threads_search.eval.batch_effects import batch_effect_report
 from threads_search.eval.embedding import (
     Prototypes,
     build_prototypes,
@@ -19,6 +21,7 @@ from threads_search.eval.retrieval import cross_modal_recall, retrieval_metrics
 
 __all__ = [
     "Prototypes",
+    "batch_effect_report",
     "build_prototypes",
     "class_order",
     "cross_modal_recall",

@@ -22,6 +22,7 @@ from threads_search.atomic import write_text
 from threads_search.config import StrictConfig
 from threads_search.errors import ConfigError
 from threads_search.wsi.plan import SegmentConfig
+from threads_search.wsi.stain_norm import StainConfig
 
 CONFIG_NAME = "config.json"
 # Keys written into config.json beside the settings (by ``save`` and its callers: the features
@@ -36,6 +37,7 @@ _VERSIONED = (
     "timm",
     "numpy",
     "scikit-image",
+    "torchstain",
 )
 
 
@@ -61,7 +63,8 @@ def versions() -> dict:
 class FeaturesConfig(StrictConfig):
     """What made a FEATURES_DIR. ``segment.grid`` holds patch size (px) and target µm/px;
     ``dtype`` of the features on disk; ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
-    (checked in ``check``, as ``cuda:N`` is no fixed choice)."""
+    (checked in ``check``, as ``cuda:N`` is no fixed choice); ``stain``: stain normalisation of
+    the patches before encoding (``threads_search.wsi.stain_norm``; default ``none``)."""
 
     patch_encoder: str = "hed-texture"
     checkpoint: str | None = None
@@ -70,6 +73,7 @@ class FeaturesConfig(StrictConfig):
     batch_size: int = 32
     workers: int = 2
     device: str = "auto"
+    stain: StainConfig = field(default_factory=StainConfig)
 
     def check(self) -> None:
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
@@ -84,19 +88,25 @@ class FeaturesConfig(StrictConfig):
 
     def output_key(self) -> dict:
         """The settings that change the features (not batch size, workers, device, nor
-        ``max_upsample``, which only decides which slides are refused)."""
+        ``max_upsample``, which only decides which slides are refused). ``stain`` is in it only
+        when a method is set, so folders made without it (and before it existed) keep their
+        hash."""
         ckpt = None
         if self.checkpoint:
             p = Path(self.checkpoint)
             ckpt = {"name": p.name, "size": p.stat().st_size if p.exists() else None}
         segment = self.segment.to_dict()
         segment["grid"].pop("max_upsample", None)  # which slides are refused, not their features
-        return {
+        key = {
             "patch_encoder": self.patch_encoder,
             "checkpoint": ckpt,
             "segment": segment,
             "dtype": self.dtype,
         }
+        stain = self.stain.key()
+        if stain is not None:
+            key["stain"] = stain
+        return key
 
     def hash(self) -> str:
         """16 hex digits of the SHA-256 of ``output_key`` (sorted-key JSON)."""

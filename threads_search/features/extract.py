@@ -35,6 +35,7 @@ from threads_search.features.reuse import (  # noqa: F401 - public here too (ray
     id_conflict,
     reuse_features,
 )
+from threads_search.features.stain import SlideStain, fit_plan, reader_transform, reference
 from threads_search.features.status import StatusTable
 from threads_search.locking import DirLock, WriterLockedError
 from threads_search.paths import display_text, slide_file
@@ -42,6 +43,7 @@ from threads_search.wsi import SlideError, discover_slides, load_mpp_csv, lookup
 from threads_search.wsi.fingerprint import to_text
 from threads_search.wsi.plan import SlidePlan, plan_slide
 from threads_search.wsi.reader import patch_loader
+from threads_search.wsi.stain_norm import StainConfig
 from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
 
 
@@ -53,7 +55,9 @@ class SlideOutcome:
     error: str = ""
     n_patches: int = 0
     seconds: float = 0.0
-    note: str = ""  # why a slide done before was redone ("changed since its features were made")
+    # why a slide done before was redone ("changed since its features were made"), and/or why
+    # its stain was not normalised ("stain not normalised (...)")
+    note: str = ""
     fingerprint: dict | None = None  # of the slide file its features were made from
 
 
@@ -94,7 +98,8 @@ def check_config(out_dir: Path, config: FeaturesConfig) -> None:
             "Use another --out folder for these settings."
         ) from None
     new = config.output_key()
-    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+    keys = {**old, **new}  # ``stain`` is in only one of them when it is on in only one
+    diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
     if not diff:  # settings that no longer exist (an older version's) made its features
         diff = [f"config_hash: {existing.get('config_hash')!r} -> {config.hash()!r}"]
     raise FeaturesConfigError(
@@ -103,10 +108,18 @@ def check_config(out_dir: Path, config: FeaturesConfig) -> None:
     )
 
 
-def encode_plan(plan: SlidePlan, encoder, config: FeaturesConfig, on_batch: Callable | None = None):
-    """Features ``[N, D]`` float32 for ``plan.coords`` (same order)."""
+def encode_plan(
+    plan: SlidePlan,
+    encoder,
+    config: FeaturesConfig,
+    on_batch: Callable | None = None,
+    stain: SlideStain | None = None,
+):
+    """Features ``[N, D]`` float32 for ``plan.coords`` (same order), each patch first
+    normalised by ``stain`` (the slide's, ``features.stain.fit_plan``) when given."""
     grid = config.segment.grid
-    transform = encoder.encode_one if getattr(encoder, "cpu_per_patch", False) else None
+    per_patch = getattr(encoder, "cpu_per_patch", False)
+    transform = reader_transform(stain, encoder.encode_one if per_patch else None)
     loader = patch_loader(
         plan.path,
         plan.coords,
@@ -120,7 +133,7 @@ def encode_plan(plan: SlidePlan, encoder, config: FeaturesConfig, on_batch: Call
     out = np.zeros((len(plan.coords), encoder.spec.dim), np.float32)
     i = 0
     for batch, _ in loader:
-        feats = batch.numpy() if transform is not None else encoder.encode(batch)
+        feats = batch.numpy() if per_patch else encoder.encode(batch)
         out[i : i + len(feats)] = feats
         i += len(feats)
         if on_batch is not None:
@@ -130,11 +143,19 @@ def encode_plan(plan: SlidePlan, encoder, config: FeaturesConfig, on_batch: Call
     return out
 
 
-def h5_attrs(plan: SlidePlan, config: FeaturesConfig, source_fp: dict | None = None) -> dict:
+def h5_attrs(
+    plan: SlidePlan,
+    config: FeaturesConfig,
+    source_fp: dict | None = None,
+    stain: SlideStain | None = None,
+) -> dict:
     """The attributes of a slide's h5 (on ``coords``); ``source_fingerprint`` (JSON text) when
-    ``source_fp``, the slide file's fingerprint taken before it was read, is known."""
+    ``source_fp``, the slide file's fingerprint taken before it was read, is known; the slide's
+    stain fit (``SlideStain.attrs``) when ``stain``."""
     grid = config.segment.grid
     extra = {"source_fingerprint": to_text(source_fp)} if source_fp else {}
+    if stain is not None:
+        extra.update(stain.attrs())
     return {
         "patch_size": grid.patch_size,
         "patch_size_level0": plan.patch_size_level0(grid),
@@ -154,23 +175,25 @@ def process_slide(
     ref, out_dir: Path, encoder, config, mpp=None, on_start=None, on_batch=None, source_fp=None
 ):
     """Plan + encode one slide and write its h5 (with ``source_fp``, the file's fingerprint
-    taken before reading it), thumbnail and contours. Returns n patches. Raises ``SlideError``
-    (also for a ``ref.problem`` found at discovery)."""
+    taken before reading it), thumbnail and contours. Returns (n patches, note: ``""`` or why
+    its stain was not normalised). Raises ``SlideError`` (also for a ``ref.problem`` found at
+    discovery)."""
     if ref.problem is not None:
         raise SlideError(ref.path, *ref.problem)
     plan = plan_slide(ref.path, ref.slide_id, mpp=mpp, config=config.segment)
     if on_start is not None:
         on_start(len(plan.coords))
     plan.require_patches()
-    feats = encode_plan(plan, encoder, config, on_batch)
+    stain = fit_plan(plan.path, plan.coords, plan.mpp, config)  # after the plan: it stays as is
+    feats = encode_plan(plan, encoder, config, on_batch, stain)
     if config.dtype == "float16":
         feats = feats.astype(np.float16)
     thumb = _display_thumb(plan, mpp)
     write_thumbnail_jpeg(thumb, plan.tissue, thumbnail_path(out_dir, ref.slide_id))
     write_geojson(plan.tissue, ref.slide_id, contours_path(out_dir, ref.slide_id))
-    attrs = h5_attrs(plan, config, source_fp)
+    attrs = h5_attrs(plan, config, source_fp, stain)
     write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, attrs)
-    return len(plan.coords)
+    return len(plan.coords), stain.note if stain is not None else ""
 
 
 def _display_thumb(plan: SlidePlan, mpp: float | None, side: int = 1024) -> np.ndarray:
@@ -211,6 +234,8 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
     from threads_search.patch_encoders import create_patch_encoder
 
     check_config(out, config)
+    if config.stain.method != "none":
+        reference(config.stain)  # a bad reference is refused before any slide is read
     remove_orphans(out)  # temporaries of killed runs (the FEATURES_DIR lock is held)
     refs = discover_slides(inputs)
     overrides = load_mpp_csv(mpp_csv) if mpp_csv else {}
@@ -266,8 +291,9 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
         on_start = (lambda n, r=ref: progress.start_slide(r.slide_id, n)) if progress else None
         on_batch = progress.advance if progress else None
         t0 = time.perf_counter()
+        stain_note = ""
         try:
-            n = process_slide(
+            n, stain_note = process_slide(
                 ref, out, encoder, config, slide_mpp, on_start, on_batch, use.fingerprint
             )
             state, error = "done", ""
@@ -283,7 +309,8 @@ def _extract(inputs, out: Path, config, mpp_csv, mpp, retry_failed, progress, en
             h5.unlink(missing_ok=True)  # a stale file from older settings must not be trusted
         row = dict(state=state, error=error, n_patches=n, seconds=dt)
         status.set(ref.slide_id, **_row(ref, chash, fp_text), **row)
-        o = SlideOutcome(ref.slide_id, str(ref.path), state, error, n, dt, use.note)
+        note = "; ".join(x for x in (use.note, stain_note) if x)
+        o = SlideOutcome(ref.slide_id, str(ref.path), state, error, n, dt, note)
         o.fingerprint = use.fingerprint
         outcomes.append(o)
         if progress:
@@ -314,27 +341,36 @@ def encode_slide_file(
     config: FeaturesConfig | None = None,
     patch_size: int | None = None,
     target_mpp: float | None = None,
+    stain: dict | None = None,
 ):
     """Features ``[N, D]`` float32 and coords ``[N, 2]`` int64 for one slide file, nothing
-    written. Raises ``SlideError`` (including ``no-tissue``)."""
+    written; ``stain``: a ``StainConfig`` dict (e.g. a model's), the patches normalised as the
+    features stage does. Raises ``SlideError`` (including ``no-tissue``)."""
     from threads_search.patch_encoders import create_patch_encoder
 
     cfg = config or default_config(
         patch_encoder, patch_size, target_mpp, checkpoint=checkpoint, device=device
     )
     cfg.workers = workers
+    if stain is not None:
+        cfg.stain = StainConfig.from_dict(stain)
     encoder = create_patch_encoder(cfg.patch_encoder, checkpoint=cfg.checkpoint, device=cfg.device)
     plan = plan_slide(path, mpp=mpp, config=cfg.segment).require_patches()
-    return encode_plan(plan, encoder, cfg), plan.coords
+    slide_stain = fit_plan(plan.path, plan.coords, plan.mpp, cfg)
+    return encode_plan(plan, encoder, cfg, stain=slide_stain), plan.coords
 
 
 def default_config(
     patch_encoder: str = "hed-texture",
     patch_size: int | None = None,
     target_mpp: float | None = None,
+    stain_normalize: str = "none",
+    stain_reference: str | None = None,
     **kwargs,
 ) -> FeaturesConfig:
-    """A config whose patch size and µm/px default to what ``patch_encoder`` expects."""
+    """A config whose patch size and µm/px default to what ``patch_encoder`` expects;
+    ``stain_normalize`` (``none``, ``macenko``, ``reinhard``) and ``stain_reference`` (None:
+    built in; an image file or ``SLIDE:x,y,w,h``) set ``stain`` unless it is given."""
     from threads_search.patch_encoders import get_patch_encoder_spec
     from threads_search.wsi.grid import GridParams
     from threads_search.wsi.plan import SegmentConfig
@@ -343,4 +379,5 @@ def default_config(
     grid = GridParams(
         patch_size=patch_size or spec.patch_size, target_mpp=target_mpp or spec.target_mpp
     )
+    kwargs.setdefault("stain", StainConfig(stain_normalize, stain_reference))
     return FeaturesConfig(patch_encoder=patch_encoder, segment=SegmentConfig(grid=grid), **kwargs)

@@ -140,6 +140,7 @@ class ThreadsModel(nn.Module):
                     device=device,
                     patch_size=pe["patch_size"],
                     target_mpp=pe["target_mpp"],
+                    stain=pe.get("stain"),
                 )
             source = str(path)
         else:
@@ -232,16 +233,28 @@ class ThreadsModel(nn.Module):
 
 def patch_encoder_dict(pe) -> dict[str, Any]:
     """``{name, dim, patch_size (px), target_mpp (µm/px)}`` of a ``PatchEncoderSpec`` or dict
-    with at least name and dim (patch size 512 px and 0.5 µm/px by default)."""
+    with at least name and dim (patch size 512 px and 0.5 µm/px by default), plus ``stain``
+    {method, reference, sample_patches} (``StainConfig``) when the features were
+    stain-normalised; absent (older bundles too) means none."""
+    from threads_search.errors import ConfigError
+    from threads_search.wsi.stain_norm import StainConfig
+
     d = pe.to_dict() if hasattr(pe, "to_dict") else dict(pe)
     if "name" not in d or "dim" not in d:
         raise BundleError(f"patch_encoder needs at least 'name' and 'dim', got {sorted(d)}")
-    return {
+    out = {
         "name": str(d["name"]),
         "dim": int(d["dim"]),
         "patch_size": int(d.get("patch_size", 512)),
         "target_mpp": float(d.get("target_mpp", 0.5)),
     }
+    try:
+        stain = StainConfig.from_dict(d.get("stain") or {})
+    except ConfigError as e:
+        raise BundleError(f"patch_encoder stain settings cannot be read: {e}") from None
+    if stain.method != "none":
+        out["stain"] = stain.to_dict()
+    return out
 
 
 def read_feature_file(
@@ -274,16 +287,65 @@ def check_patch_encoder(
             stacklevel=stacklevel + 1,
         )
     names = [_encoder_name(ff.attrs, "file."), _encoder_name(ff.attrs)]
-    cfg = path.parent.parent / "config.json"
+    cfg, saved = path.parent.parent / "config.json", None
     if path.parent.name == "h5" and cfg.exists():
         with contextlib.suppress(OSError, json.JSONDecodeError):
-            names.append(_encoder_name(json.loads(cfg.read_text())))
+            saved = json.loads(cfg.read_text())
+            names.append(_encoder_name(saved))
     want = patch_encoder["name"]
     for name in names:
         if name is not None and name != want:
             raise InputError(
                 f"{path} holds features from patch encoder {name!r}, but the model expects "
                 f"patch encoder {want!r}; recompute features with {want!r}"
+            )
+    _check_stain(ff.attrs, saved, patch_encoder.get("stain"), path)
+
+
+def _stain_id(stain) -> tuple:
+    """(method, reference file name, region) of a ``StainConfig`` dict (None/absent: none)."""
+    from threads_search.wsi.stain_norm import split_reference
+
+    stain = stain if isinstance(stain, dict) else {}
+    method = stain.get("method") or "none"
+    ref = stain.get("reference")
+    if method == "none" or not isinstance(ref, str):
+        return (method, None, None)
+    path, region = split_reference(ref)
+    return (method, Path(path).name, region)
+
+
+def _describe_stain(sid: tuple) -> str:
+    method, name, region = sid
+    if method == "none":
+        return "none"
+    where = "built-in reference" if name is None else f"reference {name}"
+    return f"{method} ({where}{f' region {region}' if region else ''})"
+
+
+def _check_stain(attrs: dict, saved, want: dict | None, path: Path) -> None:
+    """Refuse features whose stain normalisation differs from the model's ``want``
+    (``InputError``): the method in the h5's ``stain_method`` attribute, and the method and
+    reference in ``FEATURES_DIR/config.json``'s ``stain``; features that record neither were
+    made without stain normalisation."""
+    want_id = _stain_id(want)
+    method = attrs.get("stain_method")
+    method = method.decode() if isinstance(method, bytes) else method
+    have = []
+    if isinstance(saved, dict):
+        have.append((_stain_id(saved.get("stain")), None))
+    if isinstance(method, str) and method:
+        have.append(((method, *want_id[1:]), method))  # the h5 names its method only
+    for found, text in have or [(("none", None, None), None)]:
+        if found != want_id:
+            fix = f"--stain-normalize {want_id[0]}"
+            if want_id[1] is not None:
+                fix += f" --stain-reference {want['reference']}"
+            raise InputError(
+                f"{path} holds features made with stain normalisation "
+                f"{text or _describe_stain(found)}, but the model was trained on features with "
+                f"{_describe_stain(want_id)}; recompute the features with {fix} (the model's "
+                "settings), or use a model trained on these features"
             )
 
 

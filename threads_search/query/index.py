@@ -199,6 +199,15 @@ class Index(QueryResolution):
         self._m.patient_rows(None)
         self._slide_pos.get_indexer([""])
 
+    def batch_effects(self, column: str = "site", labels=None, k: int = 10) -> dict:
+        """How well the slide embeddings predict the batch ``column`` (default ``site``, else
+        the TCGA tissue source site of TCGA-shaped ids) and each ``labels`` column: linear
+        probe and kNN same-value share with chance and lift, and a ``warning`` when the batch
+        is more predictable than every label (:mod:`~threads_search.query.batch`)."""
+        from threads_search.query.batch import slide_batch_effects
+
+        return slide_batch_effects(self._s, column, labels, k)
+
     # -- model ---------------------------------------------------------------------------
     def _model_path(self, required: bool = True) -> Path | None:
         if self._model_dir is not None:

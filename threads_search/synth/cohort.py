@@ -1,8 +1,10 @@
 """A synthetic paired slide + molecular cohort with known ground truth.
 
 Each patient has a latent state: a categorical ``subtype`` (``subtype_A``...), continuous
-``programme_1..P`` (standard normal), a hospital ``site`` (``site_1``...; mild batch effect in
-every modality) and ``TP53_mutated`` (rate depends on the subtype). From it come an RNA profile
+``programme_1..P`` (standard normal), a hospital ``site`` (``site_1``...; a mild batch effect in
+every modality scaled by ``site_effect``, optionally a strong per-site stain look ``stain_shift``
+and a site confounded with the subtype in chosen splits ``confound_site``; see
+:func:`make_cohort`) and ``TP53_mutated`` (rate depends on the subtype). From it come an RNA profile
 (TPM-like), DNA mutations (MAF rows; see :mod:`threads_search.synth.cohort_molecular`), and slides,
 either as patch-feature bags (:func:`~threads_search.synth.cohort_features.write_feature_bags`)
 or as painted pyramidal TIFF/SVS files
@@ -32,7 +34,8 @@ from threads_search.synth import cohort_molecular as mol
 
 FORMAT = "threads-search-synthetic-cohort"
 SPLITS = ("train", "val", "test")
-_STREAMS = {"latent": 1, "rna_roles": 2, "rna": 3, "dna": 4, "slides": 5}
+_STREAMS = {"latent": 1, "rna_roles": 2, "rna": 3, "dna": 4, "slides": 5, "sites": 6}
+RNA_SITE_SD = 0.25  # natural-log sd of the per-site, per-gene RNA offset at site_effect=1
 
 
 def subtype_names(n_subtypes: int) -> list[str]:
@@ -147,9 +150,13 @@ def load_cohort(out_dir: str | Path) -> Cohort:
     if doc.get("format") != FORMAT:
         raise InputError(f"{path}: format {doc.get('format')!r} is not {FORMAT!r}")
     params = dict(doc["params"])
-    for k in ("modality", "split", "signal_fraction", "slides_per_patient", "subtype_weights"):
+    keys = ("modality", "split", "signal_fraction", "slides_per_patient", "subtype_weights")
+    for k in (*keys, "confound_splits"):
         if isinstance(params.get(k), list):
             params[k] = tuple(params[k])
+    if "stain_shift" not in params and "site_effect" in params:
+        # written before site_effect became a multiplier: it was the RNA offset sd
+        params["site_effect"] = float(params["site_effect"]) / RNA_SITE_SD
     return make_cohort(**params)
 
 
@@ -179,6 +186,20 @@ def _stratified_split(subtype: np.ndarray, fractions, rng) -> np.ndarray:
     return out
 
 
+def home_site(subtype_index, n_sites: int):
+    """The "home" site index of subtype index ``k``: ``k mod n_sites`` (scalar or array)."""
+    return np.asarray(subtype_index) % n_sites
+
+
+def _confound(site, subtype, splits, n_sites, p, confound_splits, rng) -> np.ndarray:
+    """Site indices with, for patients in ``confound_splits``, the subtype's home site with
+    probability ``p`` (else the uniformly drawn ``site`` kept): P(home) = p + (1 - p) / n_sites
+    there, 1 / n_sites elsewhere."""
+    u = rng.random(len(site))  # one draw per patient: the split does not change the stream
+    take = np.isin(splits, list(confound_splits)) & (u < p)
+    return np.where(take, home_site(subtype, n_sites), site)
+
+
 def make_cohort(
     n_patients: int = 150,
     n_subtypes: int = 4,
@@ -194,8 +215,11 @@ def make_cohort(
     subtype_weights: tuple[float, ...] | None = None,
     rna_effect: float = 1.5,
     rna_noise: float = 0.5,
-    site_effect: float = 0.25,
+    site_effect: float = 1.0,
     seed: int = 0,
+    stain_shift: float = 0.0,
+    confound_site: float = 0.0,
+    confound_splits: tuple[str, ...] = ("train", "val"),
 ) -> Cohort:
     """Generate a cohort (see the module docstring).
 
@@ -204,8 +228,23 @@ def make_cohort(
     ``signal_fraction``: (min, max) share of each slide's tissue carrying the tumour signal, drawn
     per slide. ``noise``: patch-level noise of feature bags (difficulty; see
     ``write_feature_bags``). ``rna_effect``/``rna_noise``: subtype module up-regulation and
-    per-gene noise, natural-log units. ``site_effect``: batch-effect scale. ``split``:
-    train/val/test fractions of patients. ``subtype_weights``: subtype prevalences (uniform)."""
+    per-gene noise, natural-log units. ``split``: train/val/test fractions of patients.
+    ``subtype_weights``: subtype prevalences (uniform).
+
+    Sites (``n_sites`` hospitals, a patient's site is uniform unless confounded):
+
+    - ``site_effect`` (>= 0) scales the mild batch effect of every modality: per-site RNA offsets
+      (sd ``0.25 * site_effect`` natural-log units per gene), the painted slides' stain hue and
+      haematoxylin shift (``cohort_slides``) and the feature bags' site offset
+      (``cohort_features``). 0 removes every site difference; DNA has none.
+    - ``stain_shift`` (>= 0; 1 = strong) gives every site a fixed scanner/lab look on painted
+      slides (stain vectors rotated, H and E intensities scaled, a glass/tissue tint; ranges in
+      :func:`~threads_search.synth.cohort_slides.site_stain`) and, for feature bags, a per-site
+      shift of every patch feature of norm ``STAIN_NORM * stain_shift``.
+    - ``confound_site`` in [0, 1]: in ``confound_splits`` a patient's site is its subtype's home
+      site (subtype k → site k mod n_sites) with this probability, else the uniform draw kept (so
+      P(home) = p + (1 - p) / n_sites there); other splits stay uniform. The confounded sites
+      come from their own random stream: latent states and splits are as without it."""
     if n_patients < 1 or n_subtypes < 2 or n_programmes < 0 or n_sites < 1:
         raise ConfigError(
             f"need n_patients >= 1, n_subtypes >= 2, n_programmes >= 0, n_sites >= 1 (got "
@@ -218,6 +257,15 @@ def make_cohort(
     weights = _fractions(
         subtype_weights or [1.0 / n_subtypes] * n_subtypes, n_subtypes, "subtype_weights"
     )
+    if not (site_effect >= 0 and stain_shift >= 0 and 0.0 <= confound_site <= 1.0):
+        raise ConfigError(
+            f"need site_effect >= 0, stain_shift >= 0 and 0 <= confound_site <= 1 (got "
+            f"{site_effect}, {stain_shift}, {confound_site})"
+        )
+    confound_splits = (confound_splits,) if isinstance(confound_splits, str) else confound_splits
+    bad = [s for s in confound_splits if s not in SPLITS]
+    if bad:
+        raise ConfigError(f"confound_splits {bad} unknown: choose from {SPLITS}")
     sig_lo, sig_hi = _range(signal_fraction, "signal_fraction", 0.0, 1.0)
     spp_lo, spp_hi = _range(slides_per_patient, "slides_per_patient", 1, 99)
     params = dict(
@@ -235,8 +283,11 @@ def make_cohort(
         subtype_weights=list(weights),
         rna_effect=rna_effect,
         rna_noise=rna_noise,
-        site_effect=site_effect,
+        site_effect=float(site_effect),
         seed=int(seed),
+        stain_shift=float(stain_shift),
+        confound_site=float(confound_site),
+        confound_splits=list(confound_splits),
     )
 
     def stream(name: str) -> np.random.Generator:
@@ -256,6 +307,10 @@ def make_cohort(
     has_rna[order[n_rna_only : n_rna_only + n_dna_only]] = False
     splits = _stratified_split(subtype, split, rng)
     n_slides = rng.integers(int(spp_lo), int(spp_hi) + 1, n_patients)
+    if confound_site > 0 and n_sites > 1:
+        site = _confound(
+            site, subtype, splits, n_sites, confound_site, confound_splits, stream("sites")
+        )
 
     rng_dna = stream("dna")
     panel = mol.panel_genes(n_panel)
@@ -307,7 +362,7 @@ def make_cohort(
         stream("rna"),
         effect=rna_effect,
         noise=rna_noise,
-        site_effect=site_effect,
+        site_effect=RNA_SITE_SD * site_effect,
     )
     maf = mol.make_maf(mutated[has_dna], dna_samples, panel, rng_dna)
 

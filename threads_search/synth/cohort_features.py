@@ -7,13 +7,19 @@ direction per normal-tissue cluster and per site. Per slide, a minority of patch
 ``signal_fraction``) are *signal* (tumour) patches:
 
 ``x = mu + a_t t + a_c c_subtype + a_p sum_p programme_p l_p + a_m TP53_mutated m + eta_patient
-+ delta_slide + b_site + noise * N(0, I)``
++ delta_slide + b_site + s_site + noise * N(0, I)``
 
 and the rest are *normal* patches from one of ``n_normal`` clusters (mixture weights drawn per
 slide from a Dirichlet, so composition varies between slides):
 
 ``x = mu + a_n e_j + confounding * (a_c sum_k g_jk c_k + a_p sum_p h_jp l_p) + delta_slide
-+ b_site + noise * N(0, I)``.
++ b_site + s_site + noise * N(0, I)``.
+
+Site terms: ``b_site`` is a mild offset along the site's own direction, of norm the cohort's
+``site_effect`` (times ``feature_space(site_effect=...)``; 0: none); ``s_site`` is the
+feature-level counterpart of a per-site stain look (the cohort's ``stain_shift``): a fixed random
+direction per site, not orthogonal to anything (a colour-statistics encoder moves every feature
+when the stain changes), of norm ``STAIN_NORM * stain_shift``.
 
 Normal centres overlap the subtype/programme subspace (``confounding``) and every slide has its
 own shift ``delta_slide ~ N(0, (slide_shift * noise)^2 I)`` (stain/scanner variation), so the mean of a bag mixes a diluted signal
@@ -40,6 +46,7 @@ ENCODER_NAME = "synthetic-features"
 PATCH_SIZE = 512  # px at TARGET_MPP, as the real features stage
 TARGET_MPP = 0.5
 _A_MARKER, _A_PROTO, _A_PROG, _A_TP53, _A_NORMAL, _ETA = 4.0, 2.0, 1.0, 1.0, 3.0, 0.3
+STAIN_NORM = 3.0  # norm of a site's stain shift of every patch feature at stain_shift=1
 
 
 @dataclass
@@ -53,6 +60,7 @@ class FeatureSpace:
     tp53: np.ndarray  # [D] scaled TP53-mutant direction
     normal: np.ndarray  # [J, D] normal-cluster centres (not unit)
     site: np.ndarray  # [S, D] site offsets
+    stain: np.ndarray | None = None  # [S, D] per-site stain shifts (None: stain_shift 0)
 
 
 def feature_space(
@@ -63,7 +71,8 @@ def feature_space(
     confounding: float = 1.0,
     site_effect: float = 1.0,
 ) -> FeatureSpace:
-    """The cohort's feature geometry (deterministic from ``cohort.seed`` and ``dim``)."""
+    """The cohort's feature geometry (deterministic from ``cohort.seed`` and ``dim``).
+    ``site_effect`` multiplies the cohort's own ``site_effect`` (norm of the site offsets)."""
     k, p = int(cohort.params["n_subtypes"]), int(cohort.params["n_programmes"])
     s = int(cohort.params["n_sites"])
     need = 2 + k + p + n_normal + s
@@ -83,6 +92,12 @@ def feature_space(
     site_dirs = dirs[2 + k + p + n_normal :]
     g = rng.standard_normal((n_normal, k))
     h = rng.standard_normal((n_normal, p))
+    site_effect = site_effect * float(cohort.params.get("site_effect", 1.0))
+    stain_shift = float(cohort.params.get("stain_shift", 0.0))
+    stain = None
+    if stain_shift > 0:  # own stream: the other directions do not change
+        v = np.random.default_rng([cohort.seed, 104, dim]).standard_normal((s, dim))
+        stain = v / np.linalg.norm(v, axis=1, keepdims=True) * (STAIN_NORM * stain_shift)
     normal = _A_NORMAL * own + confounding * signal_strength * (
         _A_PROTO * g @ protos + _A_PROG * h @ loads
     )
@@ -94,6 +109,7 @@ def feature_space(
         tp53=tp53 * _A_TP53 * signal_strength,
         normal=normal,
         site=site_dirs * site_effect,
+        stain=stain,
     )
 
 
@@ -161,6 +177,8 @@ def make_bag(
     )
     shift = space.mu + rng.standard_normal(dim) * (slide_shift * noise)
     shift = shift + space.site[int(pat["site_index"])]
+    if space.stain is not None:
+        shift = shift + space.stain[int(pat["site_index"])]
     feats = rng.standard_normal((n, dim)) * noise + shift
     feats[is_signal] += tumour
     feats[~is_signal] += space.normal[cluster[~is_signal]]

@@ -154,7 +154,9 @@ def make_rna(
     tp53_effect: float = 1.0,
 ) -> pd.DataFrame:
     """TPM-like matrix: ``sample_id`` + one float column per gene (``roles['genes']`` order);
-    ``patients`` rows align with ``sample_ids`` (natural-log effects, see module docstring)."""
+    ``patients`` rows align with ``sample_ids`` (natural-log effects, see module docstring).
+    ``site_effect``: sd of the per-site, per-gene offsets (0: none; the stream is consumed the
+    same either way, so the other draws do not change)."""
     genes = roles["genes"]
     col = {g: i for i, g in enumerate(genes)}
     n, g = len(patients), len(genes)

@@ -69,10 +69,26 @@ class Morphology:
     haematoxylin_intensity: float = 1.0  # multiplies haematoxylin concentration
     pleomorphism: float = 0.25  # log-normal spread of tumour nuclear size
     inflammation: float = 0.0  # share of non-tumour tissue with dense lymphocytes (confounder)
+    # scanner/lab look: H and E optical-density vectors (3 floats each, > 0 in sum; None: the
+    # Ruifrok & Johnston ones) and an RGB multiplier of the illumination (tints glass and tissue)
+    stain_vectors: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def validate(self) -> None:
         """Raise ``ConfigError`` (a ValueError) naming the first field out of range."""
+        if self.stain_vectors is not None:
+            vecs = np.asarray(self.stain_vectors, dtype=float)
+            if vecs.shape != (2, 3) or not np.isfinite(vecs).all() or (vecs.sum(1) <= 0).any():
+                raise ConfigError(
+                    f"Morphology.stain_vectors={self.stain_vectors} must be two 3-vectors (H, E "
+                    "optical density per R, G, B) with positive sums"
+                )
+        tint = np.asarray(self.tint, dtype=float)
+        if tint.shape != (3,) or not ((tint > 0.5) & (tint <= 1.05)).all():
+            raise ConfigError(f"Morphology.tint={self.tint} must be 3 floats in (0.5, 1.05]")
         for name, v in vars(self).items():
+            if name in ("stain_vectors", "tint"):
+                continue
             frac = name.endswith("_fraction") or name == "inflammation"
             if (frac and not 0.0 <= v <= 1.0) or (name == "pleomorphism" and v < 0):
                 raise ConfigError(
@@ -164,25 +180,29 @@ def paint_tissue(
         nuclei = np.concatenate([nuclei, infl])
     del gland_part
     stamp(hmap, nuclei, class_map > 0)
-    rgb = _to_rgb(hmap, emap, m.stain_hue)
+    rgb = _to_rgb(hmap, emap, m.stain_hue, m.stain_vectors, m.tint)
     del hmap, emap
     pen = _pen_stroke(rng, rgb, coarse_tissue, cs) if pen_marks else None
     centres = nuclei[:, [0, 1, 6]].astype(np.float32)  # x, y, class
     return PaintedTissue(rgb, class_map > 0, class_map, float(mpp), centres, pen)
 
 
-def _lut(stain_hue: float) -> np.ndarray:
-    """uint8 ``[65536, 3]``: RGB for (haematoxylin, eosin) uint8 concentration pairs."""
+def _lut(stain_hue: float, stain_vectors=None, tint=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """uint8 ``[65536, 3]``: RGB for (haematoxylin, eosin) uint8 concentration pairs, through
+    the H and E optical-density vectors (``stain_vectors`` or Ruifrok & Johnston's), shifted by
+    ``stain_hue``, under illumination ``_BG_RGB * tint``."""
+    h0, e0 = (_H_OD, _E_OD) if stain_vectors is None else np.asarray(stain_vectors, float)
     s = float(np.clip(stain_hue, -1.5, 1.5))
-    h_od = np.clip(_H_OD + s * np.array([0.15, 0.0, -0.10]), 0.02, None)
-    e_od = np.clip(_E_OD + np.array([0.0, 0.0, -0.06 * s + 0.1 * max(-s, 0.0)]), 0.02, None)
+    h_od = np.clip(h0 + s * np.array([0.15, 0.0, -0.10]), 0.02, None)
+    e_od = np.clip(e0 + np.array([0.0, 0.0, -0.06 * s + 0.1 * max(-s, 0.0)]), 0.02, None)
     conc = np.arange(256) * (CONC_MAX / 255.0)
     od = conc[:, None, None] * h_od + conc[None, :, None] * e_od
-    return np.clip(_BG_RGB * np.exp(-od) + 0.5, 0, 255).astype(np.uint8).reshape(-1, 3)
+    bg = _BG_RGB * np.asarray(tint, float)
+    return np.clip(bg * np.exp(-od) + 0.5, 0, 255).astype(np.uint8).reshape(-1, 3)
 
 
-def _to_rgb(hmap: np.ndarray, emap: np.ndarray, stain_hue: float) -> np.ndarray:
-    lut = _lut(stain_hue)
+def _to_rgb(hmap, emap, stain_hue: float, stain_vectors=None, tint=(1.0, 1.0, 1.0)) -> np.ndarray:
+    lut = _lut(stain_hue, stain_vectors, tint)
     rgb = np.empty((*hmap.shape, 3), np.uint8)
     strip = max(8, _STRIP_PX // hmap.shape[1])
     for y0 in range(0, hmap.shape[0], strip):
