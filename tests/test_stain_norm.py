@@ -280,3 +280,40 @@ def test_a_slide_too_pale_to_fit_is_left_as_is_and_said_so():
     assert np.array_equal(stain(pale[1]), pale[1])
     back = SlideStain.from_attrs(stain.attrs(), StainConfig("macenko"))
     assert back.stats is None and back.why == why
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("method", METHODS)
+def test_a_slides_colour_table_normalises_as_the_direct_path(real_dir, method, monkeypatch):
+    """After ``TABLE_AFTER_PIXELS`` pixels a slide's normalisation is a lookup in its table of
+    all 2^24 colours: the same output as the direct path, and the table is not pickled."""
+    import pickle
+
+    from threads_search.features import stain as feature_stain
+    from threads_search.features.stain import SlideStain, reference
+    from threads_search.wsi.stain_norm import apply_table, colour_table
+
+    tile = _tile(real_dir)
+    cfg = StainConfig(method)
+    shifted = _shift_stain(tile, 1.3, 0.8)  # a slide stained otherwise than the reference
+    stats, ref = fit_slide([shifted], method), reference(cfg)
+    table = colour_table(stats, ref)
+    assert table.shape == (1 << 24, 3) and table.dtype == np.uint8
+    patches = np.stack([tile, shifted, np.full_like(tile, 250), tile[::-1]])
+    direct = apply(patches, stats, ref)
+    looked_up = apply_table(patches, table)
+    diff = np.abs(direct.astype(int) - looked_up.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4  # float32 rounding only
+    assert not np.array_equal(direct[1], shifted)  # it did normalise
+    # SlideStain switches to the table after the threshold (lowered here to 2 tiles)
+    monkeypatch.setattr(feature_stain, "TABLE_AFTER_PIXELS", 2 * tile.size // 3)
+    slide = SlideStain(method, stats, ref)
+    first = slide(tile)
+    assert slide.__dict__["_cache"]["table"] is None
+    slide(shifted)
+    assert slide.__dict__["_cache"]["table"] is not None
+    np.testing.assert_array_equal(slide(tile), apply_table(tile, table))
+    assert np.abs(first.astype(int) - slide(tile).astype(int)).max() <= 1
+    again = pickle.loads(pickle.dumps(slide))
+    assert len(pickle.dumps(slide)) < 100_000 and "_cache" not in again.__dict__
+    assert again == slide

@@ -18,9 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from threads_search.wsi.stain_norm import (
+    TABLE_AFTER_PIXELS,
     StainConfig,
     StainStats,
     apply,
+    apply_table,
+    colour_table,
     fit_reference,
     fit_slide_or_reason,
 )
@@ -52,10 +55,26 @@ class SlideStain:
         return f"stain not normalised ({self.method} {NOT_FITTED}{self.why}); features as scanned"
 
     def __call__(self, patch: np.ndarray) -> np.ndarray:
-        """uint8 ``[h, w, 3]`` (or ``[n, h, w, 3]``) normalised; unchanged when not fitted."""
+        """uint8 ``[h, w, 3]`` (or ``[n, h, w, 3]``) normalised; unchanged when not fitted.
+        Once ``TABLE_AFTER_PIXELS`` pixels of the slide have been normalised directly, the
+        slide's ``colour_table`` is built (once per process) and used from then on: the same
+        result, a lookup per pixel."""
         if self.stats is None:
             return patch
+        cache = self.__dict__.setdefault("_cache", {"pixels": 0, "table": None})
+        if cache["table"] is not None:
+            return apply_table(patch, cache["table"])
+        cache["pixels"] += int(np.asarray(patch).size // 3)
+        if cache["pixels"] >= TABLE_AFTER_PIXELS:
+            cache["table"] = colour_table(self.stats, self.ref)
+            return apply_table(patch, cache["table"])
         return apply(patch, self.stats, self.ref)
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}  # no 48 MiB table
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     @classmethod
     def from_attrs(cls, attrs: dict, cfg: StainConfig) -> SlideStain | None:

