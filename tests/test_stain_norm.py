@@ -317,3 +317,32 @@ def test_a_slides_colour_table_normalises_as_the_direct_path(real_dir, method, m
     again = pickle.loads(pickle.dumps(slide))
     assert len(pickle.dumps(slide)) < 100_000 and "_cache" not in again.__dict__
     assert again == slide
+
+
+@pytest.mark.parametrize(
+    "h, e",
+    [
+        ((0.650, 0.704, 0.286), (0.072, 0.990, 0.105)),  # Ruifrok & Johnston
+        ((0.39, 0.66, 0.63), (0.44, 0.86, 0.25)),  # a blue haematoxylin, a red-heavy eosin
+        ((0.80, 0.48, 0.37), (0.05, 0.89, 0.44)),
+    ],
+)
+def test_macenko_keeps_haematoxylin_first_whichever_stain_absorbs_more_red(h, e):
+    """torchstain orders the two fitted vectors by their red OD; a lab whose haematoxylin
+    absorbs less red than its eosin had its stains swapped (nuclei painted pink)."""
+    from threads_search.wsi.stain_norm import fit_pixels
+
+    rng = np.random.default_rng(0)
+    hv, ev = (np.asarray(v) / np.linalg.norm(v) for v in (h, e))
+    n = 20_000  # nuclei (mostly H), stroma (mostly E), and mixtures
+    c_h = np.concatenate([rng.uniform(0.6, 1.2, n // 4), rng.uniform(0, 0.1, n // 4)])
+    c_e = np.concatenate([rng.uniform(0, 0.1, n // 4), rng.uniform(0.4, 1.0, n // 4)])
+    mix = rng.uniform(0.1, 0.8, (n // 2, 2))
+    conc = np.concatenate([np.stack([c_h, c_e], 1), mix])
+    rgb = np.clip(IO * np.exp(-(conc @ np.stack([hv, ev]))) - 1, 0, 255).astype(np.uint8)
+    fit = fit_pixels(rgb, "macenko")
+    got = np.asarray(fit.he)
+    assert got[:, 0] @ hv > got[:, 0] @ ev and got[:, 1] @ ev > got[:, 1] @ hv
+    assert got[:, 0] @ hv > 0.97 and got[:, 1] @ ev > 0.97
+    # haematoxylin's 99th percentile concentration stays with haematoxylin
+    assert abs(fit.max_c[0] - 1.2) < 0.25 and abs(fit.max_c[1] - 1.0) < 0.4

@@ -58,6 +58,9 @@ BLACK_OD = 2.8  # summed log10 OD above which a pixel is black (ink, dust, fold)
 INK_RED_EXCESS = 0.15  # marker ink (``threads_search.wsi.stain``): not fitted
 MIN_FIT_PIXELS = 2000  # tissue pixels a fit needs
 MAX_FIT_PIXELS = 200_000  # pixels a fit uses at most (an even, deterministic subsample)
+# Ruifrok & Johnston haematoxylin and eosin OD vectors (unit columns): which fitted vector is H
+RUIFROK_HE = np.array([[0.650, 0.072], [0.704, 0.990], [0.286, 0.105]])
+RUIFROK_HE = RUIFROK_HE / np.linalg.norm(RUIFROK_HE, axis=0)
 N_COLOURS = 1 << 24  # 24-bit RGB colours: the rows of a colour table
 TABLE_AFTER_PIXELS = 2 * N_COLOURS  # pixels normalised directly (128 patches of 512 px) first
 MAX_REFERENCE_PX = 8192 * 8192  # largest reference region read
@@ -221,9 +224,22 @@ def fit_pixels(pixels: np.ndarray, method: StainMethod) -> StainStats | str:
     if not (np.isfinite(he).all() and np.isfinite(max_c).all()):
         return "stain vectors could not be fitted (not finite)"
     he = he / np.maximum(np.linalg.norm(he, axis=0), 1e-12)
+    he, max_c = _haematoxylin_first(he, max_c)
     if abs(float(he[:, 0] @ he[:, 1])) > 0.995 or max_c.min() <= 1e-3:
         return "tissue colour too uniform to separate haematoxylin and eosin"
     return StainStats.from_dict({"method": method, "he": he, "max_c": max_c, "n_pixels": n})
+
+
+def _haematoxylin_first(he: np.ndarray, max_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``he`` ``[3, 2]`` and ``max_c`` ``[2]`` with haematoxylin first: the order whose columns
+    are closer (summed cosine) to the Ruifrok & Johnston H and E vectors. torchstain puts first
+    the vector with the larger red OD, which swaps the stains of a lab whose haematoxylin
+    absorbs less red than its eosin (nuclei would be painted pink)."""
+    keep = float(he[:, 0] @ RUIFROK_HE[:, 0] + he[:, 1] @ RUIFROK_HE[:, 1])
+    swap = float(he[:, 1] @ RUIFROK_HE[:, 0] + he[:, 0] @ RUIFROK_HE[:, 1])
+    if swap > keep:
+        return he[:, ::-1].copy(), max_c[::-1].copy()
+    return he, max_c
 
 
 def fit_slide(patches: list[np.ndarray], method: StainMethod) -> StainStats | None:
