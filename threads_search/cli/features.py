@@ -145,7 +145,6 @@ def features(
     from threads_search.features import default_config
     from threads_search.features.progress import FeaturesProgress
     from threads_search.features.report import print_outcomes
-    from threads_search.features.stain import reference
     from threads_search.patch_encoders import list_patch_encoders
     from threads_search.wsi.mpp import check_override
     from threads_search.wsi.plan import apply_options
@@ -177,8 +176,6 @@ def features(
         device=device,
         stain=StainConfig(stain_normalize, stain_reference, stain_sample_patches),
     )
-    if cfg.stain.method != "none":
-        reference(cfg.stain)  # a bad reference is refused before any slide is read
     cfg.segment = apply_options(
         cfg.segment,
         min_tissue=min_tissue,

@@ -260,6 +260,8 @@ def _print_batch_effects(console, report: dict) -> None:
     """The "batch effects" table and, in yellow, the warning."""
     from rich.table import Table
 
+    from threads_search.eval.batch_effects import column_note
+
     n = report["n_measured"]
     sampled = f", a sample of {n} of {report['n_slides']} slides" if n < report["n_slides"] else ""
     table = Table(
@@ -276,11 +278,7 @@ def _print_batch_effects(console, report: dict) -> None:
     for r in report["columns"].values():
         probe = r["probe_balanced_accuracy"]
         probe = "—" if probe is None else f"{probe:.2f} ({r['probe_chance']:.2f})"
-        note = r["reason"] or ""
-        if r["n_missing"]:
-            note = f"{r['n_missing']} missing; {note}".rstrip("; ")
-        if r["rare_values"]:
-            note = f"{note}; left out: {', '.join(map(str, r['rare_values'][:5]))}".lstrip("; ")
+        note = column_note(r)
         table.add_row(
             r["column"],
             r["role"],

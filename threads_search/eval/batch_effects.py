@@ -211,6 +211,21 @@ def _knn(unit, y, groups, k: int) -> dict:
     }
 
 
+def column_note(row: dict) -> str:
+    """What a report row (``batch_effect_report(...)["columns"][name]``) leaves out, in words:
+    why it was skipped, items without a value, rare values left out (the first 5); ``""``."""
+    rare = row["rare_values"]
+    return "; ".join(
+        x
+        for x in (
+            row["reason"],
+            f"{row['n_missing']} missing" if row["n_missing"] else None,
+            f"left out: {', '.join(map(str, rare[:5]))}" if rare else None,
+        )
+        if x
+    )
+
+
 def _warning(rows: list[dict], k: int) -> str | None:
     batch = rows[0]
     acc, chance = batch["probe_balanced_accuracy"], batch["probe_chance"]

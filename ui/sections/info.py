@@ -28,19 +28,11 @@ def faiss_table(info: dict) -> pd.DataFrame:
 
 def batch_table(report: dict) -> pd.DataFrame:
     """One row per column of a ``batch_effects`` report (batch first)."""
+    from threads_search.eval.batch_effects import column_note
+
     rows = []
     for r in report["columns"].values():
-        note = "; ".join(
-            x
-            for x in (
-                r["reason"],
-                f"{r['n_missing']} missing" if r["n_missing"] else None,
-                f"left out: {', '.join(map(str, r['rare_values'][:5]))}"
-                if r["rare_values"]
-                else None,
-            )
-            if x
-        )
+        note = column_note(r)
         rows.append(
             {
                 "column": r["column"],
