@@ -33,6 +33,7 @@ Prints one table; writes bench/results/quality_sites.json (quality_sites_quick.j
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 import tempfile
@@ -54,6 +55,7 @@ from threads_search.models.bundle import load_model  # noqa: E402
 WORKERS = 2
 GENES_MISSING = 0.10  # share of genes absent from held-out RNA profiles
 STAIN_SHIFT = 1.0  # the confounded cohort's per-site stain look (make_cohort stain_shift)
+VIEWS = 4  # features --stain-views of the stain-view variants
 
 
 @dataclass
@@ -86,7 +88,7 @@ def cohorts(n: int, size: int, stain_shift: float = STAIN_SHIFT) -> list[SiteCoh
         SiteCohort(
             "confounded",
             {**common, "stain_shift": stain_shift, "confound_site": 0.9},
-            ("none", "macenko", "reinhard"),
+            ("none", "macenko", "reinhard", f"none+views{VIEWS}", f"macenko+views{VIEWS}"),
             size,
         ),
         SiteCohort("no-site-effect", {**common, "site_effect": 0.0}, ("none", "macenko"), size),
@@ -104,6 +106,14 @@ VARIANTS = [
     Variant("THREADS, reinhard", "confounded", "reinhard"),
     Variant("THREADS, augment-by site", "confounded", train={"augment_by": "site"}),
     Variant("THREADS, balance-by site", "confounded", train={"balance_by": "site"}),
+    Variant(f"THREADS, {VIEWS} stain views", "confounded", f"none+views{VIEWS}"),
+    Variant(f"THREADS, macenko + {VIEWS} stain views", "confounded", f"macenko+views{VIEWS}"),
+    Variant(
+        f"THREADS, {VIEWS} stain views p=0.8",
+        "confounded",
+        f"none+views{VIEWS}",
+        train={"stain_view_p": 0.8},
+    ),
     Variant(
         "THREADS, macenko + augment + balance",
         "confounded",
@@ -119,10 +129,16 @@ VARIANTS = [
 ]
 
 
+def features_settings(name: str) -> tuple[str, int]:
+    """(stain method, stain views) of a features-folder name such as ``macenko+views4``."""
+    method, _, views = name.partition("+views")
+    return method, int(views or 0)
+
+
 def prepare(spec: SiteCohort, root: Path) -> dict:
-    """Paint the cohort once and run the features stage once per stain method (reused when a
-    previous run with the same spec finished). Returns the cohort, its table paths, the features
-    folder of each method and stage seconds."""
+    """Paint the cohort once (reused when a previous run with the same cohort finished) and run
+    the features stage once per stain setting (resumed: slides done are skipped). Returns the
+    cohort, its table paths, the features folder of each setting and stage seconds."""
     from threads_search.features import default_config, extract_features
     from threads_search.synth import make_cohort, write_slides
 
@@ -130,21 +146,26 @@ def prepare(spec: SiteCohort, root: Path) -> dict:
     cohort = make_cohort(**spec.cohort)
     info = {"cohort": cohort, "seconds": {}}
     info["features_by_stain"] = {m: d / f"features_{m}" for m in spec.stains}
-    if quality.reuse(d, spec, info):
-        return info
-    info["paths"] = cohort.write(d / "cohort")
-    t = time.perf_counter()
-    write_slides(cohort, d / "slides", spec.size, spec.size, workers=WORKERS)
-    info["seconds"]["paint_slides"] = time.perf_counter() - t
-    for method, fdir in info["features_by_stain"].items():
+    painted = dataclasses.replace(spec, stains=())  # the slides do not depend on the stains
+    if not quality.reuse(d, painted, info):
+        info["paths"] = cohort.write(d / "cohort")
         t = time.perf_counter()
+        write_slides(cohort, d / "slides", spec.size, spec.size, workers=WORKERS)
+        info["seconds"]["paint_slides"] = time.perf_counter() - t
+        quality.mark_ready(d, painted, info)
+    for name, fdir in info["features_by_stain"].items():
+        t = time.perf_counter()
+        method, views = features_settings(name)
         cfg = default_config("hed-texture", workers=WORKERS, stain_normalize=method)
+        cfg.stain_views = views
         outcomes = extract_features([d / "slides"], fdir, cfg)
-        info["seconds"][f"features_{method}"] = time.perf_counter() - t
-        failed = [o for o in outcomes if getattr(o, "state", "done") != "done"]
+        made = [o for o in outcomes if getattr(o, "state", "done") == "done"]
+        if made:  # seconds of the run that made them, not of a resume
+            info["seconds"][f"features_{name}"] = time.perf_counter() - t
+        failed = [o for o in outcomes if getattr(o, "state", "done") == "failed"]
         if failed:
-            raise RuntimeError(f"features stage ({method}) failed on {len(failed)} slides")
-    quality.mark_ready(d, spec, info)
+            raise RuntimeError(f"features stage ({name}) failed on {len(failed)} slides")
+    quality.mark_ready(d, painted, info)
     return info
 
 

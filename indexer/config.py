@@ -37,6 +37,7 @@ class IndexConfig(StrictConfig):
     remove: list[str] = field(default_factory=list)
     prune: bool = False
     index_type: IndexType = "auto"
+    regions: bool = True  # also build the patch-level (region) index
     memory_budget_gb: float | None = None  # GiB for the FAISS build; None: no limit
     workers: int = 2  # patch-reading processes (local) / local Ray CPUs (ray)
     batch_size: int = 32  # patches per encoder batch

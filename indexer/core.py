@@ -40,6 +40,7 @@ from indexer.records import (
     record_path,
     remove_orphan_temps,
 )
+from indexer.regions import region_table
 from indexer.slide_step import SlideJob
 from indexer.sources import SlideSource, add_sources, split_inputs
 from threads_search.atomic import atomic_path
@@ -233,10 +234,11 @@ def select_work(sess: IndexSession, sources: dict[str, SlideSource]) -> list[Sli
     for sid, src in sorted(sources.items()):
         fp = source_fingerprint(src)
         old = read_meta(existing[sid]) if sid in existing else None
-        if old and old.get("fingerprint") == fp and old.get("model_hash") == mhash:
+        current = old and old.get("fingerprint") == fp and old.get("model_hash") == mhash
+        if current and (old.get("has_patches") or not sess.cfg.regions):
             summary.skipped.append(sid)
-        else:
-            todo.append(SlideJob(src, fp, mhash, index_dir))
+        else:  # new, changed, or made without the patch vectors the region index needs
+            todo.append(SlideJob(src, fp, mhash, index_dir, sess.cfg.regions))
     for sid, path in list_records(index_dir).items():
         if sid not in sources and (read_meta(path) or {}).get("model_hash") != mhash:
             # indexed with another model and not given again: re-embed it if possible
@@ -262,7 +264,10 @@ def commit(sess: IndexSession) -> None:
 def _assemble(sess: IndexSession, new_mol) -> dict:
     """Write and commit the generation of every work record (+ molecular, metadata)."""
     cfg, index_dir, summary = sess.cfg, sess.index_dir, sess.summary
-    recs = {sid: read_record(p, sid) for sid, p in sorted(list_records(index_dir).items())}
+    recs = {
+        sid: read_record(p, sid, patches=cfg.regions)
+        for sid, p in sorted(list_records(index_dir).items())
+    }
     lost = sorted((set(summary.indexed) | set(summary.skipped)) - set(recs))
     if lost:  # never commit an index that silently lacks what the summary reports
         raise LostSlidesError(
@@ -303,6 +308,7 @@ def _assemble(sess: IndexSession, new_mol) -> dict:
         manifest,
         index_type=cfg.index_type,
         memory_budget=budget,
+        regions=region_table(recs) if cfg.regions else None,
     )
 
 

@@ -1,7 +1,9 @@
 """Per-slide work records: the resumable unit of indexing.
 
 ``INDEX_DIR/work/slides/<slide_id>.npz`` holds one slide's embedding ``[E]`` float32, its
-attention (coords ``[N, 2]`` int64 level-0 px, scores ``[H, N]`` float32) and a JSON ``meta``
+attention (coords ``[N, 2]`` int64 level-0 px, scores ``[H, N]`` float32), its patch vectors for
+region search (``patches`` ``[N, D]`` float16, L2-normalised patch features; absent with
+``--no-regions``) and a JSON ``meta``
 (source fingerprint, ``threads_search.wsi.fingerprint``; model hash; table row). Written
 atomically; a committed generation is a pure function of the records, so a run killed at any
 moment is finished by re-running it.
@@ -29,7 +31,8 @@ class SlideRecord:
     embedding: np.ndarray  # float32 [E]
     coords: np.ndarray  # int64 [N, 2]
     attention: np.ndarray  # float32 [H, N]
-    meta: dict  # fingerprint, model_hash, row (slides-table fields), thumbnail, source
+    meta: dict  # fingerprint, model_hash, row (slides-table fields), thumbnail, patch, source
+    patches: np.ndarray | None = None  # float16 [N, D] normalised patch features (regions)
 
 
 def records_dir(index_dir: Path) -> Path:
@@ -52,6 +55,7 @@ def write_record(index_dir: Path, rec: SlideRecord) -> None:
             coords=rec.coords,
             attention=rec.attention.astype(np.float32),
             meta=np.array(json.dumps(rec.meta, default=str)),
+            **({"patches": rec.patches} if rec.patches is not None else {}),
         )
 
 
@@ -63,10 +67,12 @@ def read_meta(path: Path) -> dict | None:
         return None
 
 
-def read_record(path: Path, slide_id: str) -> SlideRecord:
+def read_record(path: Path, slide_id: str, patches: bool = True) -> SlideRecord:
+    """The record at ``path``; its patch vectors only when ``patches`` (and it has them)."""
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
-        return SlideRecord(slide_id, z["embedding"], z["coords"], z["attention"], meta)
+        pv = z["patches"] if patches and "patches" in z.files else None
+        return SlideRecord(slide_id, z["embedding"], z["coords"], z["attention"], meta, pv)
 
 
 def list_records(index_dir: Path) -> dict[str, Path]:

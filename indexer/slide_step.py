@@ -17,6 +17,7 @@ import numpy as np
 from indexer.records import SlideRecord, write_record
 from indexer.sources import SlideSource
 from threads_search.features.h5io import FeatureFile, read_features
+from threads_search.linalg import l2_normalize
 from threads_search.models.threads_model import check_patch_encoder
 from threads_search.paths import display_text
 
@@ -32,6 +33,7 @@ class SlideJob:
     fingerprint: dict
     model_hash: str
     index_dir: Path
+    regions: bool = True  # keep the patch vectors for the region index
 
     @property
     def slide_id(self) -> str:
@@ -55,13 +57,18 @@ def slide_record(job: SlideJob, ff: FeatureFile, embedding, attention) -> SlideR
     if attention is None:
         attention = np.zeros((0, len(ff.coords)), np.float32)
     thumb = src.thumbnail
+    size_px = a.get("patch_size_level0")
+    um = a.get("patch_size", 0) * a.get("target_mpp", 0) if "target_mpp" in a else None
     meta = {
         "fingerprint": job.fingerprint,
         "model_hash": job.model_hash,
         "row": row,
         "thumbnail": str(thumb) if thumb is not None and Path(thumb).exists() else None,
+        "patch": {"size_px": size_px, "size_um": um},
+        "has_patches": job.regions,
     }
-    return SlideRecord(job.slide_id, embedding, ff.coords, attention, meta)
+    patches = l2_normalize(ff.features).astype(np.float16) if job.regions else None
+    return SlideRecord(job.slide_id, embedding, ff.coords, attention, meta, patches)
 
 
 def embed_job(model, job: SlideJob) -> SlideRecord:

@@ -203,6 +203,16 @@ def train(
         help="Probability that a bag is re-styled at a step (--augment-by).",
         rich_help_panel=TRAINING,
     ),
+    stain_view_p: float = typer.Option(
+        _D["stain_view_p"],
+        "--stain-view-p",
+        min=0.0,
+        max=1.0,
+        help="Probability that a training slide is swapped, at a step, for one of its stain "
+        "views (re-stained feature copies made by `features --stain-views`); slides without "
+        "views are used as they are; 0 turns it off. Never at validation.",
+        rich_help_panel=TRAINING,
+    ),
     patience: int = typer.Option(
         _D["patience"], "--patience", help="Early stopping (0 = off).", rich_help_panel=TRAINING
     ),
@@ -267,6 +277,7 @@ def train(
         balance_by=balance_by,
         augment_by=augment_by,
         augment_p=augment_p,
+        stain_view_p=stain_view_p,
         patience=patience,
         seed=seed,
         device=device,

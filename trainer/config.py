@@ -69,6 +69,10 @@ class TrainConfig(StrictConfig):
     # mu_t, with probability augment_p per bag and step; never at validation.
     augment_by: str | None = None
     augment_p: float = 0.5
+    # Stain views (``features --stain-views``): a training bag's slide is swapped for one of its
+    # re-stained feature copies with this probability per slide and step (0: never); never at
+    # validation. Slides without views are used as they are.
+    stain_view_p: float = 0.5
     patience: int = 10  # epochs without improvement before early stopping (0 = never)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -87,6 +91,8 @@ class TrainConfig(StrictConfig):
             bad.append(f"--val-fraction {self.val_fraction}: must be in [0, 1)")
         if not 0 <= self.augment_p <= 1:
             bad.append(f"--augment-p {self.augment_p}: a probability, in [0, 1]")
+        if not 0 <= self.stain_view_p <= 1:
+            bad.append(f"--stain-view-p {self.stain_view_p}: a probability, in [0, 1]")
         for opt, col in (("--balance-by", self.balance_by), ("--augment-by", self.augment_by)):
             if col is not None and (not isinstance(col, str) or not col.strip()):
                 bad.append(f"{opt} {col!r}: name a column of --metadata (e.g. site)")

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from threads_search.features.extract import h5_path
-from threads_search.features.h5io import read_features
+from threads_search.features.h5io import read_features, read_views
 from threads_search.features.reconcile import FeatureSources, feature_sources
 from threads_search.molecular import RnaNormalizer, multi_hot
 from threads_search.molecular.dna import read_dna
@@ -68,13 +68,23 @@ class TrainingData:
     genes_dna: list[str] | None
     patch_encoder: dict
     report: dict = field(default_factory=dict)  # matching report (trainer.matching), JSON-ready
+    # slide_id -> float32 [V, N, D]: stain views (features --stain-views), training slides only
+    views: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     def split(self, name: str) -> list[Item]:
         return [it for it in self.items if it.split == name]
 
-    def bag(self, item: Item) -> np.ndarray:
-        parts = [self.bags[s] for s in item.slides]
+    def bag(self, item: Item, rng: np.random.Generator | None = None, p: float = 0.0):
+        """float32 ``[N, D]``: the item's slides' features; with ``rng`` each slide that has
+        stain views is swapped, with probability ``p``, for one of them drawn uniformly."""
+        parts = [self._slide(s, rng, p) for s in item.slides]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def _slide(self, sid: str, rng, p: float) -> np.ndarray:
+        views = self.views.get(sid)
+        if rng is None or views is None or p <= 0 or rng.random() >= p:
+            return self.bags[sid]
+        return views[rng.integers(len(views))]
 
 
 def _features_info(features_dir: Path) -> tuple[dict, FeatureSources]:
@@ -98,6 +108,16 @@ def _features_info(features_dir: Path) -> tuple[dict, FeatureSources]:
     if isinstance(stain, dict) and stain.get("method", "none") != "none":
         pe["stain"] = stain
     return pe, found
+
+
+def _load_views(features_dir: Path, slide_ids: list[str], bags: dict) -> dict[str, np.ndarray]:
+    """The stain views (``features --stain-views``) of ``slide_ids`` that have them."""
+    views = {}
+    for sid in slide_ids:
+        v = read_views(h5_path(features_dir, sid))
+        if v is not None and v.shape[1:] == bags[sid].shape:
+            views[sid] = np.ascontiguousarray(v, dtype=np.float32)
+    return views
 
 
 def _load_bags(features_dir: Path, slide_ids: list[str], pe: dict) -> dict[str, np.ndarray]:
@@ -203,6 +223,16 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
     _assign_groups(cfg, items, report)
     train = [it for it in items if it.split == "train"]
     bags = _load_bags(fdir, sorted({s for it in items for s in it.slides}), pe)
+    views = {}
+    if cfg.stain_view_p > 0:
+        train_slides = sorted({s for it in train for s in it.slides})
+        views = _load_views(fdir, train_slides, bags)
+        report["stain_views"] = {
+            "training_slides": len(train_slides),
+            "with_views": len(views),
+            "views_per_slide": max((len(v) for v in views.values()), default=0),
+            "p": cfg.stain_view_p,
+        }
     normalizer, rna = None, {}
     if rna_m is not None:
         log = rna_m.log_values()
@@ -223,7 +253,7 @@ def load_training_data(cfg: TrainConfig) -> TrainingData:
         used = sorted({it.dna for it in items if it.dna})
         x = multi_hot(dna_m.loc[used], genes_dna, "DNA")
         dna = dict(zip(used, x, strict=True))
-    return TrainingData(items, bags, rna, dna, normalizer, genes_dna, pe, report)
+    return TrainingData(items, bags, rna, dna, normalizer, genes_dna, pe, report, views)
 
 
 def collate(bags: list[np.ndarray], max_patches: int, rng: np.random.Generator | None):

@@ -121,7 +121,8 @@ def _build(cfg: TrainConfig, data: TrainingData):
 
 
 def _step_loss(model, loss_fn, data: TrainingData, batch, rng, cfg, device, autocast, style):
-    feats, mask = collate([data.bag(it) for it in batch], cfg.max_patches, rng)
+    bags = [data.bag(it, rng, cfg.stain_view_p) for it in batch]  # stain views: features_views
+    feats, mask = collate(bags, cfg.max_patches, rng)
     if style is not None:  # --augment-by: re-style bags to another value (trainer.augment)
         style.apply(feats, mask, batch, rng, cfg.augment_p)
     with autocast():

@@ -207,6 +207,12 @@ def format_report(r: dict) -> str:
             f"{it['train_dna']}), {it['val']} validation (RNA {it['val_rna']}, DNA "
             f"{it['val_dna']}), {it['held_out']} held out; split: {r['split']}"
         )
+    sv = r.get("stain_views")
+    if sv and sv["with_views"]:
+        lines.append(
+            f"stain views: {sv['with_views']} of {sv['training_slides']} training slides have "
+            f"{sv['views_per_slide']} each; a slide is swapped for one with p={sv['p']}"
+        )
     lines += [f"hint: {h}" for h in r["hints"]]
     if n and m < 0.5 * n:
         lines.append(f"warning: only {m} of {n} pairs matched: check the ids (see above)")

@@ -131,6 +131,27 @@ def features(
         min=1,
         help="With --stain-normalize: tissue patches per slide the stain fit uses.",
     ),
+    stain_views: int = typer.Option(
+        0,
+        "--stain-views",
+        min=0,
+        max=16,
+        help="Stain augmentation for training: N more feature copies per slide, each encoded "
+        "from the patches re-stained with a random stain look (the slide's haematoxylin and "
+        "eosin vectors turned by up to 20 degrees and their intensities scaled by up to x1.5, "
+        "times --stain-jitter), stored in its h5 as features_views. `train` then swaps a "
+        "training bag for one of its views at random (--stain-view-p), so the model cannot "
+        "learn a site's stain as a shortcut to the diagnosis. Use it on the slides you train "
+        "on; the index and searches never use the views. Costs N+1 times the encoding time.",
+    ),
+    stain_jitter: float = typer.Option(
+        1.0,
+        "--stain-jitter",
+        min=0.01,
+        max=3.0,
+        help="With --stain-views: strength of the random stain looks (1: turns of up to 20 "
+        "degrees, intensities x0.67-1.49).",
+    ),
 ) -> None:
     """Segment tissue, cut patches and encode them: one TRIDENT/CLAM-compatible h5 per slide.
 
@@ -158,6 +179,12 @@ def features(
         )
     if import_h5 is None and not slides:
         raise typer.BadParameter("give slide files or folders (or --import-h5 DIR)")
+    if import_h5 is not None and stain_views:
+        raise typer.BadParameter(
+            "--import-h5 adopts features made elsewhere, without their patches: stain views "
+            "cannot be made from them; drop --stain-views",
+            param_hint="--stain-views",
+        )
     if import_h5 is not None and stain_normalize != "none":
         raise typer.BadParameter(
             "--import-h5 adopts features made elsewhere, whose patches cannot be normalised "
@@ -175,6 +202,8 @@ def features(
         workers=workers,
         device=device,
         stain=StainConfig(stain_normalize, stain_reference, stain_sample_patches),
+        stain_views=stain_views,
+        stain_jitter=stain_jitter,
     )
     cfg.segment = apply_options(
         cfg.segment,

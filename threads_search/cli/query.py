@@ -20,7 +20,16 @@ if TYPE_CHECKING:
     import pandas as pd
 
 Format = Literal["table", "json", "csv"]
-_TECHNICAL = {"path", "mpp", "width", "height", "n_patches", "tissue_area_mm2", "thumbnail"}
+_TECHNICAL = {
+    "path",
+    "mpp",
+    "width",
+    "height",
+    "n_patches",
+    "tissue_area_mm2",
+    "thumbnail",
+    "crop",
+}
 _INDEX_DIR = typer.Argument(..., help="INDEX_DIR written by `threads-search index`.")
 
 
@@ -118,8 +127,37 @@ def search(
     columns: str | None = typer.Option(
         None, "--columns", help="Comma-separated result columns to show (after rank, score)."
     ),
+    image: Path | None = typer.Option(
+        None,
+        "--image",
+        help="Region search by a photo of a field (png/jpg): the indexed patches most like it, "
+        "from every slide.",
+    ),
+    image_mpp: float | None = typer.Option(
+        None,
+        "--image-mpp",
+        help="With --image: its µm per pixel (e.g. 0.25 for a 40x camera image) [default: "
+        "0.5, said when assumed].",
+    ),
+    region: str | None = typer.Option(
+        None,
+        "--region",
+        metavar="SLIDE:x,y,w,h",
+        help="Region search by a region of a slide: an indexed slide_id (or a slide file) and "
+        "a box in level-0 px. The region's own patches are left out.",
+    ),
+    per_slide: int | None = typer.Option(
+        None, "--per-slide", min=1, help="With --image/--region: at most N hits per slide."
+    ),
+    aggregate: Literal["slide"] | None = typer.Option(
+        None,
+        "--aggregate",
+        help="With --image/--region: rank slides, by the mean over the query patches of each "
+        "one's best match in the slide.",
+    ),
 ) -> None:
-    """Find the slides nearest to a slide, an RNA profile or a DNA profile.
+    """Find the slides nearest to a slide, an RNA profile or a DNA profile, or the regions
+    most like a region (--region) or a photo of a field (--image).
 
     By --slide (id or path) → slides (or molecular samples with --molecules); by --rna/--dna
     profile files (+ --sample to pick a row; RNA read in the model's units) or by an indexed
@@ -127,9 +165,31 @@ def search(
 
     Example: threads-search search idx/ --slide TCGA-XX-0001-DX1 --where "site = 'B'"
     --columns slide_id,patient_id,subtype
+
+    Example: threads-search search idx/ --region TCGA-XX-0001-DX1:20480,11264,1024,1024 -k 20
+    --per-slide 3
     """
     from threads_search.query import open_index
 
+    if image is not None or region is not None:
+        if slide is not None or rna or dna or sample or molecules:
+            raise InputError("--image/--region search regions: not with --slide/--rna/--dna")
+        if image is not None and region is not None:
+            raise InputError("give either --image or --region, not both")
+        with _warnings_shown():
+            index = open_index(index_dir)
+            query = str(image) if image is not None else _parse_region(region)
+            df = index.search_regions(
+                query, k, where, per_slide, aggregate, image_mpp=image_mpp, crops=fmt != "table"
+            )
+        for note in [df.attrs.get("note")] if df.attrs.get("note") else []:
+            typer.echo(f"note: {note}", err=True)
+        what = "slides" if aggregate else "regions"
+        title = f"{what} most like {image or region} ({df.attrs.get('query_patches')} patches)"
+        _emit(_pick_columns(df, columns), fmt, title)
+        return
+    if image_mpp is not None or per_slide is not None or aggregate is not None:
+        raise InputError("--image-mpp, --per-slide and --aggregate go with --image or --region")
     if slide is not None and (rna or dna):
         raise InputError("give either --slide or --rna/--dna, not both")
     if slide is None and not (rna or dna or sample):
@@ -194,6 +254,18 @@ def classify(
         known = df[df[label].notna()]
         acc = float((known["predicted"].astype(str) == known[label].astype(str)).mean())
         err.print(f"accuracy on {len(known)} labelled slides: {acc:.3f}", highlight=False)
+
+
+def _parse_region(text: str):
+    """``SLIDE:x,y,w,h`` → ``(slide, (x, y, w, h))``; InputError when it is not that."""
+    slide, _, box = text.rpartition(":")
+    parts = box.split(",")
+    if not slide or len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+        raise InputError(
+            f"--region {text!r}: give SLIDE:x,y,w,h (a slide_id or slide file, then a box in "
+            "level-0 px), e.g. S1:2048,1024,1024,1024"
+        )
+    return slide, tuple(int(p) for p in parts)
 
 
 def info(
@@ -317,6 +389,13 @@ def _info_rows(info: dict) -> dict:
         rows[f"FAISS {name}"] = (
             f"{f.get('type')} {f.get('params') or ''} recall@{f.get('k')} = {rec}"
         )
+    r = info.get("regions")
+    rows["region index"] = (
+        f"{r['count']} patches of {r['slides']} slides, {r['dim']}-d, FAISS {r['type']}, "
+        f"{r['bytes_per_patch']:.0f} bytes/patch on disk"
+        if r
+        else "none (built with --no-regions): region search is off"
+    )
     rows["versions"] = info["versions"]
     return rows
 

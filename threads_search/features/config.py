@@ -64,7 +64,9 @@ class FeaturesConfig(StrictConfig):
     """What made a FEATURES_DIR. ``segment.grid`` holds patch size (px) and target µm/px;
     ``dtype`` of the features on disk; ``device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``
     (checked in ``check``, as ``cuda:N`` is no fixed choice); ``stain``: stain normalisation of
-    the patches before encoding (``threads_search.wsi.stain_norm``; default ``none``)."""
+    the patches before encoding (``threads_search.wsi.stain_norm``; default ``none``);
+    ``stain_views``: re-stained feature copies per slide for training
+    (``threads_search.features.stain_views``; 0: none) at jitter strength ``stain_jitter``."""
 
     patch_encoder: str = "hed-texture"
     checkpoint: str | None = None
@@ -74,6 +76,8 @@ class FeaturesConfig(StrictConfig):
     workers: int = 2
     device: str = "auto"
     stain: StainConfig = field(default_factory=StainConfig)
+    stain_views: int = 0
+    stain_jitter: float = 1.0
 
     def check(self) -> None:
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
@@ -85,6 +89,15 @@ class FeaturesConfig(StrictConfig):
             raise ConfigError(f"FeaturesConfig.batch_size must be >= 1, got {self.batch_size}")
         if not self.workers >= 0:
             raise ConfigError(f"FeaturesConfig.workers must be >= 0, got {self.workers}")
+        if not isinstance(self.stain_views, int) or not 0 <= self.stain_views <= 16:
+            raise ConfigError(f"--stain-views must be 0 to 16, got {self.stain_views!r}")
+        if not 0 < self.stain_jitter <= 3:
+            raise ConfigError(f"--stain-jitter must be in (0, 3], got {self.stain_jitter!r}")
+
+    def views_key(self) -> dict:
+        """The stain-view settings: not in the hash (``features`` do not change with them), but
+        one FEATURES_DIR holds one setting (``features.extract.check_config``)."""
+        return {"stain_views": self.stain_views, "stain_jitter": self.stain_jitter}
 
     def output_key(self) -> dict:
         """The settings that change the features (not batch size, workers, device, nor

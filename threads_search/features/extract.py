@@ -36,6 +36,7 @@ from threads_search.features.reuse import (  # noqa: F401 - public here too (ray
     reuse_features,
 )
 from threads_search.features.stain import SlideStain, fit_plan, reader_transform, reference
+from threads_search.features.stain_views import VIEWS_DATASET, AllLooks, view_transforms
 from threads_search.features.status import StatusTable
 from threads_search.locking import DirLock, WriterLockedError
 from threads_search.paths import display_text, slide_file
@@ -88,6 +89,8 @@ def check_config(out_dir: Path, config: FeaturesConfig) -> None:
     (``FeaturesConfigError`` listing the settings that differ). The folder's ``config.json``
     may have been written by an earlier version (``FeaturesConfig.from_saved``)."""
     existing = load_config(out_dir)
+    if existing is not None:
+        _check_views(out_dir, existing, config)
     if existing is None or existing.get("config_hash") == config.hash():
         return
     try:
@@ -108,6 +111,18 @@ def check_config(out_dir: Path, config: FeaturesConfig) -> None:
     )
 
 
+def _check_views(out_dir: Path, existing: dict, config: FeaturesConfig) -> None:
+    old = {k: existing.get(k, v) for k, v in FeaturesConfig().views_key().items()}
+    if old["stain_views"] == config.stain_views == 0 or old == config.views_key():
+        return
+    raise FeaturesConfigError(
+        f"{out_dir} holds features made with --stain-views {old['stain_views']} "
+        f"--stain-jitter {old['stain_jitter']}, not --stain-views {config.stain_views} "
+        f"--stain-jitter {config.stain_jitter}: one folder holds one setting, so that every "
+        "slide has the same views. Use another --out folder (or the folder's settings)."
+    )
+
+
 def encode_plan(
     plan: SlidePlan,
     encoder,
@@ -117,9 +132,21 @@ def encode_plan(
 ):
     """Features ``[N, D]`` float32 for ``plan.coords`` (same order), each patch first
     normalised by ``stain`` (the slide's, ``features.stain.fit_plan``) when given."""
+    if stain is None or stain.stats is None:
+        return encode_looks(plan, encoder, config, [None], on_batch)[0]
+    return encode_looks(plan, encoder, config, [stain], on_batch)[0]
+
+
+def encode_looks(plan: SlidePlan, encoder, config: FeaturesConfig, looks, on_batch=None):
+    """Features ``[L, N, D]`` float32 of ``plan.coords`` under each of the ``L`` ``looks``
+    (uint8 patch transforms, None: as read), every patch read once: a per-patch CPU encoder
+    encodes all looks in the reader processes, a batch encoder in this process."""
     grid = config.segment.grid
     per_patch = getattr(encoder, "cpu_per_patch", False)
-    transform = reader_transform(stain, encoder.encode_one if per_patch else None)
+    if len(looks) == 1:
+        transform = reader_transform(looks[0], encoder.encode_one if per_patch else None)
+    else:
+        transform = AllLooks(tuple(looks), encoder.encode_one) if per_patch else None
     loader = patch_loader(
         plan.path,
         plan.coords,
@@ -130,16 +157,23 @@ def encode_plan(
         workers=config.workers,
         transform=transform,
     )
-    out = np.zeros((len(plan.coords), encoder.spec.dim), np.float32)
+    dim, n_looks = encoder.spec.dim, len(looks)
+    out = np.zeros((n_looks, len(plan.coords), dim), np.float32)
     i = 0
     for batch, _ in loader:
-        feats = batch.numpy() if per_patch else encoder.encode(batch)
-        out[i : i + len(feats)] = feats
+        if per_patch:
+            feats = batch.numpy().reshape(len(batch), n_looks, dim)
+        elif n_looks == 1:
+            feats = encoder.encode(batch)[:, None]
+        else:
+            raw = batch.numpy()
+            feats = np.stack([encoder.encode(t(raw) if t else raw) for t in looks], 1)
+        out[:, i : i + len(feats)] = feats.transpose(1, 0, 2)
         i += len(feats)
         if on_batch is not None:
             on_batch(len(feats))
-    if i != len(out):
-        raise RuntimeError(f"{plan.path}: read {i} of {len(out)} patches")
+    if i != out.shape[1]:
+        raise RuntimeError(f"{plan.path}: read {i} of {out.shape[1]} patches")
     return out
 
 
@@ -185,15 +219,21 @@ def process_slide(
         on_start(len(plan.coords))
     plan.require_patches()
     stain = fit_plan(plan.path, plan.coords, plan.mpp, config)  # after the plan: it stays as is
-    feats = encode_plan(plan, encoder, config, on_batch, stain)
+    views, view_note = view_transforms(plan, config, stain)
+    first = stain if stain is not None and stain.stats is not None else None
+    feats, *views = encode_looks(plan, encoder, config, [first, *views], on_batch)
+    views = np.stack(views) if views else None
     if config.dtype == "float16":
         feats = feats.astype(np.float16)
+        views = views.astype(np.float16) if views is not None else None
     thumb = _display_thumb(plan, mpp)
     write_thumbnail_jpeg(thumb, plan.tissue, thumbnail_path(out_dir, ref.slide_id))
     write_geojson(plan.tissue, ref.slide_id, contours_path(out_dir, ref.slide_id))
     attrs = h5_attrs(plan, config, source_fp, stain)
-    write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, attrs)
-    return len(plan.coords), stain.note if stain is not None else ""
+    extra = {VIEWS_DATASET: views} if views is not None else None
+    write_features(h5_path(out_dir, ref.slide_id), feats, plan.coords, attrs, extra)
+    notes = [stain.note if stain is not None else "", view_note]
+    return len(plan.coords), "; ".join(n for n in notes if n)
 
 
 def _display_thumb(plan: SlidePlan, mpp: float | None, side: int = 1024) -> np.ndarray:

@@ -84,6 +84,21 @@ def read_features(path: str | Path, validate: bool = True) -> FeatureFile:
     return FeatureFile(feats, coords.astype(np.int64), attrs)
 
 
+def read_views(path: str | Path) -> np.ndarray | None:
+    """The stain views ``[V, N, D]`` of a feature h5 (``features --stain-views``), None when it
+    has none (or they are not finite). Raises ``FeatureFileError`` when it cannot be read."""
+    try:
+        with h5py.File(path, "r") as f:
+            if "features_views" not in f:
+                return None
+            views = f["features_views"][()]
+    except (OSError, KeyError) as e:
+        raise FeatureFileError(f"{path}: not a readable HDF5 feature file ({e})") from e
+    if views.ndim != 3 or not np.isfinite(views).all():
+        return None
+    return views
+
+
 def _validate(path: Path, feats: np.ndarray, coords: np.ndarray) -> None:
     if feats.ndim != 2:
         raise FeatureFileError(f"{path}: 'features' must be [N, D], got shape {feats.shape}")

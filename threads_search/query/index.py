@@ -36,6 +36,7 @@ from threads_search.errors import ThreadsSearchError
 from threads_search.query import prototypes as proto
 from threads_search.query.catalog import FilterCatalog
 from threads_search.query.errors import IndexFormatError, QueryError
+from threads_search.query.region_search import RegionSearch
 from threads_search.query.resolve import QueryResolution
 from threads_search.query.space import Space
 from threads_search.vectorstore import store
@@ -88,7 +89,7 @@ def _open_space(gen: Path, name: str, mmap: bool) -> Space:
     return Space(name, frame, index, gen / emb)
 
 
-class Index(QueryResolution):
+class Index(QueryResolution, RegionSearch):
     """A committed index opened read-only (see the module docstring). ``model``: a
     ``ThreadsModel`` or bundle folder overriding the one named in ``index.json``; ``mmap``:
     memory-map the FAISS files (default; False reads them into memory, slower to open)."""
@@ -187,6 +188,7 @@ class Index(QueryResolution):
             "dim": self.dim,
             "model": model,
             "faiss": faiss_info,
+            "regions": _region_info(m.get("regions")),
             "versions": m.get("versions"),
         }
 
@@ -373,6 +375,19 @@ class Index(QueryResolution):
             )
         except ThreadsSearchError as e:
             raise QueryError(f"classify by {label!r}: {e}") from None
+
+
+def _region_info(r: dict | None) -> dict | None:
+    """The region index's size and type for ``info`` (None: it has none)."""
+    if not r:
+        return None
+    f = r.get("faiss") or {}
+    keys = ("count", "slides", "dim", "bytes_per_patch")
+    return {
+        **{k: r.get(k) for k in keys},
+        "type": f.get("type"),
+        "recall_at_k": f.get("recall_at_k"),
+    }
 
 
 def open_index(index_dir: str | Path, model=None, device: str = "cpu", mmap: bool = True) -> Index:

@@ -40,6 +40,9 @@ ATTENTION = "attention"
 THUMBNAILS = "thumbnails"
 FAISS_SLIDES = "faiss/slides.index"
 FAISS_MOLECULAR = "faiss/molecular.index"
+REGIONS = "regions.parquet"  # one row per indexed patch (region search)
+REGION_VECTORS = "region_vectors.npy"  # float16 [P, D] normalised patch features
+FAISS_REGIONS = "faiss/regions.index"
 CATALOG = "catalog.duckdb"
 
 

@@ -92,12 +92,15 @@ def write_generation(
     manifest: dict | None = None,
     index_type: str = "auto",
     memory_budget: int | None = None,
+    regions: tuple[pd.DataFrame, np.ndarray] | None = None,
 ) -> dict:
     """Write and commit a generation. ``slides`` rows align with ``slide_emb`` ``[N, E]``;
     ``molecular`` rows with ``molecular_emb`` ``[M, E]``; ``attention``: slide_id → frame
     (x, y, score[, score_h<k>]) in level-0 px; ``thumbnails``: slide_id → JPEG path to copy;
     per-slide files are named by ``threads_search.paths.slide_file`` (an unsafe id raises
-    ``UnsafeSlideIdError`` before anything is committed). Returns the committed manifest."""
+    ``UnsafeSlideIdError`` before anything is committed); ``regions``: the region table and its
+    float16 ``[P, D]`` patch vectors (``indexer.regions``), indexed for region search. Returns
+    the committed manifest."""
     t0 = time.perf_counter()
     root = Path(index_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -105,6 +108,7 @@ def write_generation(
     try:
         info = _slide_tables(gen, slides, slide_emb, index_type, memory_budget)
         info.update(_molecular_tables(gen, molecular, molecular_emb))
+        info.update(_region_tables(gen, regions, memory_budget))
         _slide_files(gen, attention or {}, thumbnails or {})
         _catalog(gen, "molecular" in info)
         full = {
@@ -150,6 +154,31 @@ def _molecular_tables(gen: Path, molecular, molecular_emb) -> dict:
     kinds = molecular["kind"].value_counts().to_dict()
     faiss_info = _faiss(molecular_emb, gen / store.FAISS_MOLECULAR, "flat", None)
     return {"molecular": {"count": len(molecular), "by_kind": kinds, "faiss": faiss_info}}
+
+
+def _region_tables(gen: Path, regions, memory_budget) -> dict:
+    """``regions.parquet``, ``region_vectors.npy`` and ``faiss/regions.index`` (type chosen by
+    size, ``vectorstore.autotune``); nothing (and ``{}``) without regions."""
+    if regions is None or len(regions[0]) == 0:
+        return {}
+    table, vectors = regions
+    table.to_parquet(gen / store.REGIONS, index=False)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float16)
+    np.save(gen / store.REGION_VECTORS, vectors)
+    faiss_info = _faiss(
+        vectors.astype(np.float32), gen / store.FAISS_REGIONS, "auto", memory_budget
+    )
+    on_disk = sum((gen / f).stat().st_size for f in (store.REGIONS, store.REGION_VECTORS))
+    on_disk += (gen / store.FAISS_REGIONS).stat().st_size
+    return {
+        "regions": {
+            "count": len(table),
+            "slides": int(table["slide_id"].nunique()),
+            "dim": int(vectors.shape[1]),
+            "bytes_per_patch": on_disk / len(table),
+            "faiss": faiss_info,
+        }
+    }
 
 
 def _slide_files(gen: Path, attention: dict, thumbnails: dict) -> None:
