@@ -234,3 +234,32 @@ def test_incremental_runs_keep_the_region_index_in_step_and_no_regions_turns_it_
     assert ids[0] not in set(idx.regions.table.slide_id)
     assert len(idx.regions.table) == len(reg) - (reg.slide_id == ids[0]).sum()
     assert idx.regions.index.ntotal == len(idx.regions.table)
+
+
+def test_a_compressed_region_index_is_re_ranked_exactly(region_cohort):
+    """An IVF-PQ region index (archive scale) ranks by its codes only as candidates: the hits
+    are re-scored with the stored vectors, so scores are exact cosines and the top hits match
+    exact search."""
+    import copy
+
+    import faiss
+
+    from threads_search.query.regions import nearest
+
+    idx = open_index(region_cohort.index_dir)
+    sp = copy.copy(idx.regions)
+    vecs = np.asarray(sp.vectors, np.float32)
+    pq = faiss.index_factory(vecs.shape[1], "IVF4,PQ16x4", faiss.METRIC_INNER_PRODUCT)
+    pq.train(vecs)
+    pq.add(vecs)
+    faiss.extract_index_ivf(pq).nprobe = 4
+    sp.index = pq
+    q = vecs[::17][:12]
+    scores, rows = nearest(sp, q, 5, None)
+    exact = q @ vecs.T
+    want = np.argsort(-exact, axis=1)[:, :5]
+    np.testing.assert_allclose(scores, np.take_along_axis(exact, rows, 1), atol=2e-3)
+    overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(rows, want, strict=True)])
+    assert overlap >= 0.9
+    _, coarse = pq.search(q, 5)  # the codes alone rank worse
+    assert overlap >= np.mean([len(set(a) & set(b)) / 5 for a, b in zip(coarse, want, strict=True)])

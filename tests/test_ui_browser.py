@@ -208,3 +208,60 @@ def test_corrupt_upload_shows_a_readable_error_and_the_app_goes_on(page, shots, 
     page.get_by_text("A slide of the archive").click()
     page.get_by_role("button", name="Search", exact=True).click()
     page.get_by_text("Top match:").wait_for()
+
+
+def test_region_search_gallery_and_viewer_at_the_same_scale(page, server, ui_index, shots):  # noqa: F811
+    from ui.sections.region_search import default_box
+
+    _, state = server
+    index = ts.open_index(ui_index.index_dir)
+    query = index.slides["slide_id"].iat[0]  # the default query slide
+    box = default_box(index, query)
+    want = index.search_regions((query, box), k=20, per_slide=3, crops=False)
+    _section(page, "Region search")
+    page.get_by_role("heading", name="Region search").wait_for()
+    page.get_by_text(re.compile(r"Query region \(cyan box\): \d+ × \d+ µm")).wait_for()
+    page.get_by_role("button", name="Search regions").click()
+    page.get_by_text(re.compile(r"Most similar regions to")).wait_for()
+    first = page.get_by_text(re.compile(r"#1 SYNT-")).first.inner_text()
+    assert want["slide_id"].iat[0] in first
+    page.get_by_text(re.compile(rf"#{len(want)} SYNT-")).wait_for()  # the gallery is complete
+    assert page.get_by_text(re.compile(r"similarity \d\.\d{3}")).count() == len(want)
+    assert page.get_by_text(re.compile(r"field \d+ µm at")).count() == len(want)
+    page.set_viewport_size({"width": 1400, "height": 2000})
+    page.wait_for_timeout(1500)  # crops settle
+    _shot(page, shots, "region_search.png", docs=True)
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    # a bad photo replaces the results with a readable error
+    page.get_by_text("Upload a photo of a field").click()
+    page.get_by_role("button", name="Search regions").click()
+    page.get_by_text("choose a photo to upload first").wait_for()
+    assert page.get_by_text(re.compile(r"Most similar regions to")).count() == 0
+    page.get_by_text("A region of an archive slide").click()
+    page.get_by_role("button", name="Search regions").click()
+    page.get_by_text(re.compile(r"Most similar regions to")).wait_for()
+    page.get_by_role("button", name="Open side by side").click()
+    page.get_by_role("heading", name="Side-by-side viewer").wait_for()
+    page.get_by_text(re.compile(r"Both panels open on a field \d+ µm wide")).wait_for()
+    src = page.locator('iframe[src*="/view/"]').get_attribute("src")
+    state["tile_urls"].add(src)
+    frame = page.frame_locator('iframe[src*="/view/"]')
+    for i in (0, 1):
+        frame.locator(f"#status{i}").get_by_text(re.compile(r"tiles loaded: [1-9]")).wait_for()
+    assert "query: " + query in frame.locator(".title").first.inner_text()
+    assert "hit: " + want["slide_id"].iat[0] in frame.locator(".title").nth(1).inner_text()
+    viewer = next(f for f in page.frames if "/view/" in f.url)
+    # both panels show the same physical field: equal widths in level-0 px at equal µm/px
+    rects = viewer.evaluate(
+        "() => window.viewers.map(v => { const r = v.viewport.viewportToImageRectangle("
+        "v.viewport.getBounds(true)); return [r.x + r.width / 2, r.y + r.height / 2, r.width]; })"
+    )
+    field_px = 3 * max(box[2], box[3])  # FIELD_FACTOR x the query box, both slides 0.5 µm/px
+    assert rects[0][2] == pytest.approx(rects[1][2], rel=0.05), rects
+    assert min(rects[0][2], rects[1][2]) >= 0.95 * field_px
+    top = want.iloc[0]
+    centres = [(box[0] + box[2] / 2, box[1] + box[3] / 2)]
+    centres.append((top["x"] + top["size_px"] / 2, top["y"] + top["size_px"] / 2))
+    for (cx, cy, _), (ex, ey) in zip(rects, centres, strict=True):  # centred on the boxes
+        assert abs(cx - ex) < 0.05 * field_px and abs(cy - ey) < 0.05 * field_px, (rects, centres)
+    _shot(page, shots, "region_viewer.png")

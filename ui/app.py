@@ -5,7 +5,7 @@ Run ``threads-search ui INDEX_DIR`` (see ``ui.launch``), or directly
 page sends no usage metrics: ``ui.launch`` passes ``--browser.gatherUsageStats false`` and
 ``ui/.streamlit/config.toml`` (read by Streamlit from any working directory; also
 ``.streamlit/config.toml`` at the repository root) sets it for direct starts. Sections in the
-sidebar: Archive, Slide search, Viewer, Molecular search, Molecular prompting, Index info; the
+sidebar: Archive, Slide search, Region search, Viewer, Molecular search, Molecular prompting, Index info; the
 sidebar's filters apply to every section. Only the public API is used: ``open_index`` and the
 index's search / classify methods, plus the guarded where-builder.
 """
@@ -22,11 +22,20 @@ import streamlit as st
 
 from ui import facets
 from ui.common import get_index, readable, settings
-from ui.sections import archive, info, molecular, prompting, slide_search, viewer_section
+from ui.sections import (
+    archive,
+    info,
+    molecular,
+    prompting,
+    region_search,
+    slide_search,
+    viewer_section,
+)
 
 SECTIONS = {
     "Archive": archive.render,
     "Slide search": slide_search.render,
+    "Region search": region_search.render,
     "Viewer": viewer_section.render,
     "Molecular search": molecular.render,
     "Molecular prompting": prompting.render,

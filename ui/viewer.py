@@ -42,12 +42,14 @@ _MIME = {".js": "application/javascript", ".png": "image/png", ".txt": "text/pla
 
 @dataclass
 class ViewSlide:
-    """One panel of a view: a registered ``token``, its ``title``, and ``marks``: rectangles
-    ``{"x", "y", "w", "h"}`` in level-0 px with an optional ``"label"``."""
+    """One panel of a view: a registered ``token``, its ``title``, ``marks``: rectangles
+    ``{"x", "y", "w", "h"}`` in level-0 px with an optional ``"label"``, and ``focus``: the
+    level-0 rectangle the panel opens on (None: the whole slide)."""
 
     token: str
     title: str
     marks: list[dict] = field(default_factory=list)
+    focus: dict | None = None  # {"x", "y", "w", "h"} level-0 px shown on opening (else all)
 
 
 class TileServer:
@@ -243,6 +245,9 @@ def view_page(panels: list[ViewSlide], offsets: list[tuple[int, int]] | None = N
             {
                 "dzi": f"/dzi/{p.token}.dzi",
                 "marks": [{**m, "x": m["x"] - ox, "y": m["y"] - oy} for m in p.marks],
+                "focus": None
+                if p.focus is None
+                else {**p.focus, "x": p.focus["x"] - ox, "y": p.focus["y"] - oy},
             }
             for p, (ox, oy) in zip(panels, offsets, strict=True)
         ]
@@ -288,6 +293,10 @@ window.viewers = SPEC.map(function (p, i) {
       if (m.label) { const s = document.createElement("span"); s.textContent = m.label; el.appendChild(s); }
       v.addOverlay({element: el, location: new OpenSeadragon.Rect(m.x / w, m.y / w, m.w / w, m.h / w)});
     });
+    if (p.focus) {
+      const f = p.focus;
+      v.viewport.fitBounds(new OpenSeadragon.Rect(f.x / w, f.y / w, f.w / w, f.h / w), true);
+    }
   });
   return v;
 });

@@ -44,6 +44,31 @@ def _marks(index, label: str, n: int) -> list[dict]:
     ]
 
 
+def region_focus(index, left: str, right: str) -> dict | None:
+    """What a region-search hit opened (``vw_focus``), while the viewer still shows its slides:
+    per side the level-0 field to open on (``field_um`` wide at that slide's µm/px, centred on
+    the box), the box as a mark and a panel title; and a caption."""
+    f = st.session_state.get("vw_focus")
+    if not f or (f["left"][0], f["right"][0]) != (left, right):
+        return None
+    slides = index.slides.set_index("slide_id")
+    out = {}
+    for side in ("left", "right"):
+        label, (x, y, w, h), what = f[side]
+        mpp = float(slides.at[label, "mpp"]) if label in slides.index else 0.5
+        side_px = f["field_um"] / mpp
+        cx, cy = x + w / 2, y + h / 2
+        field = {"x": cx - side_px / 2, "y": cy - side_px / 2, "w": side_px, "h": side_px}
+        mark = {"x": x, "y": y, "w": w, "h": h, "label": what}
+        title = f"{what}: {label} ({w * mpp:.0f} µm box, field {f['field_um']:.0f} µm)"
+        out[side] = (field, mark, title)
+    out["caption"] = (
+        f"Both panels open on a field {f['field_um']:.0f} µm wide around the boxed regions "
+        "(the same physical scale, whatever each scan's µm/px)."
+    )
+    return out
+
+
 def embed(url: str, host: str) -> None:
     """Show the viewer page. A wildcard bind address (0.0.0.0) is reached through the host name
     the browser used for the app; otherwise the URL is used as is."""
@@ -84,14 +109,19 @@ def render(index, filters: dict, cfg) -> None:
         )
         return
     server = get_tile_server(cfg.host, cfg.tile_port)
-    panels = [
-        ViewSlide(
-            server.register(opts[lab]), f"{side}: {lab}", _marks(index, lab, int(n)) if show else []
-        )
-        for side, lab in (("query", left), ("match", right))
-    ]
+    focus = region_focus(index, left, right)
+    panels = []
+    for side, lab in (("left", left), ("right", right)):
+        marks = _marks(index, lab, int(n)) if show else []
+        box, title = None, f"{'query' if side == 'left' else 'match'}: {lab}"
+        if focus is not None:
+            box, mark, title = focus[side]
+            marks = [*marks, mark]
+        panels.append(ViewSlide(server.register(opts[lab]), title, marks, box))
     url = server.view_url(panels)
     embed(url, cfg.host)
+    if focus is not None:
+        st.caption(focus["caption"])
     st.caption(
         f"Scroll or use the + / − buttons to zoom up to full resolution; drag to pan. "
         f"[Open the viewer in its own tab]({url})"
