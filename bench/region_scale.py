@@ -8,17 +8,16 @@ of new slides drawn the same way (new slide shifts, never indexed): the tuning s
 evaluation set are separate draws.
 
 Per dimension (256: hed-texture; 768: CONCH v1.5), in its own child process (its peak RSS is the
-number reported):
+number reported), with the code the index command uses (``threads_search.vectorstore.compressed``):
 
-1. train an IVF index with an HNSW coarse quantizer and 8-bit PQ codes (``IVF{nlist}_HNSW32,
-   PQ{m}``, inner product) on a sample of 2^18 rows;
-2. add the rows chunk by chunk as they are generated (never all in memory), writing each chunk
-   also as float16 to ``vectors.f16`` (for exact re-ranking) and searching it exactly against
-   the queries (ground truth merged in a ``faiss.ResultHeap``; its time per query is the exact
-   search baseline);
-3. tune on the tuning queries the smallest re-rank factor and ``nprobe`` reaching recall@10
-   0.90, then measure single-query latency (p50/p99, one thread... as FAISS runs: all cores)
-   and recall@10 on the evaluation queries.
+1. the vectors are generated chunk by chunk into a float16 ``.npy`` (never all in memory);
+2. ``build_compressed``: IVF with an HNSW coarse quantizer and 8-bit PQ codes, trained on an even
+   sample of 2^18 rows, filled chunk by chunk, tuned (re-rank factor, then ``nprobe``) to
+   recall@10 0.90 on held-out indexed rows searched with their whole slide left out (as a new
+   slide's patch would be), recall reported on another half;
+3. new-slide queries (never indexed): exact truth by a scan of every vector (its time per
+   query, batched, is the exact-search baseline), then one query at a time through the index
+   with exact re-ranking of the candidates read from disk: p50/p99 latency and recall@10.
 
 usage: python bench/region_scale.py [--n 10000000] [--dims 256 768] [--work DIR] [--quick]
 Prints one table; writes bench/results/region_scale.json (region_scale_quick.json with --quick).
@@ -81,98 +80,76 @@ class Generator:
 
 
 def build_and_measure(n: int, dim: int, work: Path, n_queries: int) -> dict:
+    """Write ``n`` generated vectors (float16 file), build the compressed region index over them
+    with the product code (``vectorstore.compressed``), then measure it on new-data queries."""
     import faiss
 
-    t0 = time.perf_counter()
+    from threads_search.vectorstore.compressed import (
+        CHUNK_ROWS,
+        NpyRows,
+        build_compressed,
+        rerank_rows,
+        write_npy_rows,
+    )
+
     gen = Generator(dim)
     n_slides = n // SLIDE_PATCHES
-    per_chunk = CHUNK // SLIDE_PATCHES
-    nlist = 4096 if n >= 2_000_000 else 1024
-    m = dim // 8  # 8-bit PQ: dim/8 bytes a vector
-    index = faiss.index_factory(dim, f"IVF{nlist}_HNSW32,PQ{m}", faiss.METRIC_INNER_PRODUCT)
-    train = Generator(dim).slides(10**9, max(40 * nlist, CHUNK) // SLIDE_PATCHES)
-    t = time.perf_counter()
-    index.train(train)
-    del train
-    train_s = time.perf_counter() - t
-    queries = gen.slides(2 * 10**9, max(1, 2 * n_queries // SLIDE_PATCHES + 1))
-    pick = np.random.default_rng(3).choice(len(queries), 2 * n_queries, replace=False)
-    queries = np.ascontiguousarray(queries[pick])
-    heap = faiss.ResultHeap(len(queries), K, keep_max=True)
-    vec_path = work / f"vectors_{dim}.f16"
-    vectors = np.lib.format.open_memmap(vec_path, "w+", np.float16, (n, dim))
-    t = time.perf_counter()
-    exact_s = 0.0
-    for start in range(0, n_slides, per_chunk):
-        block = gen.slides(start, min(per_chunk, n_slides - start))
-        row0 = start * SLIDE_PATCHES
-        index.add(block)
-        vectors[row0 : row0 + len(block)] = block
-        te = time.perf_counter()
-        d, i = faiss.knn(queries, block, K, metric=faiss.METRIC_INNER_PRODUCT)
-        heap.add_result(d, i + row0)
-        exact_s += time.perf_counter() - te
-    vectors.flush()
-    heap.finalize()
-    add_s = time.perf_counter() - t - exact_s
-    truth = heap.I
-    idx_path = work / f"regions_{dim}.index"
-    faiss.write_index(index, str(idx_path))
-    build_s = time.perf_counter() - t0 - exact_s
+    per_chunk = max(1, CHUNK // SLIDE_PATCHES)
+    vec_path, idx_path = work / f"vectors_{dim}.npy", work / f"regions_{dim}.index"
+    t0 = time.perf_counter()
+    chunks = (gen.slides(s, min(per_chunk, n_slides - s)) for s in range(0, n_slides, per_chunk))
+    write_npy_rows(vec_path, n_slides * SLIDE_PATCHES, dim, chunks)
+    gen_s = time.perf_counter() - t0
+    vecs = NpyRows(vec_path)
+    groups = np.arange(0, n_slides * SLIDE_PATCHES, SLIDE_PATCHES)  # each slide's first row
+    info = build_compressed(vecs, idx_path, target=TARGET, k=K, n_queries=n_queries, groups=groups)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    del vectors
-    vecs = np.load(vec_path, mmap_mode="r")
-    ivf = faiss.extract_index_ivf(index)
-    tune, evalq = slice(0, n_queries), slice(n_queries, 2 * n_queries)
-
-    def run(qs, nprobe, kf):
-        ivf.nprobe = nprobe
-        _, cand = index.search(qs, K * kf)
-        out = np.empty((len(qs), K), np.int64)
-        for j, (q, c) in enumerate(zip(qs, cand, strict=True)):
-            c = np.unique(c[c >= 0])
-            s = np.asarray(vecs[c], np.float32) @ q
-            out[j] = c[np.argsort(-s)[:K]]
-        return out
-
-    def recall(found, sl):
-        t_ = truth[sl]
-        return float(np.mean([len(set(a) & set(b)) / K for a, b in zip(found, t_, strict=True)]))
-
-    best = None
-    for kf in (2, 4, 8, 16):
-        for nprobe in (8, 16, 32, 64, 128, 256):
-            r = recall(run(queries[tune], nprobe, kf), tune)
-            if r >= TARGET:
-                best = (nprobe, kf, r)
-                break
-        if best:
-            break
-    nprobe, kf, tune_recall = best or (256, 16, r)
-    eval_recall = recall(run(queries[evalq], nprobe, kf), evalq)
-    lat = []
-    for q in queries[evalq]:
+    index = faiss.read_index(str(idx_path))
+    nprobe, kf = info["search_params"]["nprobe"], info["search_params"]["k_factor"]
+    faiss.extract_index_ivf(index).nprobe = nprobe
+    # new data: patches of slides never indexed, exact truth by a scan of every vector
+    queries = gen.slides(2 * 10**9, max(1, n_queries // SLIDE_PATCHES + 1))
+    queries = np.ascontiguousarray(
+        queries[np.random.default_rng(3).choice(len(queries), n_queries, replace=False)]
+    )
+    heap = faiss.ResultHeap(len(queries), K, keep_max=True)
+    t = time.perf_counter()
+    for start in range(0, len(vecs), CHUNK_ROWS):
+        block = vecs[start : start + CHUNK_ROWS].astype(np.float32)
+        d, i = faiss.knn(queries, block, K, metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(d, i + start)
+    heap.finalize()
+    exact_ms = (time.perf_counter() - t) / len(queries) * 1e3
+    lat, found = [], []
+    for q in queries:
         t = time.perf_counter()
-        run(q[None], nprobe, kf)
+        _, cand = index.search(q[None], K * kf)
+        found.append(rerank_rows(vecs, q[None], cand, K)[0])
         lat.append(time.perf_counter() - t)
-    disk = idx_path.stat().st_size + vec_path.stat().st_size
+    truth = heap.I
+    new_recall = float(
+        np.mean([len(set(a) & set(b)) / K for a, b in zip(found, truth, strict=True)])
+    )
     return {
         "n": n,
         "dim": dim,
-        "index": f"IVF{nlist}_HNSW32,PQ{m} + exact re-rank (float16 on disk)",
-        "build s": build_s,
-        "train s": train_s,
-        "add s": add_s,
+        "index": f"IVF{info['params']['nlist']}_HNSW32,PQ{info['params']['m']} + exact re-rank",
+        "generate + write s": gen_s,
+        "build s": info["build_seconds"],
+        "train s": info["train_seconds"],
+        "add s (with exact truth of the tuning rows)": info["add_seconds"],
+        "tune s": info["tune_seconds"],
         "build peak RSS GB": peak / 2**30,
         "nprobe": nprobe,
         "re-rank factor": kf,
-        "recall@10 tuning": tune_recall,
-        "recall@10 held-out": eval_recall,
+        "recall@10 tuning rows (slide left out)": info["recall_at_k_tuning"],
+        "recall@10 evaluation rows (slide left out)": info["recall_at_k"],
+        "recall@10 new-slide queries": new_recall,
         "p50 ms": float(np.percentile(lat, 50) * 1e3),
         "p99 ms": float(np.percentile(lat, 99) * 1e3),
-        "exact ms/query (batched)": exact_s / len(queries) * 1e3,
-        "bytes/patch on disk": disk / n,
-        "bytes/patch in RAM (codes+ids)": m + 8,
+        "exact scan ms/query (batched)": exact_ms,
+        "bytes/patch on disk": (idx_path.stat().st_size + vec_path.stat().st_size) / n,
+        "bytes/patch in RAM": index.sa_code_size() + 8,
     }
 
 
@@ -201,7 +178,10 @@ def main(argv=None) -> None:
         for f in work.glob(f"*_{dim}.*"):
             os.unlink(f)
         print(f"dim {dim} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    print_table(f"region index, {n:,} patch vectors", rows)
+    table = [
+        {"": key, **{f"{r['dim']}-d": r[key] for r in rows}} for key in rows[0] if key != "dim"
+    ]
+    print_table(f"region index, {n:,} patch vectors", table)
     name = "region_scale_quick" if args.quick else "region_scale"
     cmd = " ".join(["python", "bench/region_scale.py", *(argv or sys.argv[1:])])
     path = write_results(

@@ -264,10 +264,8 @@ def commit(sess: IndexSession) -> None:
 def _assemble(sess: IndexSession, new_mol) -> dict:
     """Write and commit the generation of every work record (+ molecular, metadata)."""
     cfg, index_dir, summary = sess.cfg, sess.index_dir, sess.summary
-    recs = {
-        sid: read_record(p, sid, patches=cfg.regions)
-        for sid, p in sorted(list_records(index_dir).items())
-    }
+    paths = dict(sorted(list_records(index_dir).items()))
+    recs = {sid: read_record(p, sid, patches=False) for sid, p in paths.items()}
     lost = sorted((set(summary.indexed) | set(summary.skipped)) - set(recs))
     if lost:  # never commit an index that silently lacks what the summary reports
         raise LostSlidesError(
@@ -308,7 +306,7 @@ def _assemble(sess: IndexSession, new_mol) -> dict:
         manifest,
         index_type=cfg.index_type,
         memory_budget=budget,
-        regions=region_table(recs) if cfg.regions else None,
+        regions=region_table(recs, paths) if cfg.regions else None,
     )
 
 

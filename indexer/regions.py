@@ -1,12 +1,17 @@
-"""The region (patch-level) table of a generation: one row per indexed patch, built from the work
-records' patch vectors (``indexer.records``), in slide-id order then patch order.
+"""The region (patch-level) rows of a generation: one per indexed patch, from the work records'
+patch vectors (``indexer.records``), in slide-id order then patch order.
 
 Columns: ``slide_id``, ``x``, ``y`` (the patch's top-left corner, level-0 px), ``size_px`` (its
 side in level-0 px) and ``size_um`` (its side in µm). Vectors: float16 ``[P, D]``, the
-L2-normalised patch features of the index's patch encoder (row i = region FAISS id i).
+L2-normalised patch features of the index's patch encoder (row i = region FAISS id i), read
+record by record when the generation is written (never all in memory at once).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,13 +19,37 @@ import pandas as pd
 REGION_COLUMNS = ["slide_id", "x", "y", "size_px", "size_um"]
 
 
-def region_table(recs: dict) -> tuple[pd.DataFrame, np.ndarray] | None:
-    """(table, vectors float16 ``[P, D]``) of the records ``recs`` (slide_id → ``SlideRecord``)
-    that hold patch vectors; None when none does."""
-    frames, vectors = [], []
+@dataclass
+class RegionRows:
+    """The region table and where its vectors come from (``chunks``: one float16 ``[n, D]``
+    block per record, in table order)."""
+
+    table: pd.DataFrame
+    dim: int
+    sources: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def chunks(self) -> Iterator[np.ndarray]:
+        for p in self.sources:
+            with np.load(p) as z:
+                yield np.asarray(z["patches"], np.float16)
+
+
+def region_table(recs: dict, paths: dict) -> RegionRows | None:
+    """The ``RegionRows`` of the records ``recs`` (slide_id → ``SlideRecord``, read without
+    their vectors; ``paths``: slide_id → record file) that hold patch vectors; None when none
+    does."""
+    frames, sources, dim = [], [], 0
     for sid, r in recs.items():
-        if r.patches is None or len(r.patches) == 0:
+        if not r.meta.get("has_patches") or len(r.coords) == 0:
             continue
+        if not dim:
+            with np.load(paths[sid]) as z:
+                if "patches" not in z.files:
+                    continue
+                dim = int(z["patches"].shape[1])
         patch = r.meta.get("patch") or {}
         n = len(r.coords)
         frames.append(
@@ -34,7 +63,7 @@ def region_table(recs: dict) -> tuple[pd.DataFrame, np.ndarray] | None:
                 }
             )
         )
-        vectors.append(np.asarray(r.patches, np.float16))
+        sources.append(paths[sid])
     if not frames:
         return None
-    return pd.concat(frames, ignore_index=True)[REGION_COLUMNS], np.concatenate(vectors)
+    return RegionRows(pd.concat(frames, ignore_index=True)[REGION_COLUMNS], dim, sources)

@@ -263,3 +263,54 @@ def test_a_compressed_region_index_is_re_ranked_exactly(region_cohort):
     assert overlap >= 0.9
     _, coarse = pq.search(q, 5)  # the codes alone rank worse
     assert overlap >= np.mean([len(set(a) & set(b)) / 5 for a, b in zip(coarse, want, strict=True)])
+
+
+def test_regions_over_the_memory_budget_get_a_compressed_index_searched_exactly(
+    tmp_path, monkeypatch
+):
+    """Region vectors above the in-memory limit: IVF-HNSW-PQ codes, tuned on held-out rows,
+    searched through ``search_regions`` with exact re-ranking from the vectors on disk."""
+    from indexer.regions import RegionRows
+    from threads_search.vectorstore import writer
+
+    rng = np.random.default_rng(0)
+    n, dim, per = 24_000, 32, 400
+    centres = rng.standard_normal((60, dim))
+    x = centres[rng.integers(0, 60, n)] + 0.4 * rng.standard_normal((n, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    sids = [f"S{i:03d}" for i in range(n // per)]
+    table = pd.DataFrame(
+        {
+            "slide_id": np.repeat(sids, per),
+            "x": np.tile(np.arange(per) * 512, len(sids)),
+            "y": 0,
+            "size_px": 512,
+            "size_um": 256.0,
+        }
+    )
+    chunks = [x[i : i + per] for i in range(0, n, per)]
+    rows = RegionRows(table, dim, [])
+    monkeypatch.setattr(RegionRows, "chunks", lambda self: iter(chunks))
+    monkeypatch.setattr(writer, "IN_MEMORY_REGIONS", n * dim)  # below n * dim * 4 bytes
+    slides = pd.DataFrame({"slide_id": sids, "path": None, "patient_id": None})
+    emb = rng.standard_normal((len(sids), 8)).astype(np.float32)
+    writer.write_generation(tmp_path, slides, emb, regions=rows)
+    idx = open_index(tmp_path)
+    info = idx.manifest["regions"]["faiss"]
+    assert info["type"] == "ivfpq-rerank" and info["params"]["m"] == dim // 8
+    assert info["recall_at_k"] >= 0.85
+    assert info["tuning_queries"]["source"] == "held-out rows, their slide left out"
+    assert idx.regions.k_factor == info["search_params"]["k_factor"]
+    q = x[::997][:20].astype(np.float32)
+    exact = q @ x.astype(np.float32).T
+    hits = 0
+    for qi, row in zip(q, exact, strict=True):
+        res = idx.search_regions(qi, k=10, crops=False)
+        want = set(np.argsort(-row)[:10])
+        got = {
+            int(np.flatnonzero((table.slide_id == s) & (table.x == xx))[0])
+            for s, xx in zip(res.slide_id, res.x, strict=True)
+        }
+        hits += len(want & got)
+        np.testing.assert_allclose(res.score.iloc[0], row.max(), atol=3e-3)  # exact scores
+    assert hits / 200 >= 0.85

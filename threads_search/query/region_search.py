@@ -47,7 +47,8 @@ class RegionSearch:
                         "by a version without region search): run `threads-search index` again "
                         "without --no-regions"
                     )
-                self._region_space = RegionSpace(self.generation_dir)
+                info = (self._manifest.get("regions") or {}).get("faiss")
+                self._region_space = RegionSpace(self.generation_dir, info=info)
             return self._region_space
 
     def search_regions(

@@ -49,13 +49,17 @@ ASSUMED_SCALES = (1 / 1.1, 1.0, 1.1)  # tried when an image's µm/px is not give
 HITS_PER_QUERY_PATCH = 4  # neighbours fetched per query patch: k * this (+ left-outs)
 MAX_QUERY_PATCHES = 256
 CROP_MPP = 1.0  # µm/px of the crop images
-RERANK_FACTOR = 8  # candidates per wanted hit from a compressed (IVF-PQ) region index
+RERANK_FACTOR = 8  # candidates per wanted hit from an IVF-PQ region index without a tuned one
 
 
 class RegionSpace:
-    """The region index of one generation (module docstring); row i = FAISS id i."""
+    """The region index of one generation (module docstring); row i = FAISS id i. ``info``: its
+    ``index.json`` entry (``regions.faiss``), whose ``k_factor`` a compressed index is searched
+    with."""
 
-    def __init__(self, gen: Path, mmap: bool = True) -> None:
+    def __init__(self, gen: Path, mmap: bool = True, info: dict | None = None) -> None:
+        search_params = (info or {}).get("search_params") or {}
+        self.k_factor = int(search_params.get("k_factor", RERANK_FACTOR))
         self.table = pd.read_parquet(gen / store.REGIONS)
         self.vectors = np.load(gen / store.REGION_VECTORS, mmap_mode="r" if mmap else None)
         self.index = load_index(gen / store.FAISS_REGIONS, mmap=mmap)
@@ -191,7 +195,7 @@ def nearest(space: RegionSpace, q: np.ndarray, kk: int, allowed) -> tuple:
         if index_kind(space.index) in ("flat", "hnsw", "ivf"):
             return search(space.index, q, kk)
         # compressed codes (IVF-PQ) rank near neighbours poorly: re-rank candidates exactly
-        _, cand = search(space.index, q, min(kk * RERANK_FACTOR, space.index.ntotal))
+        _, cand = search(space.index, q, min(kk * space.k_factor, space.index.ntotal))
         return rerank(space, q, cand, kk)
     if len(allowed) == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)

@@ -33,6 +33,8 @@ SLIDE_COLUMNS = [
     "tissue_area_mm2",
 ]
 MOLECULAR_COLUMNS = ["sample_id", "patient_id", "kind"]
+IN_MEMORY_REGIONS = 2 * 2**30  # float32 bytes of region vectors built in memory; more: compressed
+COMPRESSED_MIN = 20_000  # fewer region vectors are always built in memory (a few MB)
 
 
 def write_embeddings(path: Path, ids: pd.DataFrame, emb: np.ndarray) -> None:
@@ -92,14 +94,15 @@ def write_generation(
     manifest: dict | None = None,
     index_type: str = "auto",
     memory_budget: int | None = None,
-    regions: tuple[pd.DataFrame, np.ndarray] | None = None,
+    regions=None,
 ) -> dict:
     """Write and commit a generation. ``slides`` rows align with ``slide_emb`` ``[N, E]``;
     ``molecular`` rows with ``molecular_emb`` ``[M, E]``; ``attention``: slide_id → frame
     (x, y, score[, score_h<k>]) in level-0 px; ``thumbnails``: slide_id → JPEG path to copy;
     per-slide files are named by ``threads_search.paths.slide_file`` (an unsafe id raises
-    ``UnsafeSlideIdError`` before anything is committed); ``regions``: the region table and its
-    float16 ``[P, D]`` patch vectors (``indexer.regions``), indexed for region search. Returns
+    ``UnsafeSlideIdError`` before anything is committed); ``regions``: the region rows and their
+    float16 ``[P, D]`` patch vectors (``indexer.regions.RegionRows``), indexed for region
+    search. Returns
     the committed manifest."""
     t0 = time.perf_counter()
     root = Path(index_dir)
@@ -157,25 +160,36 @@ def _molecular_tables(gen: Path, molecular, molecular_emb) -> dict:
 
 
 def _region_tables(gen: Path, regions, memory_budget) -> dict:
-    """``regions.parquet``, ``region_vectors.npy`` and ``faiss/regions.index`` (type chosen by
-    size, ``vectorstore.autotune``); nothing (and ``{}``) without regions."""
-    if regions is None or len(regions[0]) == 0:
+    """``regions.parquet``, ``region_vectors.npy`` (float16, filled chunk by chunk from
+    ``regions.chunks()``) and ``faiss/regions.index``: chosen by size (``autotune``) while the
+    float32 vectors fit ``IN_MEMORY_REGIONS`` bytes and the memory budget, else the compressed
+    index (``vectorstore.compressed``: PQ codes in RAM, re-ranked from the vectors on disk).
+    Nothing (and ``{}``) without regions."""
+    if regions is None or len(regions) == 0:
         return {}
-    table, vectors = regions
-    table.to_parquet(gen / store.REGIONS, index=False)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float16)
-    np.save(gen / store.REGION_VECTORS, vectors)
-    faiss_info = _faiss(
-        vectors.astype(np.float32), gen / store.FAISS_REGIONS, "auto", memory_budget
-    )
-    on_disk = sum((gen / f).stat().st_size for f in (store.REGIONS, store.REGION_VECTORS))
-    on_disk += (gen / store.FAISS_REGIONS).stat().st_size
+    regions.table.to_parquet(gen / store.REGIONS, index=False)
+    from threads_search.vectorstore.compressed import NpyRows, build_compressed, write_npy_rows
+
+    n, dim = len(regions), regions.dim
+    row = write_npy_rows(gen / store.REGION_VECTORS, n, dim, regions.chunks())
+    if row != n:
+        raise RuntimeError(f"region vectors: {row} rows for a table of {n}")
+    vec = NpyRows(gen / store.REGION_VECTORS)
+    limit = min(IN_MEMORY_REGIONS, memory_budget or IN_MEMORY_REGIONS)
+    if n * dim * 4 <= limit or n < COMPRESSED_MIN:
+        faiss_info = _faiss(vec[:].astype(np.float32), gen / store.FAISS_REGIONS, "auto", None)
+    else:
+        sids = regions.table["slide_id"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])  # each slide's first row
+        faiss_info = build_compressed(vec, gen / store.FAISS_REGIONS, groups=starts)
+    files = (store.REGIONS, store.REGION_VECTORS, store.FAISS_REGIONS)
+    on_disk = sum((gen / f).stat().st_size for f in files)
     return {
         "regions": {
-            "count": len(table),
-            "slides": int(table["slide_id"].nunique()),
-            "dim": int(vectors.shape[1]),
-            "bytes_per_patch": on_disk / len(table),
+            "count": n,
+            "slides": int(regions.table["slide_id"].nunique()),
+            "dim": dim,
+            "bytes_per_patch": on_disk / n,
             "faiss": faiss_info,
         }
     }

@@ -1,0 +1,223 @@
+"""A compressed index over more vectors than memory holds: IVF with an HNSW coarse quantizer and
+8-bit PQ codes in RAM, the exact vectors in a float16 ``.npy`` on disk for re-ranking.
+
+Used for the region (patch) index when its vectors exceed the memory budget
+(``vectorstore.writer``), and measured at 10^7 vectors by ``bench/region_scale.py``. The
+vectors (L2-normalised, float16 ``[N, D]``, memory-mapped) are read in chunks, never whole:
+
+1. train: ``IVF{nlist}_HNSW32,PQ{D/8}`` (inner product) on an even sample of ``TRAIN_ROWS`` rows;
+2. add: chunk by chunk; the same pass computes the exact top-``k`` of the held-out query rows
+   (a seeded sample: half tunes, half evaluates) with each query's whole slide left out of the
+   truth and of the index's answers (``groups``; else its own row): a patch of a new slide finds
+   nothing of its own slide, so this is how new data is searched;
+3. tune: the smallest re-rank factor (candidates per wanted hit, re-scored exactly from the
+   vectors) and then the smallest ``nprobe`` whose recall@k on the tuning rows reaches
+   ``target``; recall on the evaluation rows is what is reported.
+
+Searching such an index: ask it for ``k * k_factor`` candidates at ``nprobe`` and re-rank them
+with their stored vectors (``query.regions.rerank``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from threads_search.vectorstore.autotune import held_out_rows
+from threads_search.vectorstore.vectors import recall_at_k, save_index
+
+TRAIN_ROWS = 1 << 18
+CHUNK_ROWS = 1 << 18
+IP = faiss.METRIC_INNER_PRODUCT
+
+
+class NpyRows:
+    """Rows of a 2-D ``.npy`` file read with ``pread`` into private memory, never mapped: what
+    a build reads does not stay resident (a memory map's touched pages count in its RSS).
+    ``rows[a:b]`` a block, ``rows[ids]`` scattered rows."""
+
+    def __init__(self, path: str | Path) -> None:
+        mm = np.load(path, mmap_mode="r")
+        self.path, self.shape, self.dtype = str(path), mm.shape, mm.dtype
+        self._offset, self._row = mm.offset, mm.dtype.itemsize * mm.shape[1]
+        del mm
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        dim = self.shape[1]
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            count = max(0, stop - start) * dim
+            off = self._offset + start * self._row
+            return np.fromfile(self.path, self.dtype, count, offset=off).reshape(-1, dim)
+        ids = np.arange(self.shape[0])[key] if isinstance(key, slice) else np.asarray(key)
+        out = np.empty((len(ids), dim), self.dtype)
+        view = memoryview(out).cast("B")
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for j, r in enumerate(ids.tolist()):
+                os.preadv(
+                    fd, [view[j * self._row : (j + 1) * self._row]], self._offset + r * self._row
+                )
+        finally:
+            os.close(fd)
+        return out
+
+
+def write_npy_rows(path: str | Path, n: int, dim: int, chunks, dtype=np.float16) -> int:
+    """Write the blocks of ``chunks`` (``[m, dim]`` each, ``n`` rows in all) as one ``.npy``
+    ``[n, dim]`` of ``dtype`` with plain file writes (no memory map). Returns rows written."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False}
+    header["shape"] = (n, dim)
+    rows = 0
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for block in chunks:
+            f.write(np.ascontiguousarray(block, dtype).tobytes())
+            rows += len(block)
+    return rows
+
+
+def nlist_for(n: int) -> int:
+    """Inverted lists for ``n`` vectors: about 4 sqrt(n), a power of two, 256-16384."""
+    return int(min(16384, max(256, 2 ** round(np.log2(4 * np.sqrt(max(n, 1)))))))
+
+
+def code_bytes(dim: int) -> int:
+    """PQ bytes per vector: one 8-bit code per 8 dimensions (a divisor of ``dim``)."""
+    m = max(1, dim // 8)
+    while dim % m:
+        m -= 1
+    return m
+
+
+def rerank_rows(vectors, q: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
+    """Ids ``[Q, k]``: each query's candidates re-scored exactly with ``vectors`` rows."""
+    out = np.full((len(q), k), -1, np.int64)
+    for j, c in enumerate(cand):
+        c = np.unique(c[c >= 0])
+        s = np.asarray(vectors[c], np.float32) @ q[j]
+        top = c[np.argsort(-s)[:k]]
+        out[j, : len(top)] = top
+    return out
+
+
+def _left_out(n: int, own: np.ndarray, bounds: np.ndarray | None) -> np.ndarray:
+    """``[Q, 2]`` row range left out for each query row: its group's (``bounds``: sorted group
+    start rows, ``n`` last), else the row itself."""
+    if bounds is None:
+        return np.stack([own, own + 1], 1)
+    g = np.searchsorted(bounds, own, side="right") - 1
+    return np.stack([bounds[g], bounds[g + 1]], 1)
+
+
+def _exact_block(q, block, start, lo_hi, k) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (scores, ids) of ``q`` over ``block`` (rows ``start..``), each query's left-out
+    range masked."""
+    d = q @ block.T
+    rows = np.arange(start, start + len(block))
+    d[(rows[None] >= lo_hi[:, :1]) & (rows[None] < lo_hi[:, 1:])] = -np.inf
+    kk = min(k, d.shape[1])
+    top = np.argpartition(-d, kk - 1, axis=1)[:, :kk]
+    sc = np.take_along_axis(d, top, 1)
+    ids = np.where(np.isfinite(sc), top + start, -1)
+    if kk < k:
+        sc = np.pad(sc, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+        ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
+    return sc.astype(np.float32), ids.astype(np.int64)
+
+
+def build_compressed(
+    vectors,
+    path: str | Path,
+    target: float = 0.9,
+    k: int = 10,
+    n_queries: int = 200,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+    log=None,
+) -> dict:
+    """Build, tune and save (atomically, to ``path``) the compressed index of ``vectors``
+    (float16/float32 ``[N, D]``, L2-normalised: an array, or ``NpyRows`` of a file).
+    ``groups``: sorted start rows of contiguous groups (a slide's patches): a held-out query row
+    then leaves out its whole group, as a patch of a new slide would find none of its slide
+    (else only itself). Returns its info (type, params, knobs, recalls, timings, bytes)."""
+    say = log or (lambda msg: None)
+    n, dim = vectors.shape
+    t0 = time.perf_counter()
+    nlist, m = min(nlist_for(n), max(1, n // 40)), code_bytes(dim)
+    index = faiss.index_factory(dim, f"IVF{nlist}_HNSW32,PQ{m}", IP)
+    sample = np.linspace(0, n - 1, min(n, TRAIN_ROWS)).astype(np.int64)
+    index.train(np.ascontiguousarray(vectors[sample], np.float32))
+    train_s = time.perf_counter() - t0
+    say(f"trained IVF{nlist}_HNSW32,PQ{m} in {train_s:.0f} s")
+    tune_rows, eval_rows = held_out_rows(n, n_queries, seed)
+    own = np.concatenate([tune_rows, eval_rows])
+    bounds = None if groups is None else np.append(np.asarray(groups, np.int64), n)
+    lo_hi = _left_out(n, own, bounds)
+    q = np.ascontiguousarray(vectors[own], np.float32)
+    heap = faiss.ResultHeap(len(q), k, keep_max=True)
+    t = time.perf_counter()
+    for start in range(0, n, CHUNK_ROWS):
+        block = np.ascontiguousarray(vectors[start : start + CHUNK_ROWS], np.float32)
+        index.add(block)
+        for sub in range(0, len(block), 1 << 15):
+            heap.add_result(*_exact_block(q, block[sub : sub + (1 << 15)], start + sub, lo_hi, k))
+        say(f"added {min(n, start + CHUNK_ROWS):,} of {n:,}")
+    heap.finalize()
+    add_s = time.perf_counter() - t
+    truth = heap.I
+    ivf = faiss.extract_index_ivf(index)
+    nt = len(tune_rows)
+
+    def recall(rows: slice, nprobe: int, kf: int) -> float:
+        found = []
+        for qi, (lo, hi) in zip(q[rows], lo_hi[rows], strict=True):
+            sel = faiss.IDSelectorNot(faiss.IDSelectorRange(int(lo), int(hi)))
+            sp = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
+            _, cand = index.search(qi[None], k * kf, params=sp)
+            found.append(rerank_rows(vectors, qi[None], cand, k)[0])
+        return recall_at_k(np.array(found), truth[rows])
+
+    t = time.perf_counter()
+    best = None
+    for kf in (2, 4, 8, 16, 32):
+        for nprobe in (4, 8, 16, 32, 64, 128, 256, 512):
+            if nprobe > nlist:
+                break
+            r = recall(slice(0, nt), nprobe, kf)
+            if r >= target:
+                best = (nprobe, kf, r)
+                break
+        if best:
+            break
+    nprobe, kf, tune_recall = best or (min(512, nlist), 32, r)
+    eval_recall = recall(slice(nt, None), nprobe, kf)
+    ivf.nprobe = nprobe
+    tune_s = time.perf_counter() - t
+    save_index(index, path)
+    source = "held-out rows, " + ("their slide left out" if groups is not None else "leave-one-out")
+    return {
+        "type": "ivfpq-rerank",
+        "params": {"nlist": nlist, "m": m, "quantizer": "HNSW32", "nbits": 8},
+        "search_params": {"nprobe": nprobe, "k_factor": kf},
+        "n": n,
+        "dim": dim,
+        "k": k,
+        "recall_at_k": eval_recall,
+        "recall_at_k_tuning": tune_recall,
+        "target_recall": target,
+        "met_target": eval_recall >= target,
+        "tuning_queries": {"n": nt, "n_eval": len(eval_rows), "source": source},
+        "train_seconds": train_s,
+        "add_seconds": add_s,
+        "tune_seconds": tune_s,
+        "build_seconds": time.perf_counter() - t0,
+        "memory_bytes": int(n * (m + 8) + nlist * dim * 4 * 2),
+    }
