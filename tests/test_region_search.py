@@ -6,6 +6,7 @@ CLI; ground truth from the painter's class maps."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -314,3 +315,42 @@ def test_regions_over_the_memory_budget_get_a_compressed_index_searched_exactly(
         hits += len(want & got)
         np.testing.assert_allclose(res.score.iloc[0], row.max(), atol=3e-3)  # exact scores
     assert hits / 200 >= 0.85
+
+
+@pytest.mark.real
+def test_region_search_on_the_real_slides_and_the_real_tile(real_dir, tmp_path, hed_bundle):
+    """The real Aperio SVS and the frozen TCGA slide (µm/px from a CSV) indexed with their
+    regions: a crop of the CMU slide, turned, finds its own patch; the real H&E tile (µm/px not
+    known: assumed and said) gets hits with crops read from the real files."""
+    from threads_search.features import default_config, extract_features
+
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for name in ("cmu_small_region.svs", "tcga_cr7395_frozen_ts1.svs"):
+        (slides / name).symlink_to(real_dir / name)
+    mpp_csv = tmp_path / "mpp.csv"
+    mpp_csv.write_text("slide,mpp\ntcga_cr7395_frozen_ts1,2.0\n")
+    feats = tmp_path / "feats"
+    cfg = default_config("hed-texture", workers=0)
+    cfg.segment.grid.max_upsample = 4.0  # the frozen copy is far coarser than 0.5 µm/px
+    out = extract_features([slides], feats, cfg, mpp_csv=mpp_csv)
+    assert all(o.state == "done" for o in out), [(o.slide_id, o.error) for o in out]
+    run_index(IndexConfig(inputs=[str(feats)], model=str(hed_bundle), out=str(tmp_path / "idx")))
+    idx = open_index(tmp_path / "idx")
+    reg = idx.regions.table
+    assert set(reg.slide_id) == {"cmu_small_region", "tcga_cr7395_frozen_ts1"}
+    frozen = reg[reg.slide_id == "tcga_cr7395_frozen_ts1"]
+    assert np.allclose(frozen.size_um, 256.0) and (frozen.size_px == 128).all()  # 256 µm at 2
+    cmu_rows = reg[reg.slide_id == "cmu_small_region"]
+    cmu = cmu_rows.iloc[len(cmu_rows) // 2]
+    with open_slide(real_dir / "cmu_small_region.svs") as s:
+        size = int(cmu.size_px)
+        img = s.read_region(int(cmu.x), int(cmu.y), 0, (size, size))
+        mpp = s.mpp
+    res = idx.search_regions(np.rot90(img).copy(), k=3, image_mpp=mpp)
+    top = res.iloc[0]
+    assert (top.slide_id, top.x, top.y) == ("cmu_small_region", cmu.x, cmu.y)
+    assert Image.open(top.crop).size[0] == pytest.approx(256, abs=2)  # 256 µm at 1 µm/px
+    tile = idx.search_regions(real_dir / "he_tile_240.png", k=5)
+    assert "assumed 0.5" in tile.attrs["note"] and len(tile) == 5
+    assert tile.score.between(-1, 1).all() and all(Path(c).is_file() for c in tile.crop)
