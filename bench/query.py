@@ -2,7 +2,8 @@
 
 Indexes of N synthetic slides (clustered 1024-d embeddings: 200 centres + Gaussian spread, plain
 metadata columns incl. ``bucket`` with 100 values, so ``bucket = 7`` selects 1%) are written
-through ``write_generation`` (FAISS type chosen automatically: flat up to 100k). For each N:
+through ``write_generation`` (FAISS type chosen automatically: flat up to 20k, then IVF tuned on
+held-out rows). For each N:
 ``open_index`` time (cold: fresh ``Index``), then ``search_slides(slide_id, k=10)`` without and
 with the 1% filter, and ``search_slides(vector)``; p50/p99 over ``--queries`` queries after a
 warm-up (the first filtered call builds the filter catalog: reported separately). Repeated
