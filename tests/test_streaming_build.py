@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import tracemalloc
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -118,3 +119,44 @@ def test_errors_name_the_problem(collection, tmp_path):
         ShardSet([bad])
     with pytest.raises(FileNotFoundError):
         open_streaming(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("budget_mb", [4, 40])
+def test_the_index_writer_streams_slides_over_the_budget_and_open_index_searches_them(
+    tmp_path, budget_mb
+):
+    """Slide embeddings larger than the memory budget (4 MB for 7.7 MB of floats): the
+    generation's slide index is a streaming IVF-PQ build re-ranked from its vectors on disk,
+    that ``open_index`` opens and searches: unfiltered (recall against exact search), filtered
+    (exact), by id. Within the budget (40 MB) the in-memory build stays."""
+    import pandas as pd
+
+    from threads_search.query import open_index
+    from threads_search.vectorstore.writer import write_generation
+
+    n, dim = 30_000, 64
+    x = normalize(clustered_embeddings(n, dim, seed=5))
+    ids = [f"S{i:05d}" for i in range(n)]
+    slides = pd.DataFrame(
+        {"slide_id": ids, "path": None, "patient_id": None, "bucket": np.arange(n) % 10}
+    )
+    manifest = write_generation(tmp_path, slides, x, memory_budget=budget_mb * 2**20)
+    info = manifest["slides"]["faiss"]
+    gen = tmp_path / "generations" / manifest["generation"]
+    streamed = (gen / "faiss" / "slides_streaming").is_dir()
+    assert streamed == (budget_mb == 4)
+    assert info["type"] == ("ivfpq" if budget_mb == 4 else "ivf")
+    if streamed:
+        assert info["rerank"] and info["memory_bytes"] <= budget_mb * 2**20
+    idx = open_index(tmp_path)
+    assert idx.info()["faiss"]["slides"]["type"] == info["type"]
+    q = x[::1500][:20]
+    found = np.stack(
+        [idx.search_slides(v, k=10).slide_id.str[1:].astype(int).to_numpy() for v in q]
+    )
+    assert recall_at_k(found, exact_knn(x, q, 10)[1]) >= 0.9
+    res = idx.search_slides(ids[7], k=5, where="bucket = 3")  # filtered: exact over the subset
+    sub = np.flatnonzero(np.arange(n) % 10 == 3)
+    want = sub[np.argsort(-(x[sub] @ x[7]))[:5]]
+    assert list(res.slide_id) == [ids[i] for i in want]
+    np.testing.assert_allclose(res.score, x[want] @ x[7], atol=1e-5)

@@ -80,7 +80,13 @@ def _open_space(gen: Path, name: str, mmap: bool) -> Space:
             raise IndexFormatError(f"{gen / table} cannot be read ({e}); rebuild the index") from e
     else:
         frame = pd.DataFrame({c: pd.Series(dtype=str) for c in empty})
-    index = load_index(gen / faiss, mmap=mmap) if len(frame) else None
+    streaming = gen / store.FAISS_SLIDES_STREAMING
+    if name == "slides" and len(frame) and (streaming / "streaming.json").is_file():
+        from threads_search.vectorstore.streaming import open_streaming
+
+        index = open_streaming(streaming, mmap)  # vectors on disk, exact re-ranking
+    else:
+        index = load_index(gen / faiss, mmap=mmap) if len(frame) else None
     if index is not None and index.ntotal != len(frame):
         raise IndexFormatError(
             f"{gen}: {name} table has {len(frame)} rows but its FAISS index {index.ntotal}; "

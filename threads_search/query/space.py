@@ -49,6 +49,8 @@ class Space:
         ids = np.asarray(ids, np.int64)
         if self.kind in ("flat", "hnsw", "ivf"):
             return subset_vectors(self.index, ids)
+        if self.kind == "streaming":
+            return self.index.reconstruct_batch(ids)
         import pyarrow as pa
         import pyarrow.dataset as ds
 
@@ -93,6 +95,7 @@ class Space:
         if m == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
         small = m <= (self.index.ntotal // 4 if self.kind == "flat" else SUBSET_EXACT_MAX)
+        small = small or self.kind == "streaming"  # exact over the subset's vectors on disk
         if not small:
             s, i = search_subset(self.index, q, k, allowed)
             return drop_padding(s[0], i[0])

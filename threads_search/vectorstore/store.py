@@ -40,6 +40,7 @@ ATTENTION = "attention"
 THUMBNAILS = "thumbnails"
 FAISS_SLIDES = "faiss/slides.index"
 FAISS_MOLECULAR = "faiss/molecular.index"
+FAISS_SLIDES_STREAMING = "faiss/slides_streaming"  # a streaming build (vectorstore.streaming)
 REGIONS = "regions.parquet"  # one row per indexed patch (region search)
 REGION_VECTORS = "region_vectors.npy"  # float16 [P, D] normalised patch features
 FAISS_REGIONS = "faiss/regions.index"

@@ -1,8 +1,9 @@
 """The vector store's out-of-core build: a FAISS index over a collection larger than memory,
 built by streaming Parquet shards (:mod:`threads_search.vectorstore.shards`).
 
-Not used by ``threads-search index`` yet (it builds in memory with ``autotune.build_index``):
-``bench/scale_out.py`` and the tests call it directly.
+``threads-search index`` builds the slide index this way when the slide embeddings exceed
+``--memory-budget-gb`` (``vectorstore.writer``; ``open_index`` searches it through
+``vectors.search``); ``bench/scale_out.py`` and the tests call it directly.
 
 The embeddings (``[N, D]`` float32, a fixed-size-list column of one or more Parquet files, rows
 in file order = ids ``0..N-1``) are never held at once; the build reads them twice, a chunk of
@@ -255,6 +256,8 @@ class StreamingIndex:
     """The FAISS index in a folder written by ``build_streaming``, read-only: ``search`` like
     ``vectors.search`` (cosine scores, ids = row numbers; exact scores when re-ranked),
     ``reconstruct_batch`` exact rows."""
+
+    is_streaming = True  # ``vectors.index_kind`` and ``vectors.search`` tell it by this
 
     def __init__(self, out_dir: str | Path, mmap_index: bool = True) -> None:
         self.dir = Path(out_dir)

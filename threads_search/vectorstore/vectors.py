@@ -68,7 +68,10 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def index_kind(index: faiss.Index) -> str:
-    """'flat' | 'hnsw' | 'ivf' | 'ivfpq' | 'other' for a CPU FAISS index (OPQ wrapper seen through)."""
+    """'flat' | 'hnsw' | 'ivf' | 'ivfpq' | 'other' for a CPU FAISS index (OPQ wrapper seen
+    through); 'streaming' for a ``streaming.StreamingIndex`` (vectors on disk)."""
+    if getattr(index, "is_streaming", False):
+        return "streaming"
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexPreTransform):
         index = faiss.downcast_index(index.index)
@@ -131,6 +134,8 @@ def search(
     k = min(int(k), int(index.ntotal))
     if k <= 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+    if getattr(index, "is_streaming", False):  # tuned knobs and exact re-ranking inside
+        return _finish(*index.search(q, k, **(params or {})))
     from threads_search.vectorstore.gpu import is_gpu_index
 
     if is_gpu_index(index):  # GPU indexes take parameters set on the index (not thread-safe)

@@ -138,9 +138,18 @@ def _slide_tables(gen: Path, slides, slide_emb, index_type: str, memory_budget) 
     slides.to_parquet(gen / store.SLIDES, index=False)
     write_embeddings(gen / store.SLIDE_EMB, slides[["slide_id"]], slide_emb)
     info = {"slides": {"count": len(slides), "dim": int(slide_emb.shape[1]) if len(slides) else 0}}
-    if len(slides):
-        path = gen / store.FAISS_SLIDES
-        info["slides"]["faiss"] = _faiss(slide_emb, path, index_type, memory_budget)
+    if not len(slides):
+        return info
+    n, dim = slide_emb.shape
+    if memory_budget and n * dim * 4 > memory_budget and n >= COMPRESSED_MIN:
+        from threads_search.vectorstore.streaming import build_streaming
+
+        out = gen / store.FAISS_SLIDES_STREAMING  # from the embeddings Parquet, in chunks
+        kind = index_type if index_type in ("ivf", "ivfpq") else "auto"
+        info["slides"]["faiss"] = build_streaming([gen / store.SLIDE_EMB], out, memory_budget, kind)
+        return info
+    path = gen / store.FAISS_SLIDES
+    info["slides"]["faiss"] = _faiss(slide_emb, path, index_type, memory_budget)
     return info
 
 
