@@ -46,7 +46,12 @@ import numpy as np
 from threads_search.atomic import write_text
 from threads_search.errors import ConfigError, MissingError
 from threads_search.linalg import l2_normalize
-from threads_search.vectorstore.autotune import DEFAULT_MEMORY_BUDGET, choose_index, tuning_queries
+from threads_search.vectorstore.autotune import (
+    DEFAULT_MEMORY_BUDGET,
+    choose_index,
+    drop_own,
+    tuning_queries,
+)
 from threads_search.vectorstore.faiss_types import create_index_type
 from threads_search.vectorstore.shards import ROW_GROUP_BYTES, ShardSet, ShardWriter, write_shards
 from threads_search.vectorstore.vectors import load_index, normalize, recall_at_k, save_index
@@ -83,7 +88,7 @@ def build_streaming(
     chunk_rows: int = 65_536,
     max_k_factor: int = 64,
     seed: int = 0,
-    perturb: float = 0.1,
+    perturb: float = 0.0,
     log=None,
 ) -> dict:
     """Build the FAISS index of ``shards`` into ``out_dir`` (see the module docstring) within
@@ -107,10 +112,13 @@ def build_streaming(
     rng = np.random.default_rng([seed, 0x57E4])
     n_train = min(n, spec._train_size(p))
     picked = rng.choice(n, size=min(n, n_train + n_queries + n_eval), replace=False)
-    train, qsrc = ss.take([np.sort(picked[:n_train]), np.sort(picked[n_train:])], chunk_rows)
+    qrows = np.sort(picked[n_train:])
+    train, qsrc = ss.take([np.sort(picked[:n_train]), qrows], chunk_rows)
     l2_normalize(train, inplace=True)
-    qsrc = qsrc[rng.permutation(len(qsrc))]  # tuning and evaluation rows both uniform
-    queries = tuning_queries(qsrc, len(qsrc), seed, perturb) if len(qsrc) else qsrc
+    perm = rng.permutation(len(qsrc))  # tuning and evaluation rows both uniform
+    qsrc, qrows = qsrc[perm], qrows[perm]
+    own = None if perturb > 0 else qrows  # held-out rows: each searched with itself left out
+    queries = tuning_queries(qsrc, len(qsrc), seed, perturb) if perturb > 0 else normalize(qsrc)
     t_sample = time.perf_counter() - t0
     say(f"sampled {len(picked)} rows in {t_sample:.1f}s; training {name} {p}")
     # 2. train once (the shards of mode="shards" are clones of this trained, empty index)
@@ -123,7 +131,8 @@ def build_streaming(
     # 3. add pass, exact ground truth of the queries on the way
     t = time.perf_counter()
     kq = min(k, n)
-    heap = faiss.ResultHeap(len(queries), kq, keep_max=True)
+    kt = kq + (own is not None)  # one more: the query's own row is dropped from the truth
+    heap = faiss.ResultHeap(len(queries), kt, keep_max=True)
     rerank = name == "ivfpq"
     vec_file = open(out / VECTORS, "wb") if rerank else None  # noqa: SIM115 - closed below
     single = faiss.clone_index(trained) if mode == "single" else None
@@ -138,7 +147,10 @@ def build_streaming(
                 if vec_file is not None:
                     x.tofile(vec_file)
                 if len(queries):
-                    d_, i_ = faiss.knn(queries, x, min(kq, len(x)), metric=IP)
+                    d_, i_ = faiss.knn(queries, x, min(kt, len(x)), metric=IP)
+                    if d_.shape[1] < kt:  # a chunk smaller than kt rows
+                        d_ = np.pad(d_, ((0, 0), (0, kt - d_.shape[1])), constant_values=-np.inf)
+                        i_ = np.pad(i_, ((0, 0), (0, kt - i_.shape[1])), constant_values=-1)
                     heap.add_result(d_, np.where(i_ >= 0, i_ + start, -1))
                 n_chunks, max_rows = n_chunks + 1, max(max_rows, len(x))
             if s is not None:
@@ -151,7 +163,7 @@ def build_streaming(
         if vec_file is not None:
             vec_file.close()
     heap.finalize()
-    truth_all = heap.I
+    truth_all = drop_own(heap.I, own, kq)
     t_add = time.perf_counter() - t
     say(f"added in {t_add:.1f}s ({n_chunks} chunks)")
     meta = {
@@ -172,11 +184,17 @@ def build_streaming(
     idx = open_streaming(out)
     nq = min(n_queries, len(queries))
     tq, tt = queries[:nq], truth_all[:nq]
-    kf, nprobe, rec = _tune(idx, tq, tt, kq, target_recall, max_k_factor if rerank else 1)
+    t_own, e_own = (None, None) if own is None else (own[:nq], own[nq:])
+    kf, nprobe, rec = _tune(idx, tq, tt, kq, target_recall, max_k_factor if rerank else 1, t_own)
     idx.k_factor, idx.nprobe = kf, nprobe
     eq, et = queries[nq:], truth_all[nq:]
-    eval_rec = recall_at_k(idx.search(eq, kq)[1], et) if len(eq) else None
-    eval_raw = recall_at_k(idx.search(eq, kq, k_factor=1)[1], et) if len(eq) and rerank else None
+    kk = kq + (e_own is not None)
+    eval_rec = recall_at_k(drop_own(idx.search(eq, kk)[1], e_own, kq), et) if len(eq) else None
+    eval_raw = (
+        recall_at_k(drop_own(idx.search(eq, kk, k_factor=1)[1], e_own, kq), et)
+        if len(eq) and rerank
+        else None
+    )
     t_tune = time.perf_counter() - t
     seconds = {"sample": t_sample, "train": t_train, "add": t_add, "tune": t_tune}
     info = {
@@ -191,7 +209,11 @@ def build_streaming(
             "n_queries": len(eq),
             "recall_at_k": eval_rec,
             "recall_at_k_no_rerank": eval_raw,
-            "queries": f"sampled rows + noise norm {perturb}, seed {seed}",
+            "queries": (
+                f"sampled rows + noise norm {perturb}, seed {seed}"
+                if perturb > 0
+                else f"held-out rows, each searched with itself left out, seed {seed}"
+            ),
         },
         "memory_bytes": spec.memory_bytes(n, dim),
         "memory_budget_bytes": int(memory_budget),
@@ -217,25 +239,29 @@ def _write_meta(out: Path, meta: dict) -> None:
     write_text(out / META, json.dumps(meta, indent=2, default=str))
 
 
-def _tune(idx, queries, truth, k, target, max_kf) -> tuple[int, int, float]:
+def _tune(idx, queries, truth, k, target, max_kf, own=None) -> tuple[int, int, float]:
     """Smallest k_factor (1, 2, 4, … ``max_kf``) reaching ``target`` recall@k when every list
     is probed (one candidate search, re-ranked per prefix), then the smallest nprobe (doubling,
-    then bisection) reaching it at that k_factor; else the largest of both."""
+    then bisection) reaching it at that k_factor; else the largest of both. ``own``: each
+    query's own row, left out of its answers (held-out rows)."""
     nlist = idx.nlist
-    kf = 1
+    kf, kk = 1, k + (own is not None)
     if max_kf > 1:  # one candidate search and one read of their vectors for every k_factor
-        _, cand = idx.candidates(queries, k * max_kf, nlist)
+        _, cand = idx.candidates(queries, k * max_kf + 1, nlist)
+        if own is not None:
+            cand = np.where(cand == np.asarray(own)[:, None], -1, cand)
         exact = idx.exact_scores(queries, cand)
 
         def rec_kf(kf: int) -> float:
-            m = k * kf
+            m = k * kf + 1
             return recall_at_k(idx.rerank(queries, cand[:, :m], k, exact[:, :m])[1], truth)
 
         while kf < max_kf and rec_kf(kf) < target:
             kf *= 2
 
     def rec(nprobe: int) -> float:
-        return recall_at_k(idx.search(queries, k, nprobe=nprobe, k_factor=kf)[1], truth)
+        found = idx.search(queries, kk, nprobe=nprobe, k_factor=kf)[1]
+        return recall_at_k(drop_own(found, own, k), truth)
 
     lo, hi = 0, 1  # recall at nprobe=lo fails (0: none probed); find the smallest passing hi
     r = rec(hi)
