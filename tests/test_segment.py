@@ -93,6 +93,7 @@ def test_cli_help_and_demo(tmp_path):
     assert "features: 8 slides" in out and "µm/px" in out
     assert "truncated" in out and "no-mpp" in out  # broken files reported with reasons
     assert "slides matching the RNA profile" in out and "molecular prompting" in out
+    assert "regions most like" in out and f"search {tmp_path / 'index'} --region " in out
     assert f"threads-search ui {tmp_path / 'index'}" in out
     assert len(list((tmp_path / "features" / "h5").glob("*.h5"))) == 8
     assert (tmp_path / "index" / "index.json").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import tracemalloc
-from pathlib import Path
 
 import faiss
 import numpy as np

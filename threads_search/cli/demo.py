@@ -146,6 +146,12 @@ def run_demo(out: Path, n_patients: int = 40, epochs: int = 25, console: Console
     res = index.search_by_molecule(rna=sample, k=5)
     patient = rna.patient_id.iloc[0]
     _table(res, f"slides matching the RNA profile {sample} (patient {patient})", SHOW, console)
+    reg = index.regions.table
+    first = reg[reg.slide_id == query].iloc[0]
+    box = (int(first.x), int(first.y), int(first.size_px), int(first.size_px))
+    res = index.search_regions((query, box), k=5, per_slide=2, crops=False)
+    title = f"regions most like {query} at {box[:2]} ({first.size_um:.0f} µm; at most 2 per slide)"
+    _table(res, title, ["rank", "score", "slide_id", "x", "y", "size_um", "subtype"], console)
     test = slides[slides.split == "test"].slide_id.tolist()
     which = f"{len(test)} held-out" if test else f"all {len(slides)}"
     pred = index.classify("subtype", prototypes="molecular", slides=test or None, min_samples=2)
@@ -153,7 +159,9 @@ def run_demo(out: Path, n_patients: int = 40, epochs: int = 25, console: Console
     title = f"molecular prompting (zero-shot subtype) on {which} slides: accuracy {acc:.2f}"
     _table(pred.head(8), title, ["slide_id", "subtype", "predicted"], console)
     console.print(
-        f"\ndone in {time.perf_counter() - t0:.0f} s. Explore it in the browser:\n"
+        f"\ndone in {time.perf_counter() - t0:.0f} s. Search a region from the command line:\n"
+        f"  threads-search search {out / 'index'} --region {query}:{box[0]},{box[1]},{box[2]},"
+        f"{box[3]}\nExplore it in the browser:\n"
         f"  threads-search ui {out / 'index'}"
     )
     return {"accuracy": acc, "index": out / "index"}
@@ -167,8 +175,8 @@ def demo(
     epochs: int = typer.Option(25, "--epochs", min=1, help="Training epochs."),
 ) -> None:
     """Run the whole path on generated data: a synthetic paired cohort (painted slides, RNA,
-    DNA, plus broken files) → features → train → index → slide search, molecule→slide search and
-    zero-shot classification, printed as tables. Takes a few minutes on 2 cores."""
+    DNA, plus broken files) → features → train → index → slide search, molecule→slide search,
+    region search and zero-shot classification, printed as tables. Takes a few minutes on 2 cores."""
     out.mkdir(parents=True, exist_ok=True)
     run_demo(out, n_patients=patients, epochs=epochs)
 
