@@ -26,10 +26,9 @@ class RegionCohort:
 
 def tumour_share(cm: np.ndarray, x: int, y: int, size: int = PATCH) -> float:
     """Share of the patch at level-0 ``(x, y)`` painted as tumour (solid or gland)."""
-    from threads_search.synth.paint import GLAND, TUMOUR
+    from threads_search.synth.region_cohort import tumour_share as share
 
-    tile = cm[y : y + size, x : x + size]
-    return float(np.isin(tile, (TUMOUR, GLAND)).mean()) if tile.size else 0.0
+    return share(cm, x, y, size)
 
 
 def build_region_cohort(root: Path, n_patients: int = 16) -> RegionCohort:
@@ -39,24 +38,10 @@ def build_region_cohort(root: Path, n_patients: int = 16) -> RegionCohort:
     from indexer.config import IndexConfig
     from threads_search.features import default_config, extract_features
     from threads_search.patch_encoders import get_patch_encoder_spec
-    from threads_search.synth import make_cohort, make_slide
-    from threads_search.synth.cohort_slides import slide_morphology
+    from threads_search.synth.region_cohort import paint_region_cohort
 
-    cohort = make_cohort(n_patients=n_patients, seed=21)
     slides_dir = root / "slides"
-    slides_dir.mkdir(parents=True)
-    rows, maps = [], {}
-    pats = cohort.patients.set_index("patient_id")
-    for r in cohort.slides.to_dict("records"):
-        m = slide_morphology(cohort, r, tumour_fraction=(0.45, 0.55), inflammation=(0.0, 0.0))
-        path = slides_dir / f"{r['slide_id']}.tiff"
-        s = make_slide(
-            path, SIDE, SIDE, 0.5, seed=int(r["seed"]), morphology=m, tissue_fraction=0.6
-        )
-        maps[r["slide_id"]] = s.class_map
-        p = pats.loc[r["patient_id"]]
-        rows.append((r["slide_id"], r["patient_id"], p["subtype"], p["site"], str(path)))
-    slides = pd.DataFrame(rows, columns=["slide_id", "patient_id", "subtype", "site", "path"])
+    slides, maps = paint_region_cohort(slides_dir, n_patients, SIDE)
     slides[["slide_id", "subtype", "site"]].to_csv(root / "metadata.csv", index=False)
     feats = root / "features"
     cfg = default_config("hed-texture", patch_size=PATCH, workers=0)
