@@ -298,7 +298,7 @@ def test_regions_over_the_memory_budget_get_a_compressed_index_searched_exactly(
     writer.write_generation(tmp_path, slides, emb, regions=rows)
     idx = open_index(tmp_path)
     info = idx.manifest["regions"]["faiss"]
-    assert info["type"] == "ivfpq-rerank" and info["params"]["m"] == dim // 8
+    assert info["type"] == "ivfpq-rerank" and info["params"]["m"] == dim // 4
     assert info["recall_at_k"] >= 0.85
     assert info["tuning_queries"]["source"] == "held-out rows, their slide left out"
     assert idx.regions.k_factor == info["search_params"]["k_factor"]
