@@ -79,7 +79,7 @@ class Generator:
         return x
 
 
-def build_and_measure(n: int, dim: int, work: Path, n_queries: int) -> dict:
+def build_and_measure(n: int, dim: int, work: Path, n_queries: int, m: int | None = None) -> dict:
     """Write ``n`` generated vectors (float16 file), build the compressed region index over them
     with the product code (``vectorstore.compressed``), then measure it on new-data queries."""
     import faiss
@@ -102,7 +102,9 @@ def build_and_measure(n: int, dim: int, work: Path, n_queries: int) -> dict:
     gen_s = time.perf_counter() - t0
     vecs = NpyRows(vec_path)
     groups = np.arange(0, n_slides * SLIDE_PATCHES, SLIDE_PATCHES)  # each slide's first row
-    info = build_compressed(vecs, idx_path, target=TARGET, k=K, n_queries=n_queries, groups=groups)
+    info = build_compressed(
+        vecs, idx_path, target=TARGET, k=K, n_queries=n_queries, groups=groups, m=m
+    )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     index = faiss.read_index(str(idx_path))
     nprobe, kf = info["search_params"]["nprobe"], info["search_params"]["k_factor"]
@@ -160,19 +162,21 @@ def main(argv=None) -> None:
     ap.add_argument("--queries", type=int, default=200, help="tuning and evaluation queries each")
     ap.add_argument("--work", type=Path, help="scratch folder (vectors on disk; removed after)")
     ap.add_argument("--quick", action="store_true", help="1,000,000 vectors (smoke run)")
+    ap.add_argument("--code-bytes", type=int, help="PQ bytes per vector [default: the product's]")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     n = 1_000_000 if args.quick else args.n
     work = args.work or Path(tempfile.mkdtemp(prefix="region-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.child:
-        print(json.dumps(build_and_measure(n, args.child, work, args.queries)))
+        print(json.dumps(build_and_measure(n, args.child, work, args.queries, args.code_bytes)))
         return
     rows = []
     t0 = time.perf_counter()
     for dim in args.dims:
         cmd = [sys.executable, __file__, "--n", str(n), "--work", str(work)]
         cmd += ["--queries", str(args.queries), "--child", str(dim)]
+        cmd += ["--code-bytes", str(args.code_bytes)] if args.code_bytes else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         for f in work.glob(f"*_{dim}.*"):

@@ -147,16 +147,17 @@ def build_compressed(
     seed: int = 0,
     groups: np.ndarray | None = None,
     log=None,
+    m: int | None = None,
 ) -> dict:
     """Build, tune and save (atomically, to ``path``) the compressed index of ``vectors``
     (float16/float32 ``[N, D]``, L2-normalised: an array, or ``NpyRows`` of a file).
     ``groups``: sorted start rows of contiguous groups (a slide's patches): a held-out query row
     then leaves out its whole group, as a patch of a new slide would find none of its slide
-    (else only itself). Returns its info (type, params, knobs, recalls, timings, bytes)."""
+    (else only itself); ``m``: PQ bytes per vector (default ``code_bytes``). Returns its info (type, params, knobs, recalls, timings, bytes)."""
     say = log or (lambda msg: None)
     n, dim = vectors.shape
     t0 = time.perf_counter()
-    nlist, m = min(nlist_for(n), max(1, n // 40)), code_bytes(dim)
+    nlist, m = min(nlist_for(n), max(1, n // 40)), m or code_bytes(dim)
     index = faiss.index_factory(dim, f"IVF{nlist}_HNSW32,PQ{m}", IP)
     sample = np.linspace(0, n - 1, min(n, TRAIN_ROWS)).astype(np.int64)
     index.train(np.ascontiguousarray(vectors[sample], np.float32))
