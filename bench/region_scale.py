@@ -88,7 +88,7 @@ def build_and_measure(n: int, dim: int, work: Path, n_queries: int, m: int | Non
         CHUNK_ROWS,
         NpyRows,
         build_compressed,
-        rerank_rows,
+        rerank_exact,
         write_npy_rows,
     )
 
@@ -126,7 +126,7 @@ def build_and_measure(n: int, dim: int, work: Path, n_queries: int, m: int | Non
     for q in queries:
         t = time.perf_counter()
         _, cand = index.search(q[None], K * kf)
-        found.append(rerank_rows(vecs, q[None], cand, K)[0])
+        found.append(rerank_exact(vecs, q[None], cand, K)[1][0])
         lat.append(time.perf_counter() - t)
     truth = heap.I
     new_recall = float(

@@ -32,7 +32,7 @@ _HIDDEN = ("path", "n_patches", "width", "height")  # slide columns not shown be
 
 class RegionSearch:
     """Mixed into ``Index``, whose ``__init__`` sets ``generation_dir``, ``_manifest``, ``_s``,
-    ``_slide_pos``, ``_lock``; uses ``model``, ``filter_ids``, ``thumbnail``, ``_path_row``."""
+    ``_lock``; uses ``model``, ``filter_ids``, ``thumbnail``, ``_indexed_row``."""
 
     _region_space: RegionSpace | None = None
 
@@ -79,9 +79,7 @@ class RegionSearch:
         if aggregate not in (None, "slide"):
             raise QueryError(f"aggregate must be None or 'slide', got {aggregate!r}")
         sp = self.regions
-        q, leave_out, own_slide, attrs = self._region_query(sp, query, image_mpp)
-        groups = attrs.pop("groups", None)
-        groups = np.arange(len(q)) if groups is None else groups
+        q, groups, leave_out, own_slide, attrs = self._region_query(sp, query, image_mpp)
         if not exclude_self:
             leave_out, own_slide = np.zeros(0, np.int64), None
         rows = self.filter_ids(where, "slides")
@@ -110,7 +108,8 @@ class RegionSearch:
 
     # -- query ---------------------------------------------------------------------------
     def _region_query(self, sp: RegionSpace, query, image_mpp):
-        """(query patches ``[m, D]``, rows to leave out, own slide id or None, attrs)."""
+        """(query vectors ``[n, D]``, the query patch of each ``[n]`` (several vectors per patch:
+        orientations, scales), rows to leave out, own slide id or None, attrs)."""
         dim = sp.vectors.shape[1]
         attrs: dict = {}
         if isinstance(query, tuple) and len(query) == 2:
@@ -125,13 +124,13 @@ class RegionSearch:
                     "give image_mpp= (--image-mpp) for a photo at another scale"
                 )
             q, groups = self._encode_pixels(rgb, float(mpp), assumed=image_mpp is None)
-            attrs.update(query_patches=int(groups.max()) + 1, image_mpp=float(mpp), groups=groups)
-            return q, np.zeros(0, np.int64), None, attrs
+            attrs.update(query_patches=int(groups.max()) + 1, image_mpp=float(mpp))
+            return q, groups, np.zeros(0, np.int64), None, attrs
         if image_mpp is not None:
             raise QueryError("image_mpp is for image queries only")
         q = normalise_patches(query, dim)
         attrs["query_patches"] = len(q)
-        return q, np.zeros(0, np.int64), None, attrs
+        return q, np.arange(len(q)), np.zeros(0, np.int64), None, attrs
 
     def _box_query(self, sp: RegionSpace, slide, box, attrs):
         try:
@@ -143,9 +142,7 @@ class RegionSearch:
         if w < 1 or h < 1 or x < 0 or y < 0:
             raise QueryError(f"region ({x}, {y}, {w}, {h}): x, y >= 0 and w, h >= 1 level-0 px")
         s = str(slide)
-        row = int(self._slide_pos.get_indexer([s])[0])
-        if row < 0:
-            row = self._path_row(s)
+        row = self._indexed_row(s)
         if row >= 0:
             sid = str(self._s.table["slide_id"].iat[row])
             inside = sp.in_box(sid, (x, y, w, h), centre=True)
@@ -156,7 +153,7 @@ class RegionSearch:
                 q = normalise_patches(
                     np.asarray(sp.vectors[inside], np.float32), sp.vectors.shape[1]
                 )
-                return q, leave, sid, attrs
+                return q, np.arange(len(q)), leave, sid, attrs
             path, mpp = self._s.table["path"].iat[row], self._s.table["mpp"].iat[row]
         elif Path(s).is_file():
             path, mpp, sid, leave = s, None, None, np.zeros(0, np.int64)
@@ -164,8 +161,8 @@ class RegionSearch:
             raise QueryError(f"{s!r} is neither an indexed slide_id nor a slide file")
         rgb, slide_mpp = _read_box(path, mpp, (x, y, w, h))
         q, groups = self._encode_pixels(rgb, slide_mpp)
-        attrs.update(query_patches=int(groups.max()) + 1, image_mpp=slide_mpp, groups=groups)
-        return q, leave, sid, attrs
+        attrs.update(query_patches=int(groups.max()) + 1, image_mpp=slide_mpp)
+        return q, groups, leave, sid, attrs
 
     def _encode_pixels(
         self, rgb: np.ndarray, mpp: float, assumed: bool = False

@@ -42,6 +42,7 @@ import pandas as pd
 from threads_search.linalg import l2_normalize
 from threads_search.query.errors import QueryError
 from threads_search.vectorstore import store
+from threads_search.vectorstore.compressed import rerank_exact
 from threads_search.vectorstore.vectors import index_kind, load_index, search, search_subset
 
 DEFAULT_IMAGE_MPP = 0.5
@@ -196,7 +197,7 @@ def nearest(space: RegionSpace, q: np.ndarray, kk: int, allowed) -> tuple:
             return search(space.index, q, kk)
         # compressed codes (IVF-PQ) rank near neighbours poorly: re-rank candidates exactly
         _, cand = search(space.index, q, min(kk * space.k_factor, space.index.ntotal))
-        return rerank(space, q, cand, kk)
+        return rerank_exact(space.vectors, q, cand, kk)
     if len(allowed) == 0:
         return np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
     vec = np.asarray(space.vectors[allowed], np.float32) if len(allowed) <= 200_000 else None
@@ -206,19 +207,6 @@ def nearest(space: RegionSpace, q: np.ndarray, kk: int, allowed) -> tuple:
         top = np.argsort(-scores, axis=1)[:, :kk]
         return np.take_along_axis(scores, top, 1), allowed[top]
     return search_subset(space.index, q, kk, allowed)
-
-
-def rerank(space: RegionSpace, q: np.ndarray, cand: np.ndarray, kk: int) -> tuple:
-    """(scores, rows) ``[m, kk]``: each query's candidates ``cand`` re-scored exactly with their
-    stored vectors, best first (-1 rows pad when fewer)."""
-    scores = np.full((len(q), kk), -np.inf, np.float32)
-    rows = np.full((len(q), kk), -1, np.int64)
-    for j, c in enumerate(cand):
-        c = np.unique(c[c >= 0])
-        s = np.asarray(space.vectors[c], np.float32) @ q[j]
-        top = np.argsort(-s)[:kk]
-        scores[j, : len(top)], rows[j, : len(top)] = s[top], c[top]
-    return scores, rows
 
 
 def normalise_patches(v, dim: int) -> np.ndarray:

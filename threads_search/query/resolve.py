@@ -43,14 +43,18 @@ class QueryResolution:
                 self._paths = {os.path.abspath(str(p)): i for i, p in col.dropna().items()}
         return self._paths.get(os.path.abspath(path), -1)
 
+    def _indexed_row(self, query: str | Path) -> int:
+        """Row of the indexed slide ``query`` names: its slide_id (a ``str``), else the path of
+        its file; -1 when none."""
+        row = int(self._slide_pos.get_indexer([query])[0]) if isinstance(query, str) else -1
+        return row if row >= 0 else self._path_row(str(query))
+
     def _slide_query(self, query) -> tuple[np.ndarray, int | None]:
         """(query vector [E], row of the indexed slide or None)."""
         if not isinstance(query, (str, Path)):
             return self._vector(query), None
         s = str(query)
-        row = int(self._slide_pos.get_indexer([s])[0]) if isinstance(query, str) else -1
-        if row < 0:
-            row = self._path_row(s)
+        row = self._indexed_row(query)
         if row >= 0:
             return self._s.rows([row])[0], row
         if not Path(s).exists():

@@ -29,7 +29,7 @@ import faiss
 import numpy as np
 
 from threads_search.vectorstore.autotune import held_out_rows
-from threads_search.vectorstore.vectors import recall_at_k, save_index
+from threads_search.vectorstore.vectors import pread_rows, recall_at_k, save_index
 
 TRAIN_ROWS = 1 << 18
 CHUNK_ROWS = 1 << 18
@@ -44,7 +44,7 @@ class NpyRows:
     def __init__(self, path: str | Path) -> None:
         mm = np.load(path, mmap_mode="r")
         self.path, self.shape, self.dtype = str(path), mm.shape, mm.dtype
-        self._offset, self._row = mm.offset, mm.dtype.itemsize * mm.shape[1]
+        self._offset, self._row = mm.offset, mm.dtype.itemsize * mm.shape[1]  # bytes
         del mm
 
     def __len__(self) -> int:
@@ -58,17 +58,11 @@ class NpyRows:
             off = self._offset + start * self._row
             return np.fromfile(self.path, self.dtype, count, offset=off).reshape(-1, dim)
         ids = np.arange(self.shape[0])[key] if isinstance(key, slice) else np.asarray(key)
-        out = np.empty((len(ids), dim), self.dtype)
-        view = memoryview(out).cast("B")
         fd = os.open(self.path, os.O_RDONLY)
         try:
-            for j, r in enumerate(ids.tolist()):
-                os.preadv(
-                    fd, [view[j * self._row : (j + 1) * self._row]], self._offset + r * self._row
-                )
+            return pread_rows(fd, ids, dim, self.dtype, self._offset)
         finally:
             os.close(fd)
-        return out
 
 
 def write_npy_rows(path: str | Path, n: int, dim: int, chunks, dtype=np.float16) -> int:
@@ -102,15 +96,17 @@ def code_bytes(dim: int) -> int:
     return m
 
 
-def rerank_rows(vectors, q: np.ndarray, cand: np.ndarray, k: int) -> np.ndarray:
-    """Ids ``[Q, k]``: each query's candidates re-scored exactly with ``vectors`` rows."""
-    out = np.full((len(q), k), -1, np.int64)
+def rerank_exact(vectors, q: np.ndarray, cand: np.ndarray, k: int) -> tuple:
+    """(scores, ids) ``[Q, k]``: each query's candidate ids ``cand`` ``[Q, K]`` re-scored exactly
+    with their ``vectors`` rows, best first (score -inf and id -1 pad when fewer)."""
+    scores = np.full((len(q), k), -np.inf, np.float32)
+    ids = np.full((len(q), k), -1, np.int64)
     for j, c in enumerate(cand):
         c = np.unique(c[c >= 0])
         s = np.asarray(vectors[c], np.float32) @ q[j]
-        top = c[np.argsort(-s)[:k]]
-        out[j, : len(top)] = top
-    return out
+        top = np.argsort(-s)[:k]
+        scores[j, : len(top)], ids[j, : len(top)] = s[top], c[top]
+    return scores, ids
 
 
 def _left_out(n: int, own: np.ndarray, bounds: np.ndarray | None) -> np.ndarray:
@@ -188,7 +184,7 @@ def build_compressed(
             sel = faiss.IDSelectorNot(faiss.IDSelectorRange(int(lo), int(hi)))
             sp = faiss.SearchParametersIVF(sel=sel, nprobe=nprobe)
             _, cand = index.search(qi[None], k * kf, params=sp)
-            found.append(rerank_rows(vectors, qi[None], cand, k)[0])
+            found.append(rerank_exact(vectors, qi[None], cand, k)[1][0])
         return recall_at_k(np.array(found), truth[rows])
 
     t = time.perf_counter()

@@ -54,7 +54,13 @@ from threads_search.vectorstore.autotune import (
 )
 from threads_search.vectorstore.faiss_types import create_index_type
 from threads_search.vectorstore.shards import ROW_GROUP_BYTES, ShardSet, ShardWriter, write_shards
-from threads_search.vectorstore.vectors import load_index, normalize, recall_at_k, save_index
+from threads_search.vectorstore.vectors import (
+    load_index,
+    normalize,
+    pread_rows,
+    recall_at_k,
+    save_index,
+)
 
 __all__ = [
     "META",
@@ -310,15 +316,9 @@ class StreamingIndex:
             self.vectors = None
 
     def _rows(self, ids: np.ndarray) -> np.ndarray:
-        """Rows ``ids`` of ``vectors.f32`` as float32 ``[len(ids), D]``, one ``preadv`` each
-        (page cache when warm). Faster than a memory map for scattered rows, and it keeps
-        them out of resident memory: a map's fault-around makes every row touched cost 64 KB
-        of RSS, gigabytes after a few hundred queries."""
-        out = np.empty((len(ids), self.d), np.float32)
-        view, rb = memoryview(out).cast("B"), 4 * self.d
-        for j, r in enumerate(ids.tolist()):
-            os.preadv(self.vectors, [view[j * rb : (j + 1) * rb]], r * rb)
-        return out
+        """Rows ``ids`` of ``vectors.f32`` as float32 ``[len(ids), D]`` (``vectors.pread_rows``:
+        nothing stays resident)."""
+        return pread_rows(self.vectors, ids, self.d, np.float32)
 
     def candidates(self, q: np.ndarray, kk: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
         """The index's own top-``kk`` (approximate scores, ids) for normalised ``q``."""

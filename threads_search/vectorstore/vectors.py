@@ -11,6 +11,7 @@ the end of its row: ``drop_padding`` turns one row into the valid hits only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,18 @@ def _exact_over(
 ) -> tuple[np.ndarray, np.ndarray]:
     scores, pos = faiss.knn(q, sub, k, metric=IP)
     return _finish(scores, np.where(pos >= 0, ids[np.maximum(pos, 0)], -1))
+
+
+def pread_rows(fd: int, ids, dim: int, dtype, offset: int = 0) -> np.ndarray:
+    """Rows ``ids`` ``[len(ids), dim]`` of a file of fixed-size ``dtype`` rows starting at byte
+    ``offset``, one ``preadv`` each into private memory (page cache when warm). Faster than a
+    memory map for scattered rows, and nothing stays resident: a map's fault-around makes every
+    row touched cost 64 KB of RSS, gigabytes after a few hundred queries."""
+    out = np.empty((len(ids), dim), dtype)
+    view, rb = memoryview(out).cast("B"), out.itemsize * dim
+    for j, r in enumerate(np.asarray(ids).tolist()):
+        os.preadv(fd, [view[j * rb : (j + 1) * rb]], offset + r * rb)
+    return out
 
 
 def save_index(index: faiss.Index, path: str | Path) -> Path:
