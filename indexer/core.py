@@ -265,7 +265,7 @@ def _assemble(sess: IndexSession, new_mol) -> dict:
     """Write and commit the generation of every work record (+ molecular, metadata)."""
     cfg, index_dir, summary = sess.cfg, sess.index_dir, sess.summary
     paths = dict(sorted(list_records(index_dir).items()))
-    recs = {sid: read_record(p, sid, patches=False) for sid, p in paths.items()}
+    recs = {sid: read_record(p, sid) for sid, p in paths.items()}
     lost = sorted((set(summary.indexed) | set(summary.skipped)) - set(recs))
     if lost:  # never commit an index that silently lacks what the summary reports
         raise LostSlidesError(

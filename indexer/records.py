@@ -67,12 +67,18 @@ def read_meta(path: Path) -> dict | None:
         return None
 
 
-def read_record(path: Path, slide_id: str, patches: bool = True) -> SlideRecord:
-    """The record at ``path``; its patch vectors only when ``patches`` (and it has them)."""
+def read_record(path: Path, slide_id: str) -> SlideRecord:
+    """The record at ``path`` without its patch vectors (``read_patches`` reads those, one record
+    at a time: all of them together may not fit in memory)."""
     with np.load(path) as z:
         meta = json.loads(str(z["meta"]))
-        pv = z["patches"] if patches and "patches" in z.files else None
-        return SlideRecord(slide_id, z["embedding"], z["coords"], z["attention"], meta, pv)
+        return SlideRecord(slide_id, z["embedding"], z["coords"], z["attention"], meta)
+
+
+def read_patches(path: Path) -> np.ndarray | None:
+    """The record's patch vectors float16 ``[N, D]`` (None when it was made without them)."""
+    with np.load(path) as z:
+        return np.asarray(z["patches"], np.float16) if "patches" in z.files else None
 
 
 def list_records(index_dir: Path) -> dict[str, Path]:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from indexer.records import read_patches
+
 REGION_COLUMNS = ["slide_id", "x", "y", "size_px", "size_um"]
 
 
@@ -33,8 +35,7 @@ class RegionRows:
 
     def chunks(self) -> Iterator[np.ndarray]:
         for p in self.sources:
-            with np.load(p) as z:
-                yield np.asarray(z["patches"], np.float16)
+            yield read_patches(p)
 
 
 def region_table(recs: dict, paths: dict) -> RegionRows | None:
@@ -46,10 +47,10 @@ def region_table(recs: dict, paths: dict) -> RegionRows | None:
         if not r.meta.get("has_patches") or len(r.coords) == 0:
             continue
         if not dim:
-            with np.load(paths[sid]) as z:
-                if "patches" not in z.files:
-                    continue
-                dim = int(z["patches"].shape[1])
+            first = read_patches(paths[sid])
+            if first is None:
+                continue
+            dim = int(first.shape[1])
         patch = r.meta.get("patch") or {}
         n = len(r.coords)
         frames.append(
