@@ -37,7 +37,7 @@ bench: env
 	@for b in bench/*.py; do echo "==> $$b"; $(BIN)/python $$b || exit 1; done
 
 lock: env
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(pip|setuptools|wheel)==' | sort -f > requirements.lock
+	{ echo "# Exact versions tested together (pip constraints). Regenerate with: make lock"; $(BIN)/python -m pip freeze --exclude-editable | grep -v -E '^(pip|setuptools|wheel)==' | sort -f; } > requirements.lock
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache .ruff_cache

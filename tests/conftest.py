@@ -9,6 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Browser fixtures (server, browser, page, shots) for every tests/test_ui_browser*.py file.
+pytest_plugins = ["ui_browser_fixtures"]
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
