@@ -39,6 +39,7 @@ def test_open_tables_manifest_and_files(hand):
     info = index.info()
     assert info["counts"]["slides"] == 60 and info["faiss"]["slides"]["type"] == "flat"
     assert info["faiss"]["slides"]["recall_at_k"] == pytest.approx(1.0)
+    assert info["faiss"]["slides"]["choice"].startswith("flat: 60 vectors")  # why, recorded
 
 
 def test_search_slides_by_id_excludes_self_and_patient(hand):

@@ -389,6 +389,8 @@ def _info_rows(info: dict) -> dict:
         rows[f"FAISS {name}"] = (
             f"{f.get('type')} {f.get('params') or ''} recall@{f.get('k')} = {rec}"
         )
+        if f.get("choice"):
+            rows[f"FAISS {name} chosen"] = f["choice"]
     r = info.get("regions")
     rows["region index"] = (
         f"{r['count']} patches of {r['slides']} slides, {r['dim']}-d, FAISS {r['type']}, "
