@@ -22,8 +22,10 @@ path, the validation recall the trainer logged for the chosen epoch is recompute
 Rows (test split): molecule→slide Recall@1/5/10 (RNA, DNA; gallery = all test slides),
 slide→slide mMV@5 for subtype (patient-level exclusion), zero-shot subtype balanced accuracy with
 molecular prototypes (mean RNA embedding per subtype over the TRAIN patients), linear probe
-(C=0.5, balanced) balanced accuracy for subtype and TP53_mutated (fit on train slides), few-shot
-1-16 per class (10 draws), zero-shot / linear probe, training throughput and peak memory.
+(C=0.5, balanced, features z-scored on the train slides) balanced accuracy for subtype and
+TP53_mutated (fit on train slides), few-shot 1-16 per class (10 draws), zero-shot / linear probe,
+training throughput and peak memory. The untrained baseline, the probe and the few-shot curve are
+``threads-search evaluate``'s code (``threads_search.evaluation``) on the train/test split.
 
 Settings (``Hyper``), chosen to run on 2 CPU cores: THREADS 2 heads x 128 wide, gated attention
 64 wide, 256-d embeddings (116k slide-encoder parameters at 64-d input); RNA/DNA MLPs with one
@@ -61,9 +63,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, print_table, write_results  # noqa: E402
-from quality_eval import check_val_recall, embed, evaluate, untrained_like  # noqa: E402
+from quality_eval import check_val_recall, embed, evaluate  # noqa: E402
 from quality_plot import plot_fewshot  # noqa: E402
 
+from threads_search.evaluation.baselines import untrained_like  # noqa: E402
 from threads_search.models.bundle import load_model  # noqa: E402
 
 TORCH_THREADS = 1  # set by --threads: 1 beat 2 on this shared 2-core machine

@@ -1,6 +1,8 @@
 """The evaluation half of ``bench/quality.py``: embed a cohort with a bundle's public API, the
 untrained baseline, and the quality rows on the held-out test patients (see that script's
-docstring for what each row means)."""
+docstring for what each row means). The untrained baseline, the linear probe and the few-shot
+curve are ``threads-search evaluate``'s own code (``threads_search.evaluation``) run on the
+cohort's train/test split, so this table and evaluate's cannot drift apart."""
 
 from __future__ import annotations
 
@@ -8,42 +10,15 @@ import warnings
 
 import numpy as np
 import pandas as pd
-import torch
 
-from threads_search.eval import (
-    cross_modal_recall,
-    few_shot_curve,
-    linear_probe,
-    prototype_zero_shot,
-    retrieval_metrics,
-)
+from threads_search.eval import cross_modal_recall, prototype_zero_shot, retrieval_metrics
+from threads_search.eval.stats import class_scores
+from threads_search.evaluation.classification import fewshot, out_of_fold
 from threads_search.features.extract import h5_path
-from threads_search.models.bundle import build_model
 from threads_search.molecular.dna import read_dna
 from threads_search.molecular.rna import read_rna_matrix
 
-SHOTS = (1, 2, 4, 8, 16)
 KS = (1, 5, 10)
-
-
-def untrained_like(trained, seed: int = 0):
-    """The trained bundle's architecture, vocabularies and RNA normaliser with the weights
-    ``train`` starts from (``torch.manual_seed(seed)`` then ``build_model``)."""
-
-    def cfg(enc) -> dict:
-        return {k: v for k, v in enc.config.to_dict().items() if k != "in_dim"}
-
-    torch.manual_seed(seed)
-    return build_model(
-        trained.patch_encoder,
-        slide_encoder=trained.slide.name,
-        slide_config=cfg(trained.slide),
-        normalizer=trained.normalizer,
-        rna_config=cfg(trained.rna),
-        rna_units=trained.rna_units,
-        genes_dna=trained.genes_dna,
-        dna_config=cfg(trained.dna),
-    ).eval()
 
 
 def embed(model, info: dict) -> dict:
@@ -90,15 +65,25 @@ def check_val_recall(emb: dict, info: dict, logged: float | None) -> dict:
     return {"logged": logged, "recomputed": got, "abs_diff": abs(got - logged)}
 
 
+def _probe(x: np.ndarray, y: np.ndarray, tr: np.ndarray, te: np.ndarray) -> dict:
+    """evaluate's linear probe (``out_of_fold`` on the one train/test split) scored on the test
+    rows: balanced_accuracy, macro_auc, macro_f1, n_train, n_test."""
+    y = np.asarray(y).astype(str)
+    classes = np.unique(y[tr])
+    proba = out_of_fold(x, y, [(np.flatnonzero(tr), np.flatnonzero(te))], classes)
+    out = class_scores(y[te], proba[te], classes)
+    return {**out, "n_train": int(tr.sum()), "n_test": int(te.sum())}
+
+
 def evaluate(emb: dict, info: dict) -> dict:
     """The quality rows on the test patients (see the module docstring)."""
     c = info["cohort"]
     pat = c.patients.set_index("patient_id")
     sl = c.slides.reset_index(drop=True)
     te, tr = (sl.split == "test").to_numpy(), (sl.split == "train").to_numpy()
-    s_te, s_tr = emb["slide"][te], emb["slide"][tr]
+    s_te = emb["slide"][te]
     p_te = sl.patient_id[te].to_numpy()
-    y_te, y_tr = sl.subtype[te].to_numpy(), sl.subtype[tr].to_numpy()
+    y_te = sl.subtype[te].to_numpy()
     pid = dict(zip(c.samples.sample_id, c.samples.patient_id, strict=True))
     r: dict = {}
     for mod in ("rna", "dna"):
@@ -119,14 +104,16 @@ def evaluate(emb: dict, info: dict) -> dict:
     q = pat.split.loc[owners].to_numpy() == "train"
     zs = prototype_zero_shot(s_te, y_te, emb["rna"][q], pat.subtype.loc[owners[q]].to_numpy())
     r["zero-shot bal. acc (subtype)"] = zs["balanced_accuracy"]
-    lp = linear_probe(s_tr, y_tr, s_te, y_te)
+    lp = _probe(emb["slide"], sl.subtype.to_numpy(), tr, te)
     r["linear probe bal. acc (subtype)"] = lp["balanced_accuracy"]
-    t_tr = pat.TP53_mutated.loc[sl.patient_id[tr]].to_numpy()
-    t_te = pat.TP53_mutated.loc[p_te].to_numpy()
-    r["linear probe bal. acc (TP53)"] = linear_probe(s_tr, t_tr, s_te, t_te)["balanced_accuracy"]
-    fs = few_shot_curve(s_tr, y_tr, s_te, y_te, shots=SHOTS, n_draws=10, seed=0)
+    tp53 = pat.TP53_mutated.loc[sl.patient_id].to_numpy()
+    r["linear probe bal. acc (TP53)"] = _probe(emb["slide"], tp53, tr, te)["balanced_accuracy"]
+    split = [(np.flatnonzero(tr), np.flatnonzero(te))]
+    y_all = sl.subtype.to_numpy()
+    curve = fewshot({"m": emb["slide"]}, y_all, split, n_draws=10, seed=0)["curves"]["m"]
+    fs = pd.DataFrame(curve)
     for row in fs.itertuples():
-        r[f"{row.shots}-shot bal. acc (subtype)"] = row.balanced_accuracy_mean
+        r[f"{int(row.shots)}-shot bal. acc (subtype)"] = row.balanced_accuracy_mean
     r["zero-shot / linear probe"] = zs["balanced_accuracy"] / lp["balanced_accuracy"]
     extra = {
         "retrieval": ret,

@@ -20,7 +20,19 @@ from trainer.cli import main as train_main
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = {"pandas", "duckdb", "pyarrow", "faiss", "torch", "numpy", "h5py", "tqdm"}
-COMMANDS = ["demo", "features", "encoders", "train", "index", "search", "classify", "info", "ui"]
+COMMANDS = [
+    "demo",
+    "features",
+    "encoders",
+    "train",
+    "index",
+    "search",
+    "classify",
+    "info",
+    "ui",
+    "evaluate",
+    "export",
+]
 TRAIN_OPTIONS = [
     "--features",
     "--pairs",

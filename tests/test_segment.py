@@ -95,6 +95,9 @@ def test_cli_help_and_demo(tmp_path):
     assert "slides matching the RNA profile" in out and "molecular prompting" in out
     assert "regions most like" in out and f"search {tmp_path / 'index'} --region " in out
     assert f"threads-search ui {tmp_path / 'index'}" in out
+    # step 6 prints the evaluate command; 8 patients are too few for its folds: said, not fatal
+    assert f"threads-search evaluate {tmp_path / 'index'} --labels" in out
+    assert "evaluation skipped: " in out or "Δ" in out
     assert len(list((tmp_path / "features" / "h5").glob("*.h5"))) == 8
     assert (tmp_path / "index" / "index.json").exists()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from threads_search._version import __version__
 
-__all__ = ["__version__", "load_model", "open_index", "save_model"]
+__all__ = ["__version__", "evaluate", "load_model", "open_index", "save_model"]
 
 
 def __getattr__(name: str):
@@ -24,4 +24,8 @@ def __getattr__(name: str):
         from threads_search.query import open_index
 
         return open_index
+    if name == "evaluate":
+        from threads_search.evaluation import evaluate
+
+        return evaluate
     raise AttributeError(f"module 'threads_search' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """threads-search: whole-slide image retrieval on a slide-molecule embedding space.
 
 Typical path: `features` (patch features per slide) → `train` (THREADS model) → `index` →
-`search` / `classify` / `ui`. `demo` runs it all on generated data.
+`search` / `classify` / `ui`; `evaluate` scores the embedding on your labels against
+baselines, `export` writes the embeddings for other tools. `demo` runs it all on generated data.
 """
 
 # One module per command family, each with ``register(app)`` adding its commands through
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import typer
 
-from threads_search.cli import demo, features, index, query, train, ui
+from threads_search.cli import demo, evaluate, features, index, query, train, ui
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -22,7 +23,7 @@ app = typer.Typer(
     rich_markup_mode="markdown",  # keeps "[default: ...]" in help texts visible
 )
 
-for _family in (demo, features, train, index, query, ui):
+for _family in (demo, features, train, index, query, evaluate, ui):
     _family.register(app)
 
 

@@ -133,6 +133,18 @@ class Index(QueryResolution, RegionSearch):
         """The molecular-sample table (sample_id, patient_id, kind, metadata); may be empty."""
         return self._m.table.copy(deep=False)
 
+    def vectors(self, table: str = "slides") -> np.ndarray:
+        """Normalised embeddings float32 ``[N, E]`` of every row of ``table`` ("slides" or
+        "molecular"), in table order (row i = FAISS id i): exact where the index keeps exact
+        vectors, else read from the embeddings Parquet."""
+        if table not in ("slides", "molecular"):
+            raise QueryError(f"table must be 'slides' or 'molecular', got {table!r}")
+        space = self._s if table == "slides" else self._m
+        n = len(space.table)
+        if n == 0:
+            return np.zeros((0, self.dim), np.float32)
+        return np.asarray(space.rows(np.arange(n)), np.float32)
+
     @property
     def manifest(self) -> dict:
         """``index.json`` (with ``generation_dir``)."""
@@ -179,7 +191,7 @@ class Index(QueryResolution, RegionSearch):
                 slide_encoder=(cfg.get("slide_encoder") or {}).get("name"),
                 molecular_encoders=sorted(cfg.get("molecular_encoders") or {}),
             )
-        keys = ("type", "params", "recall_at_k", "k", "target_recall", "memory_bytes")
+        keys = ("type", "params", "recall_at_k", "k", "target_recall", "memory_bytes", "choice")
         faiss_info = {
             name: {k: (m[name]["faiss"]).get(k) for k in keys}
             for name in ("slides", "molecular")

@@ -34,7 +34,7 @@ from threads_search.synth import cohort_molecular as mol
 
 FORMAT = "threads-search-synthetic-cohort"
 SPLITS = ("train", "val", "test")
-_STREAMS = {"latent": 1, "rna_roles": 2, "rna": 3, "dna": 4, "slides": 5, "sites": 6}
+_STREAMS = {"latent": 1, "rna_roles": 2, "rna": 3, "dna": 4, "slides": 5, "sites": 6, "survival": 7}
 RNA_SITE_SD = 0.25  # natural-log sd of the per-site, per-gene RNA offset at site_effect=1
 
 
@@ -51,7 +51,8 @@ class Cohort:
     """A generated cohort. Frames:
 
     - ``patients``: patient_id, subtype, subtype_index, programme_1..P, site, site_index,
-      TP53_mutated, split, has_rna, has_dna, n_slides (one row per patient)
+      TP53_mutated, split, has_rna, has_dna, n_slides, and the survival outcomes of
+      :func:`add_survival` (one row per patient)
     - ``slides``: slide_id, patient_id, slide_index, signal_fraction (share of the slide's
       tissue that is tumour and carries the signal), seed, subtype, site, split
     - ``samples``: sample_id, patient_id, kind (rna|dna)
@@ -200,6 +201,33 @@ def _confound(site, subtype, splits, n_sites, p, confound_splits, rng) -> np.nda
     return np.where(take, home_site(subtype, n_sites), site)
 
 
+SURVIVAL_LOG_HR = 1.5  # log hazard ratio per sd of the risk factor
+SURVIVAL_FOLLOW_UP = 120.0  # months: administrative censoring
+
+
+def add_survival(patients: pd.DataFrame, progs: np.ndarray, rng: np.random.Generator) -> None:
+    """Add two survival outcomes (months, event 1 = death / 0 = censored) to ``patients``:
+
+    - ``os_months`` / ``os_event``: driven by ``programme_1`` (which the slides, RNA and DNA
+      show), hazard ``0.02 * exp(SURVIVAL_LOG_HR * programme_1)`` per month (no programme: no
+      effect);
+    - ``hidden_os_months`` / ``hidden_os_event``: the same model driven by ``hidden_risk`` (a
+      standard-normal factor no modality shows, also written as a column): an embedding cannot
+      predict it (c-index ~ 0.5).
+
+    Exponential event times; censoring uniform on [0, 2 x follow-up], capped at
+    ``SURVIVAL_FOLLOW_UP``. Drawn from its own stream: other columns do not change."""
+    n = len(patients)
+    hidden = rng.standard_normal(n)
+    shown = progs[:, 0] if progs.shape[1] else np.zeros(n)
+    patients["hidden_risk"] = hidden
+    for name, risk in (("os", shown), ("hidden_os", hidden)):
+        t = rng.exponential(1.0, n) / (0.02 * np.exp(SURVIVAL_LOG_HR * risk))
+        c = np.minimum(rng.uniform(0, 2 * SURVIVAL_FOLLOW_UP, n), SURVIVAL_FOLLOW_UP)
+        patients[f"{name}_months"] = np.round(np.minimum(t, c), 2)
+        patients[f"{name}_event"] = (t <= c).astype(np.int64)
+
+
 def make_cohort(
     n_patients: int = 150,
     n_subtypes: int = 4,
@@ -331,6 +359,7 @@ def make_cohort(
     patients["has_rna"] = has_rna
     patients["has_dna"] = has_dna
     patients["n_slides"] = n_slides
+    add_survival(patients, progs, stream("survival"))
 
     # ---- slides
     rng_s = stream("slides")
