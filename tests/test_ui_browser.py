@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 from ui_browser_fixtures import section as _section
 from ui_browser_fixtures import shot as _shot
 from ui_fixtures import ui_index  # noqa: F401
@@ -50,7 +51,8 @@ def test_slide_search_heatmap_and_side_by_side_viewer(page, server, ui_index, sh
     state["tile_urls"].add(src)
     frame = page.frame_locator('iframe[src*="/view/"]')
     for i in (0, 1):
-        frame.locator(f"#status{i}").get_by_text(re.compile(r"tiles loaded: [1-9]")).wait_for()
+        frame.locator(f'#status{i}[data-state="ready"]').wait_for()
+        assert int(frame.locator(f"#status{i}").get_attribute("data-tiles")) > 0
     assert query in frame.locator(".title").first.inner_text()
     assert want["slide_id"].iat[0] in frame.locator(".title").nth(1).inner_text()
     assert frame.locator(".mark").count() >= 2  # top-attention patches boxed
@@ -147,7 +149,7 @@ def test_region_search_gallery_and_viewer_at_the_same_scale(page, server, ui_ind
     page.get_by_text("Upload a photo of a field").click()
     page.get_by_role("button", name="Search regions").click()
     page.get_by_text("choose a photo to upload first").wait_for()
-    assert page.get_by_text(re.compile(r"Most similar regions to")).count() == 0
+    expect(page.get_by_text(re.compile(r"Most similar regions to"))).to_have_count(0)
     page.get_by_text("A region of an archive slide").click()
     page.get_by_role("button", name="Search regions").click()
     page.get_by_text(re.compile(r"Most similar regions to")).wait_for()
@@ -158,7 +160,8 @@ def test_region_search_gallery_and_viewer_at_the_same_scale(page, server, ui_ind
     state["tile_urls"].add(src)
     frame = page.frame_locator('iframe[src*="/view/"]')
     for i in (0, 1):
-        frame.locator(f"#status{i}").get_by_text(re.compile(r"tiles loaded: [1-9]")).wait_for()
+        frame.locator(f'#status{i}[data-state="ready"]').wait_for()
+        assert int(frame.locator(f"#status{i}").get_attribute("data-tiles")) > 0
     assert "query: " + query in frame.locator(".title").first.inner_text()
     assert "hit: " + want["slide_id"].iat[0] in frame.locator(".title").nth(1).inner_text()
     viewer = next(f for f in page.frames if "/view/" in f.url)

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from threads_search.errors import ThreadsSearchError
+from ui import display
 
 log = logging.getLogger("threads_search.ui")
 
@@ -95,18 +96,14 @@ def guard(what: str):
 
 
 def key_columns(frame: pd.DataFrame, limit: int = 3) -> list[str]:
-    """Up to ``limit`` descriptive metadata columns (categorical first) for captions."""
-    skip = set(ID_COLUMNS) | set(TECH_COLUMNS) | {"rank", "score"}
-    cols = [c for c in frame.columns if c not in skip]
-    cat = [c for c in cols if not pd.api.types.is_numeric_dtype(frame[c])]
-    return (cat + [c for c in cols if c not in cat])[:limit]
+    """Up to ``limit`` metadata columns for captions: the session's shown columns, diagnosis-like
+    first (``ui.display``)."""
+    return display.caption_columns(frame.columns, display.current(), limit)
 
 
 def fmt(v) -> str:
     """A metadata value for a caption: 3 significant digits for floats, — for missing."""
-    if v is None or (isinstance(v, float) and v != v):
-        return "—"
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return display.format_value(v)
 
 
 @st.cache_data(show_spinner=False, max_entries=2000)
@@ -123,34 +120,71 @@ def gallery_thumb(path, thumbnail, side: int = 320):
     return thumbnail if isinstance(thumbnail, str) and Path(thumbnail).is_file() else None
 
 
-def show_gallery(results: pd.DataFrame, key: str, per_row: int = 4) -> None:
-    """Thumbnails of result slides with rank, similarity and key metadata; the table and a CSV
-    download below."""
+NO_MATCH = "No slides match these filters."
+PICTURE_SIZES = {"Small": 1, "Large": 2}  # pictures per row divided by this
+
+
+def show_gallery(results: pd.DataFrame, key: str, per_row: int = 4, query=None) -> None:
+    """Pictures of result slides with rank, similarity and case context (the session's shown
+    columns, ``ui.display``); a size control (larger pictures, fewer per row; each picture also
+    opens full screen); the table with paths and pixel sizes under "Technical details"; a CSV
+    download. ``query``: the query slide's metadata row (``display.query_row``), shown as a
+    case line above the results."""
+    cfg = display.current()
+    if query is not None:
+        line = display.case_line(query, cfg)
+        st.markdown(f"Query: **{query['slide_id']}**" + (f" — {line}" if line else ""))
     if results.empty:
-        st.info("No slide matches (check the filters).")
+        st.info(NO_MATCH)
         return
     top = results.iloc[0]
-    st.markdown(
+    c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+    c1.markdown(
         f"Top match: **{top['slide_id']}** (similarity {top['score']:.3f}) · {len(results)} results"
     )
-    meta = key_columns(results)
+    size = c2.radio("Picture size", list(PICTURE_SIZES), horizontal=True, key=f"{key}_pic")
+    per_row = max(1, per_row // PICTURE_SIZES.get(size, 1))
+    side = 320 if per_row > 2 else 768
     for start in range(0, len(results), per_row):
         cols = st.columns(per_row)
         for col, (_, r) in zip(
             cols, results.iloc[start : start + per_row].iterrows(), strict=False
         ):
             with col:
-                thumb = gallery_thumb(r.get("path"), r.get("thumbnail"))
+                thumb = gallery_thumb(r.get("path"), r.get("thumbnail"), side)
                 if thumb is not None:
                     st.image(thumb, width="stretch")
                 lines = [f"**#{int(r['rank'])} {r['slide_id']}**", f"similarity {r['score']:.3f}"]
-                if "patient_id" in r and r["patient_id"] is not None:
+                if "patient_id" in r and not display.is_missing(r["patient_id"]):
                     lines.append(f"patient {r['patient_id']}")
-                lines += [f"{c}: {fmt(r[c])}" for c in meta]
+                lines += display.caption_lines(r, cfg)
                 st.markdown("  \n".join(lines))
     table = results.drop(columns=["thumbnail"], errors="ignore")
-    st.dataframe(table, hide_index=True, width="stretch")
+    show_table(table, cfg)
     download_csv(table, f"{key}.csv", key=f"dl_{key}")
+
+
+def show_table(frame: pd.DataFrame, cfg=None, extra_config: dict | None = None, **kwargs):
+    """A metadata table: the shown columns with human labels and readable numbers (plus
+    ``extra_config`` column settings); paths, pixel sizes and other internals in a "Technical
+    details" expander below. ``kwargs`` go to the main ``st.dataframe``, whose value (a
+    selection event when ``on_select`` is given) is returned."""
+    cfg = cfg or display.current()
+    extra = extra_config or {}
+    lead = [c for c in frame.columns if c in extra]  # e.g. a picture column, first
+    shown, tech = display.split(frame.drop(columns=lead), cfg)
+    shown = frame[lead + list(shown.columns)]
+    conf = {**display.column_config(shown, cfg), **extra}
+    event = st.dataframe(shown, hide_index=True, width="stretch", column_config=conf, **kwargs)
+    if tech is not None:
+        with st.expander("Technical details"):
+            st.dataframe(
+                tech,
+                hide_index=True,
+                width="stretch",
+                column_config=display.column_config(tech, cfg),
+            )
+    return event
 
 
 def download_csv(frame: pd.DataFrame, name: str, key: str, label: str = "Download CSV") -> None:

@@ -1,11 +1,15 @@
 """Facet filters: one widget per metadata column → a guarded ``where`` clause.
 
+Descriptive columns come first (diagnosis-like ones leading, ``ui.display``) under "Filters";
+ids and technical columns (slide_id, µm/px, pixel sizes, patch counts...) under "More filters".
+
 Which widget a column gets (:func:`facets_for`): a multiselect for a categorical column (text,
 boolean or category with at most ``MAX_CATEGORIES`` values; missing values offered as
 ``(missing)``), a range slider for a numeric one, a "contains" text box for a high-cardinality
 text column. The clause is built by ``threads_search.query.filters.build_where`` (identifiers
 and values quoted by the project's guarded builder, never pasted raw), optionally ANDed with a
-free SQL expression that the index's guard (``threads_search.query.sql_guard``) checks.
+free SQL expression that the index's guard (``threads_search.query.sql_guard``) checks. An
+invalid SQL expression is reported and left out; the facet filters still apply.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from threads_search.query.filters import Contains, Range, build_where, combine_where
+from ui import display
 
 MAX_CATEGORIES = 30
 MISSING = "(missing)"
@@ -89,53 +94,116 @@ def build(facets: list[Facet], values: dict, columns: list[str], sql: str = "") 
     return combine_where(build_where(conds, columns) if conds else None, sql or None)
 
 
-def _slider(f: Facet, key: str):
+def nice_step(lo: float, hi: float, n: int = 100) -> float:
+    """A 1, 2 or 5 x 10^k step dividing ``lo..hi`` into about ``n`` steps."""
+    raw = (hi - lo) / n
+    if not raw > 0:
+        return 1.0
+    exp = math.floor(math.log10(raw))
+    mant = raw / 10**exp
+    return next(m for m in (1, 2, 5, 10) if m >= mant - 1e-9) * 10**exp
+
+
+def _slider(f: Facet, key: str, cfg):
+    text = display.label(f.column, cfg, with_unit=True)
     if f.integer:
-        return st.slider(f.column, int(f.lo), int(f.hi), (int(f.lo), int(f.hi)), key=key)
-    step = (f.hi - f.lo) / 100.0
-    digits = max(0, 2 - int(math.floor(math.log10(step)))) if step > 0 else 2
-    scale = 10**digits
-    lo, hi = math.floor(f.lo * scale) / scale, math.ceil(f.hi * scale) / scale
-    return st.slider(f.column, lo, hi, (lo, hi), step=10**-digits, key=key, format=f"%.{digits}f")
+        return st.slider(text, int(f.lo), int(f.hi), (int(f.lo), int(f.hi)), key=key)
+    step = nice_step(f.lo, f.hi)
+    digits = max(0, -math.floor(math.log10(step) + 1e-9))
+    lo = math.floor(f.lo / step) * step
+    hi = math.ceil(f.hi / step) * step
+    lo, hi = round(lo, digits), round(hi, digits)
+    return st.slider(
+        text, lo, hi, (lo, hi), step=round(step, digits), key=key, format=f"%.{digits}f"
+    )
+
+
+def _widget(f: Facet, cfg):
+    """The widget of a facet, labelled per the display settings ``cfg``."""
+    key = f"facet:{f.column}"
+    text = display.label(f.column, cfg)
+    if f.kind == "categories":
+        return st.multiselect(
+            text, list(f.options), key=key, placeholder="any", format_func=_option_text
+        )
+    if f.kind == "contains":
+        return st.text_input(f"{text} contains", key=key)
+    return _slider(f, key, cfg)
+
+
+def _option_text(v) -> str:
+    return v if isinstance(v, str) else display.format_value(v)
+
+
+def ordered(facets: list[Facet]) -> tuple[list[Facet], list[Facet]]:
+    """(main, more): descriptive facets in display order (diagnosis-like first, bookkeeping
+    last), then the ids and technical ones."""
+    by_col = {f.column: f for f in facets}
+    main = [by_col[c] for c in display.default_columns(by_col)]
+    return main, [f for f in facets if f not in main]
 
 
 def render(index) -> dict:
-    """The sidebar filter widgets. Returns ``{"slides": where, "molecular": where, "error":
-    message or None, "n": matching slides or None}``."""
+    """The sidebar filter widgets and display settings (``ui.display.sidebar``). Returns
+    ``{"slides": where applied, "molecular": where, "error": message or None, "sql_error":
+    message or None, "n": matching slides or None, "total": slides}``. An invalid SQL filter
+    is left out (``sql_error``, also in ``error``) while the facets stay applied: ``slides``
+    and ``n`` are those of the facets alone; ``error`` without ``sql_error`` means no filter
+    is applied."""
     slides = index.slides
     columns = index.filter_columns("slides")
-    facets = facets_for(slides, columns)
+    main, more = ordered(facets_for(slides, columns))
+    cfg = display.load_config(index.root, slides.columns)  # labels (warnings: display.sidebar)
     values = {}
     with st.sidebar.expander("Filters", expanded=False):
-        for f in facets:
-            key = f"facet:{f.column}"
-            if f.kind == "categories":
-                values[f.column] = st.multiselect(
-                    f.column, list(f.options), key=key, placeholder="any"
-                )
-            elif f.kind == "contains":
-                values[f.column] = st.text_input(f"{f.column} contains", key=key)
-            else:
-                values[f.column] = _slider(f, key)
+        for f in main:
+            values[f.column] = _widget(f, cfg)
         sql = st.text_input(
             "SQL filter (advanced)",
             key="facet:sql",
             help="A boolean SQL expression over the metadata columns, e.g. "
             "`subtype = 'subtype_A' AND tissue_area_mm2 > 0.2`",
         )
-    out = {"slides": None, "molecular": None, "error": None, "n": None}
-    try:
-        out["slides"] = build(facets, values, columns, sql)
-        mol_cols = index.filter_columns("molecular") if len(index.molecular) else []
-        out["molecular"] = build(facets, values, mol_cols) if mol_cols else None
-        ids = index.filter_ids(out["slides"], "slides")
-        out["n"] = len(slides) if ids is None else len(ids)
-    except Exception as e:  # FilterError and DuckDB errors: shown, the filter is not applied
-        from ui.common import readable
-
-        out.update(slides=None, molecular=None, error=readable(e))
-    if out["error"]:
+    if more:
+        with st.sidebar.expander("More filters", expanded=False):
+            st.caption("Identifiers and technical columns")
+            for f in more:
+                values[f.column] = _widget(f, cfg)
+    out = apply(index, main + more, values, columns, sql)
+    if out["sql_error"]:
+        st.sidebar.error(
+            f"Filter not applied (SQL): {out['sql_error']}  \nThe other filters still apply: "
+            f"{out['n']} of {out['total']} slides."
+        )
+    elif out["error"]:
         st.sidebar.error(f"Filter not applied: {out['error']}")
     elif out["slides"]:
-        st.sidebar.caption(f"{out['n']} of {len(slides)} slides match `{out['slides']}`")
+        st.sidebar.caption(f"{out['n']} of {out['total']} slides match `{out['slides']}`")
+    display.sidebar(index)
+    return out
+
+
+def apply(index, facets: list[Facet], values: dict, columns: list[str], sql: str = "") -> dict:
+    """The filters dict of :func:`render` for widget ``values`` and free ``sql``: the facets'
+    clause ANDed with the SQL when the index accepts it, else the facets' alone."""
+    from ui.common import readable
+
+    out = {"slides": None, "molecular": None, "error": None, "sql_error": None, "n": None}
+    out["total"] = total = len(index.slides)
+    try:
+        out["slides"] = facet_where = build(facets, values, columns)
+        mol_cols = index.filter_columns("molecular") if len(index.molecular) else []
+        out["molecular"] = build(facets, values, mol_cols) if mol_cols else None
+        ids = index.filter_ids(facet_where, "slides")
+    except Exception as e:  # FilterError and DuckDB errors: shown, no filter is applied
+        out.update(slides=None, molecular=None, error=readable(e), n=total)
+        return out
+    if sql and sql.strip():
+        try:
+            where = combine_where(facet_where, sql)
+            ids = index.filter_ids(where, "slides")
+            out["slides"] = where
+        except Exception as e:  # the SQL is left out, the facets stay
+            out["sql_error"] = out["error"] = readable(e)
+    out["n"] = total if ids is None else len(ids)
     return out

@@ -1,10 +1,12 @@
 """Start the UI: ``streamlit run ui/app.py`` on ``host:port`` against an index.
 
-:func:`launch` (used by ``threads-search ui INDEX_DIR [--port] [--host]``) runs the server in
-the foreground until it stops or Ctrl-C; :func:`start` returns a running :class:`UiServer`
-(tests, notebooks), stopped with :meth:`UiServer.stop`. The Deep Zoom tile server runs inside
-the Streamlit process (a daemon thread bound to the same host, a free port unless
-``tile_port`` is given), so stopping Streamlit stops it too.
+:func:`launch` (used by ``threads-search ui INDEX_DIR [--port] [--host] [--tile-port]``) runs
+the server in the foreground until it stops or Ctrl-C; :func:`start` returns a running
+:class:`UiServer` (tests, notebooks), stopped with :meth:`UiServer.stop`. The Deep Zoom tile
+server runs inside the Streamlit process (a daemon thread bound to the same host, a free port
+unless ``tile_port`` is given), so stopping Streamlit stops it too. The browser loads the
+viewer's tiles from that second port: behind an SSH tunnel or a proxy that forwards one port,
+fix it with ``tile_port`` and forward it too (``threads-search ui --help``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from threads_search.errors import ConfigError
 from ui.common import DEFAULT_MAX_UPLOAD_MB, ENV_HOST, ENV_INDEX, ENV_MAX_UPLOAD_MB, ENV_TILE_PORT
 
 APP = Path(__file__).resolve().parent / "app.py"
@@ -35,6 +38,19 @@ def free_port(host: str = "127.0.0.1", preferred: int | None = None) -> int:
                 continue
             return s.getsockname()[1]
     raise OSError(f"no free port on {host}")
+
+
+def check_tile_port(host: str, port: int, tile_port: int) -> None:
+    """Raise ``ConfigError`` when a fixed ``tile_port`` is the app's port or cannot be bound on
+    ``host`` (0: a free port is picked later, nothing to check)."""
+    if not tile_port:
+        return
+    if int(tile_port) == int(port):
+        raise ConfigError(f"--tile-port {tile_port} is the app's own --port: choose another")
+    if not 0 < int(tile_port) < 65536:
+        raise ConfigError(f"--tile-port {tile_port} is not a port number (1-65535)")
+    if free_port(host, int(tile_port)) != int(tile_port):
+        raise ConfigError(f"--tile-port {tile_port} is in use on {host}: choose another port")
 
 
 def command(index_dir: str | Path, host: str, port: int, max_upload_mb: int) -> list[str]:
@@ -125,6 +141,7 @@ def start(
     discarded). Raises ``RuntimeError`` with the server's output when it does not come up."""
     _check_index(index_dir)
     port = free_port(host, port or DEFAULT_PORT)
+    check_tile_port(host, port, tile_port)
     out = log if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
         command(index_dir, host, port, max_upload_mb),
@@ -162,14 +179,22 @@ def launch(
     host: str = "127.0.0.1",
     port: int | None = None,
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
+    tile_port: int = 0,
 ) -> int:
     """Run the UI in the foreground until it exits or Ctrl-C; returns its exit code.
-    ``port`` None: 8501 when free, else a free port. The URL is printed."""
+    ``port`` None: 8501 when free, else a free port; ``tile_port`` 0: the viewer's tiles on a
+    free port. The URLs are printed. Raises ``ConfigError`` for an unusable ``tile_port``."""
     _check_index(index_dir)
     port = free_port(host, port or DEFAULT_PORT) if port is None else int(port)
-    print(f"threads-search UI for {index_dir}: http://{host}:{port}  (Ctrl-C to stop)", flush=True)
+    check_tile_port(host, port, tile_port)
+    tiles = f"; viewer tiles on port {tile_port}" if tile_port else ""
+    print(
+        f"threads-search UI for {index_dir}: http://{host}:{port}{tiles}  (Ctrl-C to stop)",
+        flush=True,
+    )
     proc = subprocess.Popen(
-        command(index_dir, host, port, max_upload_mb), env=_env(index_dir, host, 0, max_upload_mb)
+        command(index_dir, host, port, max_upload_mb),
+        env=_env(index_dir, host, tile_port, max_upload_mb),
     )
     try:
         return proc.wait()

@@ -43,12 +43,8 @@ class UploadStore:
 
     def save(self, name: str, data: bytes, allowed: tuple[str, ...], max_mb: int) -> Path:
         """Write an upload; refuse other extensions and files above ``max_mb`` MiB."""
+        check_name(name, allowed)
         suffix = Path(name).suffix.lower()
-        if suffix not in allowed:
-            raise UploadError(
-                f"{name}: file type {suffix or '(none)'} is not accepted here; "
-                f"use one of {', '.join(allowed)}"
-            )
         if len(data) > max_mb * 2**20:
             raise UploadError(
                 f"{name}: {len(data) / 2**20:.0f} MiB is above the {max_mb} MiB limit"
@@ -71,6 +67,29 @@ class UploadStore:
 
     def close(self) -> None:
         self._finalizer()
+
+
+def check_name(name: str, allowed: tuple[str, ...]) -> None:
+    """Refuse (``UploadError``) a file whose extension is not in ``allowed``."""
+    suffix = Path(name).suffix.lower()
+    if suffix not in allowed:
+        raise UploadError(
+            f"{name}: file type {suffix or '(none)'} is not accepted here; "
+            f"use one of {', '.join(allowed)}"
+        )
+
+
+def refusal(upload, allowed: tuple[str, ...]) -> str | None:
+    """Why an uploaded file (a Streamlit ``UploadedFile`` or None) is refused by its name, or
+    None. The upload widgets accept any file so that a refused one replaces the previous file
+    instead of sitting next to it; this says why it cannot be used."""
+    if upload is None:
+        return None
+    try:
+        check_name(upload.name, allowed)
+    except UploadError as e:
+        return str(e)
+    return None
 
 
 def display_name(path: str | Path) -> str:
@@ -113,11 +132,35 @@ def read_dna_upload(path: Path) -> pd.DataFrame:
     from threads_search.molecular import read_dna
 
     try:
-        return read_dna(path)
+        matrix = read_dna(path)
     except (ValueError, KeyError, OSError) as e:
         raise UploadError(
-            f"{display_name(path)}: not a readable MAF or mutation matrix: {e}"
+            f"{display_name(path)}: not a readable MAF or mutation matrix: {scrub(e, path)}"
         ) from None
+    if matrix.empty:
+        raise UploadError(f"{display_name(path)}: no sample with mutations in the file")
+    return matrix
+
+
+def panel_genes(genes: list[str], panel: list[str]) -> tuple[list[str], list[str]]:
+    """(panel names of the mutated ``genes``, genes not in the panel). Raises ``UploadError``
+    naming the panel when no gene is in it: a search on an empty mutation profile would rank
+    slides by nothing."""
+    found, unknown = match_genes(genes, panel)
+    if not found:
+        shown = ", ".join(panel[:20]) + (f", … ({len(panel)} in all)" if len(panel) > 20 else "")
+        given = ", ".join(genes[:10]) + (" …" if len(genes) > 10 else "")
+        raise UploadError(
+            f"none of the mutated genes ({given or 'none given'}) is in the model's "
+            f"{len(panel)}-gene DNA panel: {shown}. A search needs at least one panel gene."
+        )
+    return found, unknown
+
+
+def mutated_genes(matrix: pd.DataFrame, sample) -> list[str]:
+    """The genes marked mutated (non-zero) for ``sample`` in a binary sample x gene frame."""
+    row = matrix.loc[sample]
+    return [str(g) for g, v in row.items() if pd.notna(v) and v]
 
 
 def parse_genes(text: str) -> list[str]:
@@ -161,3 +204,32 @@ def signature_profile(normalizer, up: list[str], down: list[str]):
     frame = values.to_frame("signature").T.rename_axis("sample_id")
     meta = pd.DataFrame(index=frame.index)
     return RnaMatrix(frame, "log", meta, [], "gene signature"), up_u + down_u
+
+
+# -- progress of embedding an uploaded slide --------------------------------------------------
+STAGES = {  # stage → (start, end) of its share of the bar, text
+    "reading": (0.0, 0.05, "Reading the slide"),
+    "tissue": (0.05, 0.1, "Finding tissue"),
+    "patches": (0.1, 0.9, "Embedding patches"),
+    "slide": (0.9, 0.95, "Embedding the slide"),
+    "search": (0.95, 1.0, "Searching the index"),
+}
+
+
+class EmbedProgress:
+    """The stages of embedding an uploaded slide (``STAGES``: reading the slide, finding
+    tissue, patches n of N, embedding the slide, searching) as a fraction of the work (0..1)
+    and a line of text, passed to ``show(fraction, text)`` (e.g. a progress bar's update).
+    Callable as ``encode_slide_file``'s ``progress(stage, done, total)``; ``seen`` keeps each
+    text shown, in order."""
+
+    def __init__(self, show) -> None:
+        self.show = show
+        self.seen: list[str] = []
+
+    def __call__(self, stage: str, done: int = 0, total: int = 1) -> None:
+        lo, hi, text = STAGES[stage]
+        if stage == "patches":
+            text = f"{text}: {done} of {total}"
+        self.seen.append(text + "…")
+        self.show(lo + (hi - lo) * done / max(1, total), text + "…")

@@ -8,7 +8,11 @@ A :class:`TileServer` is a small threaded HTTP server (standard library) that se
   254 px tiles with 1 px overlap, so a tile is at most 256 px); level ``L`` is the full level-0
   resolution at the last level;
 - ``/view/<view_id>``: an HTML page with one OpenSeadragon viewer per slide of a registered
-  view, side by side, with the view's rectangles (top-attention patches, level-0 px) overlaid.
+  view, side by side, with the view's rectangles (top-attention patches, level-0 px) overlaid;
+  per panel its role and details, a scale bar, the magnification-equivalent and µm per screen
+  pixel, a cue past the scan's resolution and a status (``data-state`` loading/ready/failed);
+  a "link panels" toggle makes the panels follow each other's physical field (µm), not pixels.
+  The page's behaviour is ``static/viewer.js``.
 
 Nothing is served by path: slides are registered (:meth:`TileServer.register`) and addressed by
 a random token, views by the hash of their content; everything else is 404. No network beyond
@@ -37,19 +41,28 @@ MAX_VIEWS = 256
 _TILE = re.compile(r"^/dzi/([A-Za-z0-9_-]+)_files/(\d+)/(\d+)_(\d+)\.jpeg$")
 _DZI = re.compile(r"^/dzi/([A-Za-z0-9_-]+)\.dzi$")
 _VIEW = re.compile(r"^/view/([0-9a-f]{16})$")
-_MIME = {".js": "application/javascript", ".png": "image/png", ".txt": "text/plain"}
+_MIME = {
+    ".js": "application/javascript",
+    ".css": "text/css",
+    ".png": "image/png",
+    ".txt": "text/plain",
+}
 
 
 @dataclass
 class ViewSlide:
-    """One panel of a view: a registered ``token``, its ``title``, ``marks``: rectangles
-    ``{"x", "y", "w", "h"}`` in level-0 px with an optional ``"label"``, and ``focus``: the
-    level-0 rectangle the panel opens on (None: the whole slide)."""
+    """One panel of a view: a registered ``token``, its ``title`` ("role: slide"), ``marks``:
+    rectangles ``{"x", "y", "w", "h"}`` in level-0 px with an optional ``"label"``, ``focus``:
+    the level-0 rectangle the panel opens on (None: the whole slide), ``mpp``: the slide's
+    level-0 µm/px (None: scale unknown, said so on the panel) and ``details`` (e.g. similarity
+    and diagnosis, one line)."""
 
     token: str
     title: str
     marks: list[dict] = field(default_factory=list)
     focus: dict | None = None  # {"x", "y", "w", "h"} level-0 px shown on opening (else all)
+    mpp: float | None = None
+    details: str = ""
 
 
 class TileServer:
@@ -61,7 +74,7 @@ class TileServer:
         self._paths: dict[str, str] = {}  # token -> slide path
         self._tokens: dict[str, str] = {}  # path -> token
         self._open: OrderedDict[str, tuple] = OrderedDict()  # token -> (slide, generator)
-        self._views: OrderedDict[str, list[ViewSlide]] = OrderedDict()
+        self._views: OrderedDict[str, tuple[list[ViewSlide], bool]] = OrderedDict()
         handler = type("Handler", (_Handler,), {"tiles": self})
         self.httpd = ThreadingHTTPServer((host, int(port)), handler)
         self.httpd.daemon_threads = True
@@ -106,19 +119,20 @@ class TileServer:
                 if opened is not None:
                     opened[0].close()
 
-    def add_view(self, panels: list[ViewSlide]) -> str:
-        """Register a view (one panel per slide); returns its id (stable for equal content)."""
-        doc = json.dumps([p.__dict__ for p in panels], sort_keys=True, default=str)
+    def add_view(self, panels: list[ViewSlide], link: bool = False) -> str:
+        """Register a view (one panel per slide; ``link``: the panels open linked); returns its
+        id (stable for equal content)."""
+        doc = json.dumps([[p.__dict__ for p in panels], link], sort_keys=True, default=str)
         vid = hashlib.sha256(doc.encode()).hexdigest()[:16]
         with self._lock:
-            self._views[vid] = panels
+            self._views[vid] = (panels, bool(link))
             self._views.move_to_end(vid)
             while len(self._views) > MAX_VIEWS:
                 self._views.popitem(last=False)
         return vid
 
-    def view_url(self, panels: list[ViewSlide]) -> str:
-        return f"{self.url}/view/{self.add_view(panels)}"
+    def view_url(self, panels: list[ViewSlide], link: bool = False) -> str:
+        return f"{self.url}/view/{self.add_view(panels, link)}"
 
     # -- serving -------------------------------------------------------------------------
     def generator(self, token: str):
@@ -157,7 +171,8 @@ class TileServer:
             int(props.get(openslide.PROPERTY_NAME_BOUNDS_Y, 0) or 0),
         )
 
-    def view(self, vid: str) -> list[ViewSlide] | None:
+    def view(self, vid: str) -> tuple[list[ViewSlide], bool] | None:
+        """(panels, link) of a registered view, or None."""
         with self._lock:
             return self._views.get(vid)
 
@@ -180,11 +195,12 @@ class _Handler(BaseHTTPRequestHandler):
                     return self._send(404, b"unknown slide", "text/plain")
                 self._send(200, gen.get_dzi("jpeg").encode(), "application/xml")
             elif m := _VIEW.match(path):
-                panels = self.tiles.view(m.group(1))
-                if panels is None:
+                view = self.tiles.view(m.group(1))
+                if view is None:
                     return self._send(404, b"unknown view (reload the page)", "text/plain")
+                panels, link = view
                 offsets = [self.tiles.offset(p.token) for p in panels]
-                page = view_page(panels, offsets)
+                page = view_page(panels, offsets, link)
                 self._send(200, page.encode(), "text/html; charset=utf-8")
             elif path.startswith("/static/"):
                 self._static(path[len("/static/") :])
@@ -229,76 +245,58 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def view_page(panels: list[ViewSlide], offsets: list[tuple[int, int]] | None = None) -> str:
+def view_page(
+    panels: list[ViewSlide], offsets: list[tuple[int, int]] | None = None, link: bool = False
+) -> str:
     """The viewer HTML: one OpenSeadragon viewer per panel; marks drawn as numbered boxes
-    (level-0 px, shifted by the panel's bounds ``offsets``). ``window.tileCount`` counts drawn
-    tiles (also shown in each panel's status line)."""
+    (level-0 px, shifted by the panel's bounds ``offsets``); ``link``: the "link panels" box
+    starts ticked. Behaviour in ``static/viewer.js`` (``window.viewers``, ``window.fieldUm``)."""
     offsets = offsets or [(0, 0)] * len(panels)
     cells = "".join(
         f'<div class="cell"><div class="title">{html.escape(p.title)}</div>'
-        f'<div id="osd{i}" class="osd"></div>'
-        f'<div class="status" id="status{i}">loading…</div></div>'
+        f'<div class="details">{html.escape(p.details) or "&nbsp;"}</div>'
+        f'<div class="frame"><div id="osd{i}" class="osd"></div>'
+        f'<div class="scale" id="scale{i}"><div class="sbar"></div><span class="slabel"></span>'
+        f'</div><div class="cue" id="cue{i}" hidden></div></div>'
+        f'<div class="foot"><span class="readout" id="readout{i}"></span>'
+        f'<span class="status" id="status{i}" data-state="loading" data-tiles="0">loading…'
+        f"</span></div></div>"
         for i, p in enumerate(panels)
     )
     spec = json.dumps(
-        [
-            {
-                "dzi": f"/dzi/{p.token}.dzi",
-                "marks": [{**m, "x": m["x"] - ox, "y": m["y"] - oy} for m in p.marks],
-                "focus": None
-                if p.focus is None
-                else {**p.focus, "x": p.focus["x"] - ox, "y": p.focus["y"] - oy},
-            }
-            for p, (ox, oy) in zip(panels, offsets, strict=True)
-        ]
+        {
+            "link": bool(link),
+            "panels": [
+                {
+                    "dzi": f"/dzi/{p.token}.dzi",
+                    "mpp": p.mpp if p.mpp and p.mpp > 0 else None,
+                    "marks": [{**m, "x": m["x"] - ox, "y": m["y"] - oy} for m in p.marks],
+                    "focus": None
+                    if p.focus is None
+                    else {**p.focus, "x": p.focus["x"] - ox, "y": p.focus["y"] - oy},
+                }
+                for p, (ox, oy) in zip(panels, offsets, strict=True)
+            ],
+        }
     )
-    return _PAGE.replace("__CELLS__", cells).replace("__SPEC__", spec)
+    checked = " checked" if link else ""
+    return (
+        _PAGE.replace("__CELLS__", cells)
+        .replace("__SPEC__", spec.replace("</", "<\\/"))
+        .replace("__CHECKED__", checked)
+    )
 
 
 _PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>threads-search viewer</title>
+<link rel="stylesheet" href="/static/viewer.css">
 <script src="/static/openseadragon/openseadragon.min.js"></script>
-<style>
- body{margin:0;font-family:sans-serif;background:#fff}
- .row{display:flex;gap:8px}
- .cell{flex:1;min-width:0}
- .title{font-weight:600;font-size:14px;padding:4px 2px;white-space:nowrap;overflow:hidden}
- .osd{height:520px;border:1px solid #bbb;background:#f4f4f4}
- .status{font-size:12px;color:#555;padding:2px}
- .mark{border:2px solid #00e5ff;box-sizing:border-box}
- .mark span{background:#00e5ff;color:#000;font:bold 11px sans-serif;padding:0 3px}
-</style></head>
-<body><div class="row">__CELLS__</div>
-<script>
-const SPEC = __SPEC__;
-window.tileCount = 0;
-window.viewers = SPEC.map(function (p, i) {
-  const v = OpenSeadragon({
-    id: "osd" + i, prefixUrl: "/static/openseadragon/images/", tileSources: p.dzi,
-    drawer: "canvas", showNavigator: true, showRotationControl: false,
-    maxZoomPixelRatio: 2, visibilityRatio: 0.5, crossOriginPolicy: false
-  });
-  const status = document.getElementById("status" + i);
-  let n = 0;
-  v.addHandler("tile-loaded", function () {
-    n += 1; window.tileCount += 1;
-    status.textContent = "tiles loaded: " + n + " · scroll or use the buttons to zoom to full resolution";
-  });
-  v.addHandler("open-failed", function (e) { status.textContent = "cannot open: " + e.message; });
-  v.addHandler("open", function () {
-    const w = v.world.getItemAt(0).getContentSize().x;
-    p.marks.forEach(function (m) {
-      const el = document.createElement("div");
-      el.className = "mark";
-      if (m.label) { const s = document.createElement("span"); s.textContent = m.label; el.appendChild(s); }
-      v.addOverlay({element: el, location: new OpenSeadragon.Rect(m.x / w, m.y / w, m.w / w, m.h / w)});
-    });
-    if (p.focus) {
-      const f = p.focus;
-      v.viewport.fitBounds(new OpenSeadragon.Rect(f.x / w, f.y / w, f.w / w, f.h / w), true);
-    }
-  });
-  return v;
-});
-</script></body></html>
+</head>
+<body><div class="bar"><label><input type="checkbox" id="link"__CHECKED__> Link panels</label>
+<span class="hint" id="linkhint">zoom and pan together over the same physical field (µm)</span>
+</div>
+<div class="row">__CELLS__</div>
+<script>window.VIEW_SPEC = __SPEC__;</script>
+<script src="/static/viewer.js"></script>
+</body></html>
 """

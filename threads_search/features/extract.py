@@ -47,6 +47,9 @@ from threads_search.wsi.reader import patch_loader
 from threads_search.wsi.stain_norm import StainConfig
 from threads_search.wsi.tissue import write_geojson, write_thumbnail_jpeg
 
+STAGE_TISSUE = "tissue"  # stages reported by ``encode_slide_file(progress=...)``
+STAGE_PATCHES = "patches"
+
 
 @dataclass
 class SlideOutcome:
@@ -382,10 +385,14 @@ def encode_slide_file(
     patch_size: int | None = None,
     target_mpp: float | None = None,
     stain: dict | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ):
     """Features ``[N, D]`` float32 and coords ``[N, 2]`` int64 for one slide file, nothing
     written; ``stain``: a ``StainConfig`` dict (e.g. a model's), the patches normalised as the
-    features stage does. Raises ``SlideError`` (including ``no-tissue``)."""
+    features stage does. ``progress(stage, done, total)``, when given, is called as the work
+    goes: ``("tissue", 0, 1)`` before the slide is read for its tissue mask and patch grid,
+    then ``("patches", n, N)`` with ``n`` of the ``N`` patches encoded (first ``n = 0``, last
+    ``n = N``). Raises ``SlideError`` (including ``no-tissue``)."""
     from threads_search.patch_encoders import create_patch_encoder
 
     cfg = config or default_config(
@@ -395,9 +402,18 @@ def encode_slide_file(
     if stain is not None:
         cfg.stain = StainConfig.from_dict(stain)
     encoder = create_patch_encoder(cfg.patch_encoder, checkpoint=cfg.checkpoint, device=cfg.device)
+    report = progress or (lambda stage, done, total: None)
+    report(STAGE_TISSUE, 0, 1)
     plan = plan_slide(path, mpp=mpp, config=cfg.segment).require_patches()
+    total, done = len(plan.coords), [0]
+    report(STAGE_PATCHES, 0, total)
+
+    def on_batch(n: int) -> None:
+        done[0] += n
+        report(STAGE_PATCHES, done[0], total)
+
     slide_stain = fit_plan(plan.path, plan.coords, plan.mpp, cfg)
-    return encode_plan(plan, encoder, cfg, stain=slide_stain), plan.coords
+    return encode_plan(plan, encoder, cfg, on_batch, stain=slide_stain), plan.coords
 
 
 def default_config(

@@ -1,11 +1,13 @@
-"""Index info: model, encoders, counts, FAISS types and measured recall, build date, and how
-visible a batch (site, scanner) is in the slide embeddings beside chosen labels."""
+"""Index info: model, encoders, counts, FAISS types and measured recall, build date, how
+visible a batch (site, scanner) is in the slide embeddings beside chosen labels, and the
+metadata columns with their labels and where the UI shows them (``ui.display``)."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from ui import display
 from ui.common import guard
 
 
@@ -60,13 +62,14 @@ def _batch_effects(index) -> None:
 
     st.markdown("**Batch effects**")
     slides = index.slides
+    cfg = display.current()
     default = default_column(slides) if len(slides) else None
     if default is None:
         st.caption(
             "No `site` column (nor TCGA-shaped slide ids): choose a batch column to measure "
             "how well the embeddings predict it."
         )
-    options = [c for c in slides.columns if c not in ("slide_id", "path")]
+    options = display.default_columns(slides.columns)  # diagnosis-like first, no paths
     if default == TSS_COLUMN:
         options = [TSS_COLUMN, *options]
     c1, c2 = st.columns(2)
@@ -75,19 +78,23 @@ def _batch_effects(index) -> None:
         options,
         index=options.index(default) if default in options else None,
         key="bx_column",
+        format_func=lambda c: display.label(c, cfg),
         help="Hospital site, scanner, lab: something the search should not find slides by.",
     )
     labels = c2.multiselect(
         "Label columns",
         [c for c in options if c != column],
         key="bx_labels",
+        format_func=lambda c: display.label(c, cfg),
         help="What the embeddings should encode (e.g. subtype), for comparison.",
     )
     if column is None:
         return
     with guard("Measuring batch effects"):
         report = _report(index, str(index.generation_dir), column, tuple(labels))
-        st.table(batch_table(report))
+        table = batch_table(report)
+        table["column"] = [display.label(c, cfg) for c in table["column"]]
+        st.table(table)
         st.caption(
             "Linear probe: balanced accuracy in a stratified cross-validation (up to 5 folds, "
             "grouped by patient when known); kNN: share of the "
@@ -97,6 +104,45 @@ def _batch_effects(index) -> None:
         )
         if report.get("warning"):
             st.warning(report["warning"])
+
+
+ROLE_TEXT = {
+    "key": "identity (always shown)",
+    "diagnosis": "case context (captions, case line)",
+    "descriptive": "description",
+    "bookkeeping": "bookkeeping (last)",
+    "technical": "technical details",
+}
+
+
+def columns_table(slides: pd.DataFrame, cfg: display.DisplayConfig) -> pd.DataFrame:
+    """One row per metadata column: label, role, whether tables show it, an example value."""
+    shown = set(display.split(slides.head(0), cfg)[0].columns)
+    rows = []
+    for c in slides.columns:
+        values = slides[c].dropna()
+        rows.append(
+            {
+                "column": c,
+                "label": display.label(c, cfg, with_unit=True),
+                "kind": ROLE_TEXT[display.role(c)],
+                "shown in tables": "yes" if c in shown else "under Technical details",
+                "distinct values": int(values.nunique()),
+                "example": display.value_text(c, values.iloc[0]) if len(values) else "—",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _columns(index) -> None:
+    cfg = display.current()
+    with st.expander("Metadata columns and how they are shown"):
+        st.dataframe(columns_table(index.slides, cfg), hide_index=True, width="stretch")
+        st.caption(
+            "Choose the shown columns in the sidebar (Display), or for everyone in "
+            f"`{display.CONFIG_NAME}` in the index folder: "
+            '`{"columns": ["diagnosis", "site"], "labels": {"oncotree_code": "OncoTree code"}}`.'
+        )
 
 
 def render(index, filters: dict, cfg) -> None:
@@ -131,5 +177,6 @@ def render(index, filters: dict, cfg) -> None:
     else:
         st.table(table)
     _batch_effects(index)
+    _columns(index)
     with st.expander("Versions and raw index.json summary"):
         st.json(info)

@@ -16,14 +16,16 @@ import numpy as np
 import streamlit as st
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from ui import images
-from ui.common import fmt, go_to, guard, key_columns
+from ui import display, images, state, uploads
+from ui.common import go_to, guard
 from ui.uploads import UploadError
 
 SOURCES = ("A region of an archive slide", "Upload a photo of a field")
 PHOTO_TYPES = ("png", "jpg", "jpeg")
 FIELD_FACTOR = 3  # the viewer shows a field this many times the query region's width
 PREVIEW_WIDTH = 360
+MAX_K = 100
+RESULT = "rs_result"
 
 
 def has_regions(index) -> bool:
@@ -88,29 +90,31 @@ def read_photo(upload, max_mb: int) -> np.ndarray:
         ) from None
 
 
-def _run(index, filters, query, k, per_slide, by_slide, image_mpp, label, where_from) -> None:
-    """Search and keep the results with what the viewer needs: ``where_from`` = (query slide
-    or None, box or None, field width in µm)."""
-    st.session_state.pop("rs_result", None)  # an error must not leave older results shown
+def _run(index, filters, query, form: dict, label, where_from) -> None:
+    """Search with the values of ``form`` (k, cap, by_slide, mpp) and keep the results with
+    them and what the viewer needs: ``where_from`` = (query slide or None, box or None, field
+    width in µm)."""
     if filters["error"]:
         raise UploadError(f"fix the filter first: {filters['error']}")
     res = index.search_regions(
         query,
-        k=k,
+        k=form["k"],
         where=filters["slides"],
-        per_slide=per_slide,
-        aggregate="slide" if by_slide else None,
-        image_mpp=image_mpp,
+        per_slide=form["cap"] or None,
+        aggregate="slide" if form["by_slide"] else None,
+        image_mpp=form.get("mpp"),
     )
     qslide, box, field_um = where_from
-    st.session_state["rs_result"] = {
-        "results": res,
-        "label": label,
-        "slides": by_slide,
-        "query_slide": qslide,
-        "box": box,
-        "field_um": field_um,
-    }
+    state.save(
+        RESULT,
+        form,
+        results=res,
+        label=label,
+        slides=form["by_slide"],
+        query_slide=qslide,
+        box=box,
+        field_um=field_um,
+    )
 
 
 def _open_viewer(query_slide, box, hit: dict, field_um: float) -> None:
@@ -124,6 +128,7 @@ def _open_viewer(query_slide, box, hit: dict, field_um: float) -> None:
         "left": (left, tuple(box) if query_slide else hit_box, "query" if query_slide else "hit"),
         "right": (hit["slide_id"], hit_box, "hit"),
         "field_um": float(field_um),
+        "score": hit.get("score"),
     }
     go_to("Viewer")
 
@@ -133,7 +138,7 @@ def _gallery(index, res: dict, per_row: int = 5) -> None:
     if out.empty:
         st.info("No region matches (check the filters).")
         return
-    meta = [c for c in key_columns(out) if c not in ("x", "y", "size_px", "size_um", "n_hits")]
+    cfg = display.current()
     by_slide = res["slides"]
     for start in range(0, len(out), per_row):
         cols = st.columns(per_row)
@@ -148,8 +153,9 @@ def _gallery(index, res: dict, per_row: int = 5) -> None:
                 if by_slide:
                     lines.append(f"{r.n_hits} matching patches")
                 else:
-                    lines.append(f"field {r.size_um:.0f} µm at ({r.x}, {r.y})")
-                lines += [f"{c}: {fmt(getattr(r, c))}" for c in meta]
+                    um = r.size_um / r.size_px  # µm per level-0 px of the hit's slide
+                    lines.append(f"field {r.size_um:.0f} µm at ({r.x * um:.0f}, {r.y * um:.0f}) µm")
+                lines += display.caption_lines(r._asdict(), cfg)
                 st.markdown("  \n".join(lines))
 
 
@@ -161,31 +167,29 @@ def render(index, filters: dict, cfg) -> None:
             "version): run `threads-search index` again without --no-regions."
         )
         return
-    source = st.radio("Query", SOURCES, key="rs_source", horizontal=True)
-    query, label, image_mpp, where_from = None, None, None, None
+    start = state.keep("rs_source", SOURCES[0], SOURCES, "index")
+    source = st.radio("Query", SOURCES, key="rs_source", horizontal=True, **start)
+    form: dict = {"source": source}
+    query, label, where_from, refused = None, None, None, None
     if source == SOURCES[0]:
         ids = index.slides["slide_id"].tolist()
-        qslide = st.selectbox("Query slide", ids, key="rs_slide")
+        start = state.keep("rs_slide", ids[0] if ids else None, ids, "index")
+        qslide = st.selectbox("Query slide", ids, key="rs_slide", **start)
         row = _slide_row(index, qslide)
         keys = ("rs_x", "rs_y", "rs_w", "rs_h")
-        kept = st.session_state.get("rs_box")  # widget values are dropped while not shown
         if st.session_state.get("rs_box_of") != qslide:  # a new slide: its own default box
-            kept = default_box(index, qslide)
-        if (
-            any(k not in st.session_state for k in keys)
-            or st.session_state.get("rs_box_of") != qslide
-        ):
-            for k, v in zip(keys, kept or default_box(index, qslide), strict=True):
-                st.session_state[k] = v
+            for k, v in zip(keys, default_box(index, qslide), strict=True):
+                st.session_state[k] = st.session_state[state.KEPT + k] = v
             st.session_state["rs_box_of"] = qslide
         width, height = int(row.get("width") or 10**6), int(row.get("height") or 10**6)
         c = st.columns(4)
-        x = c[0].number_input("x (level-0 px)", 0, width - 1, key="rs_x")
-        y = c[1].number_input("y (level-0 px)", 0, height - 1, key="rs_y")
-        w = c[2].number_input("width (px)", 1, width, key="rs_w")
-        h = c[3].number_input("height (px)", 1, height, key="rs_h")
+        x = state.number(c[0], "x (level-0 px)", "rs_x", 0, 0, width - 1)
+        y = state.number(c[1], "y (level-0 px)", "rs_y", 0, 0, height - 1)
+        w = state.number(c[2], "width (px)", "rs_w", 512, 1, width)
+        h = state.number(c[3], "height (px)", "rs_h", 512, 1, height)
+        state.notes(*keys)
         box = (int(x), int(y), int(w), int(h))
-        st.session_state["rs_box"] = box
+        form.update(slide=qslide, box=box)
         mpp = row.get("mpp")
         img = preview(index, qslide, box)
         if img is not None:
@@ -195,48 +199,47 @@ def render(index, filters: dict, cfg) -> None:
         query, label = (qslide, box), f"{qslide} ({size})"
         where_from = (qslide, box, max(w, h) * (mpp or 0.5))
     else:
-        upload = st.file_uploader(
+        upload = st.file_uploader(  # any file: a refused one replaces the last, with a reason
             f"Photo of a field ({', '.join(PHOTO_TYPES)}; at most {cfg.max_upload_mb} MiB)",
-            type=list(PHOTO_TYPES),
             key="rs_upload",
         )
-        image_mpp = st.number_input(
+        form["mpp"] = state.number(
+            st,
             "µm per pixel of the photo",
-            min_value=0.05,
-            max_value=20.0,
-            value=0.5,
+            "rs_mpp",
+            0.5,
+            0.05,
+            20.0,
             step=0.05,
             format="%.3f",
-            key="rs_mpp",
             help="About 0.25 for a 40x and 0.5 for a 20x objective on a microscope camera "
             "(check your camera's calibration). Tissue is compared at the same physical scale.",
         )
-        if upload is not None:
+        state.notes("rs_mpp")
+        form["file"] = state.file_key(upload)
+        refused = uploads.refusal(upload, tuple(f".{t}" for t in PHOTO_TYPES))
+        if refused:
+            st.error(refused)
+        elif upload is not None:
             query, label = upload, f"photo {upload.name}"
     c = st.columns([1, 1, 2], vertical_alignment="bottom")
-    k = c[0].number_input("Results (k)", 1, 100, 20, key="rs_k")
-    cap = c[1].number_input("At most per slide (0: no cap)", 0, 100, 3, key="rs_cap")
-    by_slide = c[2].toggle("Rank slides instead of regions", key="rs_by_slide")
+    form["k"] = state.number(c[0], "Results (k)", "rs_k", 20, 1, MAX_K)
+    form["cap"] = state.number(c[1], "At most per slide (0: no cap)", "rs_cap", 3, 0, MAX_K)
+    start = state.keep("rs_by_slide", False)
+    form["by_slide"] = c[2].toggle("Rank slides instead of regions", key="rs_by_slide", **start)
+    form["where"] = filters.get("slides")
+    state.notes("rs_k", "rs_cap")
     if st.button("Search regions", type="primary", key="rs_go"):
-        with guard("Region search"), st.spinner("Searching every indexed patch…"):
-            if query is None:
-                st.session_state.pop("rs_result", None)
-                raise UploadError("choose a photo to upload first")
-            if source == SOURCES[1]:
-                query = read_photo(query, cfg.max_upload_mb)
-                where_from = (None, None, max(query.shape[:2]) * float(image_mpp))
-            _run(
-                index,
-                filters,
-                query,
-                int(k),
-                int(cap) or None,
-                by_slide,
-                image_mpp,
-                label,
-                where_from,
-            )
-    res = st.session_state.get("rs_result")
+        state.clear(RESULT)  # an error replaces the last results
+        if not refused:  # a refused file: its reason is shown above
+            with guard("Region search"), st.spinner("Searching every indexed patch…"):
+                if query is None:
+                    raise UploadError("choose a photo to upload first")
+                if source == SOURCES[1]:
+                    query = read_photo(query, cfg.max_upload_mb)
+                    where_from = (None, None, max(query.shape[:2]) * float(form["mpp"]))
+                _run(index, filters, query, form, label, where_from)
+    res = state.shown(RESULT, form)
     if not res:
         return
     st.subheader(f"Most similar {'slides' if res['slides'] else 'regions'} to {res['label']}")
@@ -250,6 +253,7 @@ def render(index, filters: dict, cfg) -> None:
             "x": int(hit["x"]),
             "y": int(hit["y"]),
             "size": int(hit["size_px"]),
+            "score": float(hit["score"]),
         }
         c[1].button(
             "Open side by side",
