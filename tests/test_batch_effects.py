@@ -209,7 +209,7 @@ def test_ui_index_info_shows_the_batch_effects(ui_index, monkeypatch):  # noqa: 
     assert not at.exception and not at.error, [e.value for e in at.error]
     want = open_index(ui_index.index_dir).batch_effects("site", ["subtype"])
     shown = at.table[2].value
-    assert shown["column"].tolist() == ["site", "subtype"]
+    assert shown["column"].tolist() == ["Site", "Subtype"]  # human labels (ui.display)
     assert shown["role"].tolist() == ["batch", "label"]
     for col, key in (("probe bal. acc.", "probe_balanced_accuracy"), ("lift", "knn_lift")):
         got = pd.to_numeric(shown[col], errors="coerce").tolist()

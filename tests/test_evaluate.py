@@ -237,3 +237,44 @@ def test_demo_step_prints_the_command_and_headline_table(eval_index):  # noqa: F
     assert [t["task"] for t in rep["tasks"]] == [t.split("=")[0] for t in EVAL_TASKS]
     assert "balanced_accuracy" in text and "macro_f1" not in text  # headline: first metric only
     assert (eval_index["root"] / "report" / "report.md").is_file()
+
+
+def test_batch_effects_beside_the_labels(hand, tmp_path):
+    """A batch the embedding encodes (``scanner``, here a copy of the class) is reported as
+    predictable, above a label it does not encode (random per patient), with a warning; a batch
+    it does not encode (the index's ``site``, independent of the class centres) stays near
+    chance without one. Both tables reach the terminal and report.md."""
+    index, _ = hand
+    s = index.slides[["slide_id", "patient_id", "subtype"]].copy()
+    rng = np.random.default_rng(0)
+    noise = {p: rng.choice(["a", "b"]) for p in s["patient_id"].unique()}
+    s["noise"] = s["patient_id"].map(noise)
+    s["scanner"] = s["subtype"].map({"class_0": "S1", "class_1": "S2", "class_2": "S3"})
+    s.to_csv(tmp_path / "labels.csv", index=False)
+    out = tmp_path / "out"
+    r = _evaluate(
+        index.root,
+        tmp_path / "labels.csv",
+        out,
+        "n=noise",
+        extra=[*FAST, "--no-baselines", "--batch", "site", "--batch", "scanner"],
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "report.json").read_text())
+    site, scanner = rep["batch_effects"]
+    assert (site["column"], scanner["column"]) == ("site", "scanner")
+    b = site["models"][THREADS]
+    assert b["batch"]["probe_balanced_accuracy"] < b["batch"]["probe_chance"] + 0.25
+    assert b["warning"] is None
+    b = scanner["models"][THREADS]
+    assert b["batch"]["probe_balanced_accuracy"] > 0.9 and b["batch"]["knn_same_share"] > 0.9
+    assert b["labels"]["noise"]["probe_balanced_accuracy"] < 0.75
+    assert b["warning"] and b["warning"].startswith("scanner is more predictable")
+    assert (
+        "batch effects" in r.output and "warning: THREADS: scanner is more predictable" in r.output
+    )
+    assert "## Batch effects" in (out / "report.md").read_text()
+    bad = _evaluate(
+        index.root, tmp_path / "labels.csv", out, "n=noise", extra=[*FAST, "--batch", "nope"]
+    )
+    assert bad.exit_code == 2 and "batch column 'nope' is neither in the labels" in bad.output

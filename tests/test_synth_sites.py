@@ -19,6 +19,8 @@ from threads_search.synth.cohort_slides import site_stain, slide_morphology, wri
 from threads_search.synth.paint import Morphology, paint_tissue
 
 FRAMES = ("patients", "slides", "samples", "rna", "maf", "pairs")
+# columns added after the digests were frozen, from their own random stream (survival outcomes)
+ADDED_LATER = ("hidden_risk", "os_months", "os_event", "hidden_os_months", "hidden_os_event")
 
 
 def _digest(c) -> str:
@@ -26,6 +28,7 @@ def _digest(c) -> str:
     h = hashlib.sha256()
     for name in FRAMES:
         df = getattr(c, name)
+        df = df.drop(columns=[col for col in ADDED_LATER if col in df.columns])
         h.update(name.encode())
         h.update(",".join(map(str, df.columns)).encode())
         h.update(pd.util.hash_pandas_object(df, index=True).to_numpy().tobytes())

@@ -45,6 +45,14 @@ def evaluate(
     baselines: bool = typer.Option(
         True, "--baselines/--no-baselines", help="Also score mean pooling, untrained THREADS, CCA."
     ),
+    batch: list[str] = typer.Option(
+        [],
+        "--batch",
+        help="A batch column (labels or index metadata, e.g. site, scanner; repeatable): how "
+        "well each embedding predicts it (patient-grouped linear probe, same value among nearest "
+        "neighbours) beside the classification labels, with a warning when the batch is the "
+        "more predictable.",
+    ),
 ) -> None:
     """How good is this index's embedding on your labels: every task for THREADS and, on the same
     folds, mean pooling of the same patch features, the untrained THREADS encoder and (molecular
@@ -80,6 +88,7 @@ def evaluate(
             split=split,
             seed=seed,
             baselines=baselines,
+            batch=batch,
             progress=progress,
         )
     print_report(report, Console())

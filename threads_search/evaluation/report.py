@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from threads_search.atomic import atomic_path
+from threads_search.evaluation import batches
 from threads_search.evaluation.baselines import THREADS
 
 
@@ -69,6 +70,14 @@ def print_report(report: dict, console=None, headline: bool = False) -> None:
     for r in body:
         table.add_row(*r)
     console.print(table)
+    if report.get("batch_effects"):
+        header, body = batches.rows(report["batch_effects"])
+        table = Table(title="batch effects: how well each embedding predicts the batch")
+        for h in header:
+            table.add_column(h, justify="right" if "chance" in h else "left")
+        for r in body:
+            table.add_row(*r)
+        console.print(table)
     for note in notes(report):
         console.print(f"note: {note}", highlight=False)
 
@@ -79,7 +88,7 @@ def notes(report: dict) -> list[str]:
         out += [f"{t['task']}: {n}" for n in t.get("notes", [])]
         if t.get("note"):
             out.append(f"{t['task']}: {t['note']}")
-    return out
+    return out + [f"warning: {w}" for w in batches.warnings(report.get("batch_effects") or [])]
 
 
 def markdown(report: dict) -> str:
@@ -100,6 +109,11 @@ def markdown(report: dict) -> str:
         "|" + "---|" * len(header),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in body]
+    if report.get("batch_effects"):
+        header, body = batches.rows(report["batch_effects"])
+        lines += ["", "## Batch effects", ""]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
     lines += [""] + [f"- {n}" for n in notes(report)]
     return "\n".join(lines) + "\n"
 

@@ -12,6 +12,7 @@ import pandas as pd
 
 from threads_search.errors import InputError
 from threads_search.evaluation import baselines as bl
+from threads_search.evaluation.batches import batch_effects
 from threads_search.evaluation.classification import classification, fewshot
 from threads_search.evaluation.retrieval import molecular_retrieval, slide_retrieval, zero_shot
 from threads_search.evaluation.survival import check_outcome, survival
@@ -38,6 +39,7 @@ def evaluate(
     split: str | None = None,
     seed: int = 0,
     baselines: bool = True,
+    batch: list[str] | tuple[str, ...] = (),
     progress: Progress | None = None,
 ) -> dict:
     """Evaluate ``index`` (an ``Index`` or INDEX_DIR) on ``labels`` (a DataFrame or a CSV /
@@ -46,7 +48,9 @@ def evaluate(
     :mod:`.tasks`). ``folds``: patient-level cross-validation folds, unless ``split`` names a
     labels column with ``train``/``test`` values; ``n_boot``: bootstrap resamples (patients) of
     the 95 % intervals; ``n_draws``: few-shot draws per k; ``baselines=False`` scores THREADS
-    only. Returns the report dict (``tasks``: one entry per task with ``metrics`` model → value,
+    only; ``batch``: batch columns (labels or index metadata, e.g. "site") whose
+    predictability from each model's embeddings is reported beside the classification labels'
+    (:mod:`.batches`). Returns the report dict (``tasks``: one entry per task with ``metrics`` model → value,
     lo, hi and ``vs`` THREADS − baseline with its paired interval). Errors: ``InputError`` /
     ``ConfigError`` with one readable line."""
     from threads_search.query import open_index
@@ -97,6 +101,8 @@ def evaluate(
             lambda n, t=task: tick(n, f"task {t.name}"),
         )
         results.append({"task": task.name, "kind": task.kind, "columns": list(task.columns), **res})
+    class_cols = [t.columns[0] for t in tasks if t.kind in ("classification", "fewshot")]
+    effects = batch_effects(slides, labels, joined, list(batch), class_cols, models, seed=seed)
     if progress and done[0] < total:
         progress(total - done[0], total, "done")
     return {
@@ -114,6 +120,7 @@ def evaluate(
             "seed": seed,
         },
         "tasks": results,
+        "batch_effects": effects,
     }
 
 
