@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Browser fixtures (server, browser, page, shots) for every tests/test_ui_browser*.py file.
-pytest_plugins = ["ui_browser_fixtures"]
+# UI fixtures for every test file: browser (server, browser, page, shots), AppTest (index, app).
+pytest_plugins = ["ui_browser_fixtures", "ui_apptest"]
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -15,12 +15,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
+from ui_apptest import errors, goto, ok  # noqa: F401
 from ui_fixtures import ui_index  # noqa: F401  (session fixture shared with the browser test)
 
-import threads_search as ts
 from ui import facets, images, uploads
-from ui.common import ENV_INDEX
 from ui.viewer import TileServer, ViewSlide
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
@@ -34,36 +32,8 @@ SECTIONS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def index(ui_index):  # noqa: F811
-    return ts.open_index(ui_index.index_dir)
-
-
-@pytest.fixture
-def app(ui_index, monkeypatch):  # noqa: F811
-    monkeypatch.setenv(ENV_INDEX, str(ui_index.index_dir))
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.run()
-    ok(at)
-    return at
-
-
-def ok(at) -> None:
-    """No uncaught exception (a traceback) reached the page."""
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def goto(at, section: str) -> None:
-    at.sidebar.radio(key="section").set_value(section).run()
-    ok(at)
-
-
 def text(at) -> str:
     return "\n".join(m.value for m in at.markdown)
-
-
-def errors(at) -> list[str]:
-    return [e.value for e in at.error]
 
 
 def test_every_section_renders(app):

@@ -9,30 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streamlit.testing.v1 import AppTest
+from ui_apptest import errors, goto, infos, ok  # noqa: F401
 from ui_fixtures import ui_index  # noqa: F401  (session fixture shared with the browser tests)
 
-import threads_search as ts
 from ui import uploads
-from ui.common import ENV_INDEX
 from ui.sections.molecular import OWN, SCALE
 from ui.state import CHANGED
-
-APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
-
-
-@pytest.fixture(scope="module")
-def index(ui_index):  # noqa: F811
-    return ts.open_index(ui_index.index_dir)
-
-
-@pytest.fixture
-def app(ui_index, monkeypatch):  # noqa: F811
-    monkeypatch.setenv(ENV_INDEX, str(ui_index.index_dir))
-    at = AppTest.from_file(str(APP), default_timeout=120)
-    at.run()
-    ok(at)
-    return at
 
 
 @pytest.fixture(scope="module")
@@ -47,23 +29,6 @@ def unscaled_slide(ui_index, tmp_path_factory):  # noqa: F811
     path = tmp_path_factory.mktemp("unscaled") / "no resolution.tiff"
     write_slide(path, np.ascontiguousarray(rgb), None)
     return path, sid
-
-
-def ok(at) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
-def goto(at, section: str) -> None:
-    at.sidebar.radio(key="section").set_value(section).run()
-    ok(at)
-
-
-def errors(at) -> list[str]:
-    return [e.value for e in at.error]
-
-
-def infos(at) -> list[str]:
-    return [i.value for i in at.info]
 
 
 def text(at) -> str:

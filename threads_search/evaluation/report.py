@@ -15,6 +15,8 @@ from threads_search.atomic import atomic_path
 from threads_search.evaluation import batches
 from threads_search.evaluation.baselines import THREADS
 
+WIDE = 130  # columns of a piped or captured report table (rich's default there is 80)
+
 
 def _fmt(v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
@@ -69,6 +71,8 @@ def print_report(report: dict, console=None, headline: bool = False) -> None:
         table.add_column(h, justify="right" if h.startswith(("value", "Δ")) else "left")
     for r in body:
         table.add_row(*r)
+    if not console.is_terminal and console.width < WIDE:  # piped: do not wrap every cell
+        console = Console(file=console.file, width=WIDE)
     console.print(table)
     if report.get("batch_effects"):
         header, body = batches.rows(report["batch_effects"])
