@@ -20,6 +20,7 @@ number reported), with the code the index command uses (``threads_search.vectors
    with exact re-ranking of the candidates read from disk: p50/p99 latency and recall@10.
 
 usage: python bench/region_scale.py [--n 10000000] [--dims 256 768] [--work DIR] [--quick]
+       [--code-bytes B] [--nbits 8|4]
 Prints one table; writes bench/results/region_scale.json (region_scale_quick.json with --quick).
 """
 
@@ -79,7 +80,9 @@ class Generator:
         return x
 
 
-def build_and_measure(n: int, dim: int, work: Path, n_queries: int, m: int | None = None) -> dict:
+def build_and_measure(
+    n: int, dim: int, work: Path, n_queries: int, m: int | None = None, nbits: int = 8
+) -> dict:
     """Write ``n`` generated vectors (float16 file), build the compressed region index over them
     with the product code (``vectorstore.compressed``), then measure it on new-data queries."""
     import faiss
@@ -103,7 +106,7 @@ def build_and_measure(n: int, dim: int, work: Path, n_queries: int, m: int | Non
     vecs = NpyRows(vec_path)
     groups = np.arange(0, n_slides * SLIDE_PATCHES, SLIDE_PATCHES)  # each slide's first row
     info = build_compressed(
-        vecs, idx_path, target=TARGET, k=K, n_queries=n_queries, groups=groups, m=m
+        vecs, idx_path, target=TARGET, k=K, n_queries=n_queries, groups=groups, m=m, nbits=nbits
     )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     index = faiss.read_index(str(idx_path))
@@ -135,7 +138,7 @@ def build_and_measure(n: int, dim: int, work: Path, n_queries: int, m: int | Non
     return {
         "n": n,
         "dim": dim,
-        "index": f"IVF{info['params']['nlist']}_HNSW32,PQ{info['params']['m']} + exact re-rank",
+        "index": f"IVF{info['params']['nlist']}_HNSW32,{info['params']['pq']} + exact re-rank",
         "generate + write s": gen_s,
         "build s": info["build_seconds"],
         "train s": info["train_seconds"],
@@ -163,13 +166,17 @@ def main(argv=None) -> None:
     ap.add_argument("--work", type=Path, help="scratch folder (vectors on disk; removed after)")
     ap.add_argument("--quick", action="store_true", help="1,000,000 vectors (smoke run)")
     ap.add_argument("--code-bytes", type=int, help="PQ bytes per vector [default: the product's]")
+    ap.add_argument(
+        "--nbits", type=int, default=8, choices=(4, 8), help="PQ code bits (4: SIMD fast-scan)"
+    )
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     n = 1_000_000 if args.quick else args.n
     work = args.work or Path(tempfile.mkdtemp(prefix="region-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     if args.child:
-        print(json.dumps(build_and_measure(n, args.child, work, args.queries, args.code_bytes)))
+        row = build_and_measure(n, args.child, work, args.queries, args.code_bytes, args.nbits)
+        print(json.dumps(row))
         return
     rows = []
     t0 = time.perf_counter()
@@ -177,6 +184,7 @@ def main(argv=None) -> None:
         cmd = [sys.executable, __file__, "--n", str(n), "--work", str(work)]
         cmd += ["--queries", str(args.queries), "--child", str(dim)]
         cmd += ["--code-bytes", str(args.code_bytes)] if args.code_bytes else []
+        cmd += ["--nbits", str(args.nbits)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         for f in work.glob(f"*_{dim}.*"):

@@ -82,7 +82,7 @@ def index_kind(index: faiss.Index) -> str:
         return "hnsw"
     if isinstance(index, faiss.IndexIVFFlat):
         return "ivf"
-    if isinstance(index, faiss.IndexIVFPQ):
+    if isinstance(index, (faiss.IndexIVFPQ, faiss.IndexIVFPQFastScan)):
         return "ivfpq"
     return "other"
 
