@@ -25,10 +25,6 @@ ENV_TILE_PORT = "THREADS_SEARCH_TILE_PORT"
 ENV_MAX_UPLOAD_MB = "THREADS_SEARCH_UI_MAX_UPLOAD_MB"
 DEFAULT_MAX_UPLOAD_MB = 2048
 
-# Columns that identify rather than describe; never offered as facets or "key metadata".
-ID_COLUMNS = ("slide_id", "sample_id", "patient_id", "path", "thumbnail", "kind")
-TECH_COLUMNS = ("mpp", "width", "height", "n_patches", "tissue_area_mm2")
-
 
 @dataclass(frozen=True)
 class Settings:

@@ -384,13 +384,14 @@ def current() -> DisplayConfig:
     return cfg if isinstance(cfg, DisplayConfig) else DEFAULT
 
 
-def sidebar(index) -> DisplayConfig:
+def sidebar(index, base: DisplayConfig | None = None) -> DisplayConfig:
     """The sidebar's "Columns shown" control (default: ``ui_display.json``, else by role); the
-    choice is kept in session state for every section (:func:`current`)."""
+    choice is kept in session state for every section (:func:`current`). ``base``: the
+    index's :func:`load_config`, when the caller has it already."""
     import streamlit as st
 
     cols = [str(c) for c in index.slides.columns]
-    base = load_config(index.root, cols)
+    base = base or load_config(index.root, cols)
     default = list(base.columns) if base.columns is not None else default_columns(cols)
     options = default + [c for c in cols if c not in default and c not in KEY]
     kept = st.session_state.get(WIDGET_KEY)

@@ -153,7 +153,7 @@ def render(index) -> dict:
     slides = index.slides
     columns = index.filter_columns("slides")
     main, more = ordered(facets_for(slides, columns))
-    cfg = display.load_config(index.root, slides.columns)  # labels (warnings: display.sidebar)
+    cfg = display.load_config(index.root, slides.columns)  # read once: labels here, then sidebar
     values = {}
     with st.sidebar.expander("Filters", expanded=False):
         for f in main:
@@ -179,7 +179,7 @@ def render(index) -> dict:
         st.sidebar.error(f"Filter not applied: {out['error']}")
     elif out["slides"]:
         st.sidebar.caption(f"{out['n']} of {out['total']} slides match `{out['slides']}`")
-    display.sidebar(index)
+    display.sidebar(index, cfg)
     return out
 
 

@@ -146,7 +146,8 @@ def _cca_hits(mean_x, slide_groups, mol_table, prof, rows, tr_p, q, g) -> np.nda
     """CCA fit on the training patients' (slide, sample) pairs; hits of queries ``q`` on ``g``."""
     ids = mol_table["sample_id"].astype(str).to_numpy()
     pats = mol_table["patient_id"].astype(str).to_numpy()
-    train = [r for r in rows if pats[r] in set(tr_p) and ids[r] in prof.index]
+    tr_p = set(tr_p)
+    train = [r for r in rows if pats[r] in tr_p and ids[r] in prof.index]
     xs, ys = [], []
     for r in train:
         for s in np.flatnonzero(slide_groups == pats[r]):

@@ -8,7 +8,7 @@ import streamlit as st
 
 from threads_search.errors import InputError
 from ui import display, state
-from ui.common import ID_COLUMNS, TECH_COLUMNS, download_csv, guard
+from ui.common import download_csv, guard
 from ui.uploads import UploadError
 
 MAX_CLASSES = 50
@@ -25,7 +25,7 @@ def label_columns(frame: pd.DataFrame) -> list[str]:
     split, fold, has_*, n_*)."""
     out = []
     for c in frame.columns:
-        if c in ID_COLUMNS or c in TECH_COLUMNS or display.role(c) not in LABEL_ROLES:
+        if display.role(c) not in LABEL_ROLES:
             continue
         n = frame[c].dropna().nunique()
         if 2 <= n <= MAX_CLASSES and (
