@@ -17,7 +17,10 @@ normaliser fills them). Models (one training seed each by default, ``--seeds``):
 THREADS on raw features; THREADS on Macenko- and Reinhard-normalised features (``features
 --stain-normalize``); THREADS with ``--augment-by site`` (feature-level re-styling to another
 site's statistics), with ``--balance-by site`` (one site per batch, within-site validation), and
-with all three; the control cohort with THREADS on raw and on Macenko features and mean pooling.
+with all three; THREADS on features normalised with each slide's TRUE stain (``oracle_stain``:
+the painted stain vectors and glass, an upper bound of per-slide normalisation), alone and with
+``--augment-by site``; the control cohort with THREADS on raw, Macenko and oracle features and
+mean pooling.
 Training settings as the pixel cohort of ``bench/quality.py`` (``Hyper``, 40 epochs, batch 32).
 
 Rows (test split, sites mixed): molecule→slide R@5 (RNA), slide→slide mMV@5 (subtype, patient
@@ -33,6 +36,7 @@ Prints one table; writes bench/results/quality_sites.json (quality_sites_quick.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import shutil
 import sys
@@ -48,6 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import quality  # noqa: E402
 from common import print_table, write_results  # noqa: E402
+from oracle_stain import ORACLE, fit_errors, oracle_features  # noqa: E402
 from quality_eval import embed, evaluate  # noqa: E402
 
 from threads_search.models.bundle import load_model  # noqa: E402
@@ -88,22 +93,32 @@ def cohorts(n: int, size: int, stain_shift: float = STAIN_SHIFT) -> list[SiteCoh
         SiteCohort(
             "confounded",
             {**common, "stain_shift": stain_shift, "confound_site": 0.9},
-            ("none", "macenko", "reinhard", f"none+views{VIEWS}", f"macenko+views{VIEWS}"),
+            ("none", "macenko", "reinhard", f"none+views{VIEWS}", f"macenko+views{VIEWS}", ORACLE),
             size,
         ),
-        SiteCohort("no-site-effect", {**common, "site_effect": 0.0}, ("none", "macenko"), size),
+        SiteCohort(
+            "no-site-effect", {**common, "site_effect": 0.0}, ("none", "macenko", ORACLE), size
+        ),
     ]
 
 
 VARIANTS = [
     Variant("control: THREADS", "no-site-effect"),
     Variant("control: THREADS, macenko", "no-site-effect", "macenko"),
+    Variant("control: THREADS, oracle stain", "no-site-effect", ORACLE),
     Variant("control: mean", "no-site-effect", encoder="mean"),
     Variant("mean", "confounded", encoder="mean"),
     Variant("mean, macenko", "confounded", "macenko", encoder="mean"),
     Variant("THREADS", "confounded"),
     Variant("THREADS, macenko", "confounded", "macenko"),
     Variant("THREADS, reinhard", "confounded", "reinhard"),
+    Variant("THREADS, oracle stain (upper bound)", "confounded", ORACLE),
+    Variant(
+        "THREADS, oracle stain + augment-by site",
+        "confounded",
+        ORACLE,
+        train={"augment_by": "site"},
+    ),
     Variant("THREADS, augment-by site", "confounded", train={"augment_by": "site"}),
     Variant("THREADS, balance-by site", "confounded", train={"balance_by": "site"}),
     Variant(f"THREADS, {VIEWS} stain views", "confounded", f"none+views{VIEWS}"),
@@ -156,9 +171,13 @@ def prepare(spec: SiteCohort, root: Path) -> dict:
     for name, fdir in info["features_by_stain"].items():
         t = time.perf_counter()
         method, views = features_settings(name)
-        cfg = default_config("hed-texture", workers=WORKERS, stain_normalize=method)
+        oracle = method == ORACLE
+        cfg = default_config(
+            "hed-texture", workers=WORKERS, stain_normalize="none" if oracle else method
+        )
         cfg.stain_views = views
-        outcomes = extract_features([d / "slides"], fdir, cfg)
+        with oracle_features(cohort) if oracle else contextlib.nullcontext():
+            outcomes = extract_features([d / "slides"], fdir, cfg)
         made = [o for o in outcomes if getattr(o, "state", "done") == "done"]
         if made:  # seconds of the run that made them, not of a resume
             info["seconds"][f"features_{name}"] = time.perf_counter() - t
@@ -266,6 +285,11 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if args.out is None:
             shutil.rmtree(root, ignore_errors=True)
+    errors = {}  # how far the fitted stain vectors are from the painted ones, per site
+    for name, info in infos.items():
+        if "macenko" in info["features_by_stain"]:
+            errors[name] = fit_errors(info["cohort"], info["features_by_stain"]["macenko"])
+            print_table(f"Macenko fit vs the painted stain vectors ({name})", errors[name])
     table = [{"model (test split, sites mixed)": k, **r["rows"]} for k, r in results.items()]
     print_table(
         f"quality on a multi-site cohort, {n} patients, mean of {args.seeds} seed(s)", table
@@ -283,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
         "hyper": asdict(hp),
         "results": results,
         "targets": targets,
+        "macenko_fit_errors": errors,
     }
     print(f"results: {write_results('quality_sites_quick' if q else 'quality_sites', payload)}")
     return payload

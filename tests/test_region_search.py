@@ -374,9 +374,42 @@ def test_build_compressed_codes_tuned_on_held_out_slides(tmp_path, nbits):
     path = tmp_path / "regions.index"
     info = build_compressed(x, path, groups=np.arange(0, n, per), nbits=nbits)
     assert info["params"]["pq"] == ("PQ8" if nbits == 8 else "PQ16x4fs")  # 8 bytes either way
+    # the OPQ rotation's sub-spaces follow the codes' (32-d keeps all 32 dimensions: 4 per byte)
+    assert info["params"]["factory"].startswith("OPQ8," if nbits == 8 else "OPQ16,")
+    chosen = [t for t in info["tuning"] if t["nprobe"] == info["search_params"]["nprobe"]]
+    assert any(t["k_factor"] == info["search_params"]["k_factor"] for t in chosen)
     assert info["recall_at_k_tuning"] >= 0.9 or info["search_params"]["k_factor"] == 32
     assert info["recall_at_k"] >= 0.8
     index = faiss.read_index(str(path))
     assert index_kind(index) == "ivfpq" and index.ntotal == n
     with pytest.raises(ValueError, match="nbits must be 4 or 8"):
         build_compressed(x[:2000], tmp_path / "bad.index", nbits=6)
+
+
+def test_tuner_keeps_the_fastest_setting_that_reaches_the_target():
+    """For each re-rank factor the fewest probes reaching the target; of those the fastest; a
+    larger factor is tried only with fewer probes; none reaching it: the best recall."""
+    from threads_search.vectorstore.compressed import opq_stage, tune_settings
+
+    def measure(nprobe, kf):  # recall rises with both; time ~ probes + 4 ms per 32 candidates
+        calls.append((nprobe, kf))
+        return min(1.0, 0.5 + 0.05 * np.log2(nprobe) + 0.04 * np.log2(kf)), (
+            nprobe * 0.05 + kf * 0.125
+        ) / 1e3
+
+    calls = []
+    nprobe, kf, recall, tried = tune_settings(measure, nlist=4096, target=0.9)
+    met = [t for t in tried if t["recall"] >= 0.9]
+    assert (nprobe, kf) == min(
+        ((t["nprobe"], t["k_factor"]) for t in met), key=lambda s: s[0] * 0.05 + s[1] * 0.125
+    )
+    assert recall >= 0.9 and len(tried) == len(calls)
+    for a, b in zip(met, met[1:], strict=False):  # later factors needed fewer probes
+        assert b["k_factor"] > a["k_factor"] and b["nprobe"] < a["nprobe"]
+    # probes beyond nlist are never tried; unreachable target: the best recall is kept
+    calls.clear()
+    nprobe, kf, recall, tried = tune_settings(measure, nlist=16, target=0.99)
+    assert max(p for p, _ in calls) == 16
+    assert recall == max(t["recall"] for t in tried) < 0.99
+    assert opq_stage(768, 96) == "OPQ96_384," and opq_stage(256, 64) == "OPQ64,"
+    assert opq_stage(768, 96, nbits=4) == "OPQ192_384,"

@@ -187,18 +187,29 @@ def paint_tissue(
     return PaintedTissue(rgb, class_map > 0, class_map, float(mpp), centres, pen)
 
 
-def _lut(stain_hue: float, stain_vectors=None, tint=(1.0, 1.0, 1.0)) -> np.ndarray:
-    """uint8 ``[65536, 3]``: RGB for (haematoxylin, eosin) uint8 concentration pairs, through
-    the H and E optical-density vectors (``stain_vectors`` or Ruifrok & Johnston's), shifted by
-    ``stain_hue``, under illumination ``_BG_RGB * tint``."""
+def stain_od(stain_hue: float, stain_vectors=None) -> tuple[np.ndarray, np.ndarray]:
+    """The haematoxylin and eosin optical-density vectors ``[3]`` (per unit concentration,
+    natural log) a Morphology paints with: ``stain_vectors`` (or Ruifrok & Johnston's) shifted by
+    ``stain_hue``."""
     h0, e0 = (_H_OD, _E_OD) if stain_vectors is None else np.asarray(stain_vectors, float)
     s = float(np.clip(stain_hue, -1.5, 1.5))
     h_od = np.clip(h0 + s * np.array([0.15, 0.0, -0.10]), 0.02, None)
     e_od = np.clip(e0 + np.array([0.0, 0.0, -0.06 * s + 0.1 * max(-s, 0.0)]), 0.02, None)
+    return h_od, e_od
+
+
+def glass_rgb(tint=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """RGB ``[3]`` (0-255 floats) of bare glass under illumination ``tint``."""
+    return _BG_RGB * np.asarray(tint, float)
+
+
+def _lut(stain_hue: float, stain_vectors=None, tint=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """uint8 ``[65536, 3]``: RGB for (haematoxylin, eosin) uint8 concentration pairs, through
+    ``stain_od`` under illumination ``glass_rgb(tint)``."""
+    h_od, e_od = stain_od(stain_hue, stain_vectors)
     conc = np.arange(256) * (CONC_MAX / 255.0)
     od = conc[:, None, None] * h_od + conc[None, :, None] * e_od
-    bg = _BG_RGB * np.asarray(tint, float)
-    return np.clip(bg * np.exp(-od) + 0.5, 0, 255).astype(np.uint8).reshape(-1, 3)
+    return np.clip(glass_rgb(tint) * np.exp(-od) + 0.5, 0, 255).astype(np.uint8).reshape(-1, 3)
 
 
 def _to_rgb(hmap, emap, stain_hue: float, stain_vectors=None, tint=(1.0, 1.0, 1.0)) -> np.ndarray:
