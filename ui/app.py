@@ -50,7 +50,7 @@ def main() -> None:
         st.error("No index given: start the app with `threads-search ui INDEX_DIR`.")
         st.stop()
     try:
-        index = get_index(str(Path(cfg.index_dir).resolve()))
+        index = get_index(str(Path(cfg.index_dir).resolve()), cfg.checkpoint)
     except Exception as e:
         st.error(f"**Cannot open the index {cfg.index_dir}.** {readable(e)}")
         st.stop()

@@ -23,6 +23,7 @@ ENV_INDEX = "THREADS_SEARCH_INDEX"
 ENV_HOST = "THREADS_SEARCH_UI_HOST"
 ENV_TILE_PORT = "THREADS_SEARCH_TILE_PORT"
 ENV_MAX_UPLOAD_MB = "THREADS_SEARCH_UI_MAX_UPLOAD_MB"
+ENV_CHECKPOINT = "THREADS_SEARCH_CHECKPOINT"  # a pretrained patch encoder's weights (uploads)
 DEFAULT_MAX_UPLOAD_MB = 2048
 
 
@@ -32,6 +33,7 @@ class Settings:
     host: str
     tile_port: int
     max_upload_mb: int
+    checkpoint: str | None = None
 
 
 def settings() -> Settings:
@@ -43,15 +45,17 @@ def settings() -> Settings:
         host=os.environ.get(ENV_HOST, "127.0.0.1"),
         tile_port=int(os.environ.get(ENV_TILE_PORT, "0") or 0),
         max_upload_mb=int(os.environ.get(ENV_MAX_UPLOAD_MB, DEFAULT_MAX_UPLOAD_MB)),
+        checkpoint=os.environ.get(ENV_CHECKPOINT) or None,
     )
 
 
 @st.cache_resource(show_spinner="Opening the index…")
-def get_index(index_dir: str):
-    """The index, opened once per server process (``Index`` is thread-safe)."""
+def get_index(index_dir: str, checkpoint: str | None = None):
+    """The index, opened once per server process (``Index`` is thread-safe); ``checkpoint``:
+    its pretrained patch encoder's weights, for uploaded slides and images."""
     import threads_search as ts
 
-    return ts.open_index(index_dir)
+    return ts.open_index(index_dir, checkpoint=checkpoint)
 
 
 @st.cache_resource(show_spinner=False)

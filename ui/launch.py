@@ -22,7 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from threads_search.errors import ConfigError
-from ui.common import DEFAULT_MAX_UPLOAD_MB, ENV_HOST, ENV_INDEX, ENV_MAX_UPLOAD_MB, ENV_TILE_PORT
+from ui.common import (
+    DEFAULT_MAX_UPLOAD_MB,
+    ENV_CHECKPOINT,
+    ENV_HOST,
+    ENV_INDEX,
+    ENV_MAX_UPLOAD_MB,
+    ENV_TILE_PORT,
+)
 
 APP = Path(__file__).resolve().parent / "app.py"
 DEFAULT_PORT = 8501
@@ -81,8 +88,9 @@ def command(index_dir: str | Path, host: str, port: int, max_upload_mb: int) -> 
     ]
 
 
-def _env(index_dir, host: str, tile_port: int, max_upload_mb: int) -> dict:
+def _env(index_dir, host: str, tile_port: int, max_upload_mb: int, checkpoint=None) -> dict:
     env = dict(os.environ)
+    env.pop(ENV_CHECKPOINT, None)
     env.update(
         {
             ENV_INDEX: str(Path(index_dir).resolve()),
@@ -92,14 +100,21 @@ def _env(index_dir, host: str, tile_port: int, max_upload_mb: int) -> dict:
             "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false",
         }
     )
+    if checkpoint is not None:
+        env[ENV_CHECKPOINT] = str(Path(checkpoint).resolve())
     return env
 
 
-def _check_index(index_dir) -> None:
-    """Fail before starting a server when the index cannot be opened."""
+def _check_index(index_dir, checkpoint=None) -> None:
+    """Fail before starting a server when the index cannot be opened or ``checkpoint`` is not
+    a file."""
     import threads_search as ts
 
     ts.open_index(index_dir)
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise ConfigError(
+            f"--checkpoint {checkpoint}: file not found (the index's patch encoder weights)"
+        )
 
 
 @dataclass
@@ -135,17 +150,19 @@ def start(
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
     timeout: float = 60.0,
     log=None,
+    checkpoint: str | Path | None = None,
 ) -> UiServer:
     """Start the UI in the background and wait until it answers (``timeout`` s). ``port`` None:
     8501 when free, else any free port. ``log``: a file for the server's output (default:
-    discarded). Raises ``RuntimeError`` with the server's output when it does not come up."""
-    _check_index(index_dir)
+    discarded); ``checkpoint``: the index's pretrained patch encoder weights (uploads). Raises
+    ``RuntimeError`` with the server's output when it does not come up."""
+    _check_index(index_dir, checkpoint)
     port = free_port(host, port or DEFAULT_PORT)
     check_tile_port(host, port, tile_port)
     out = log if log is not None else subprocess.DEVNULL
     proc = subprocess.Popen(
         command(index_dir, host, port, max_upload_mb),
-        env=_env(index_dir, host, tile_port, max_upload_mb),
+        env=_env(index_dir, host, tile_port, max_upload_mb, checkpoint),
         stdout=out,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -180,11 +197,14 @@ def launch(
     port: int | None = None,
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB,
     tile_port: int = 0,
+    checkpoint: str | Path | None = None,
 ) -> int:
     """Run the UI in the foreground until it exits or Ctrl-C; returns its exit code.
     ``port`` None: 8501 when free, else a free port; ``tile_port`` 0: the viewer's tiles on a
-    free port. The URLs are printed. Raises ``ConfigError`` for an unusable ``tile_port``."""
-    _check_index(index_dir)
+    free port; ``checkpoint``: the index's pretrained patch encoder weights, for uploaded slides
+    and images. The URLs are printed. Raises ``ConfigError`` for an unusable ``tile_port`` or a
+    missing ``checkpoint``."""
+    _check_index(index_dir, checkpoint)
     port = free_port(host, port or DEFAULT_PORT) if port is None else int(port)
     check_tile_port(host, port, tile_port)
     tiles = f"; viewer tiles on port {tile_port}" if tile_port else ""
@@ -194,7 +214,7 @@ def launch(
     )
     proc = subprocess.Popen(
         command(index_dir, host, port, max_upload_mb),
-        env=_env(index_dir, host, tile_port, max_upload_mb),
+        env=_env(index_dir, host, tile_port, max_upload_mb, checkpoint),
     )
     try:
         return proc.wait()

@@ -155,6 +155,13 @@ def search(
         help="With --image/--region: rank slides, by the mean over the query patches of each "
         "one's best match in the slide.",
     ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Weights of the index's patch encoder when it is a pretrained one (uni, "
+        "conch_v15, ...): needed to encode pixels (--image, --region of a slide file, "
+        "--slide FILE); the built-in hed-texture needs none.",
+    ),
 ) -> None:
     """Find the slides nearest to a slide, an RNA profile or a DNA profile, or the regions
     most like a region (--region) or a photo of a field (--image).
@@ -177,7 +184,7 @@ def search(
         if image is not None and region is not None:
             raise InputError("give either --image or --region, not both")
         with _warnings_shown():
-            index = open_index(index_dir)
+            index = open_index(index_dir, checkpoint=checkpoint)
             query = str(image) if image is not None else _parse_region(region)
             df = index.search_regions(
                 query, k, where, per_slide, aggregate, image_mpp=image_mpp, crops=fmt != "table"
@@ -195,7 +202,7 @@ def search(
     if slide is None and not (rna or dna or sample):
         raise InputError("give --slide ID_OR_PATH, or --rna/--dna FILE [--sample ID]")
     with _warnings_shown():
-        index = open_index(index_dir)
+        index = open_index(index_dir, checkpoint=checkpoint)
         excl = {} if same_patient is None else {"exclude_same_patient": not same_patient}
         if slide is not None:
             if molecules:

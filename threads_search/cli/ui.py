@@ -30,6 +30,12 @@ def ui(
         "through an SSH tunnel or proxy.",
         show_default=False,
     ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Weights of the index's patch encoder when it is a pretrained one (uni, "
+        "conch_v15, ...), to encode uploaded slides and images; hed-texture needs none.",
+    ),
 ) -> None:
     """Open the Streamlit app for pathologists on an index (archive, slide search with attention
     heatmaps, side-by-side viewer, molecular search, molecular prompting, index info).
@@ -41,7 +47,8 @@ def ui(
     """
     from ui.launch import launch
 
-    raise typer.Exit(launch(index_dir, host=host, port=port, tile_port=tile_port) or 0)
+    code = launch(index_dir, host=host, port=port, tile_port=tile_port, checkpoint=checkpoint)
+    raise typer.Exit(code or 0)
 
 
 def register(app: typer.Typer) -> None:

@@ -98,10 +98,18 @@ def _open_space(gen: Path, name: str, mmap: bool) -> Space:
 class Index(QueryResolution, RegionSearch):
     """A committed index opened read-only (see the module docstring). ``model``: a
     ``ThreadsModel`` or bundle folder overriding the one named in ``index.json``; ``mmap``:
-    memory-map the FAISS files (default; False reads them into memory, slower to open)."""
+    memory-map the FAISS files (default; False reads them into memory, slower to open);
+    ``checkpoint``: the weights of the index's patch encoder when it is a pretrained one, for
+    queries given as pixels (slide files, images, regions of slide files), encoded on
+    ``device``."""
 
     def __init__(
-        self, index_dir: str | Path, model=None, device: str = "cpu", mmap: bool = True
+        self,
+        index_dir: str | Path,
+        model=None,
+        device: str = "cpu",
+        mmap: bool = True,
+        checkpoint: str | Path | None = None,
     ) -> None:
         self.root = Path(index_dir)
         manifest = store.read_manifest(self.root)
@@ -116,6 +124,7 @@ class Index(QueryResolution, RegionSearch):
         self._model = None if is_dir else model
         self._model_dir = Path(model) if is_dir else None
         self._device = device
+        self._checkpoint = None if checkpoint is None else str(checkpoint)
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # held while loading: seconds
         self._model_ok = False
@@ -408,9 +417,16 @@ def _region_info(r: dict | None) -> dict | None:
     }
 
 
-def open_index(index_dir: str | Path, model=None, device: str = "cpu", mmap: bool = True) -> Index:
+def open_index(
+    index_dir: str | Path,
+    model=None,
+    device: str = "cpu",
+    mmap: bool = True,
+    checkpoint: str | Path | None = None,
+) -> Index:
     """Open a committed index read-only (cheap; see :class:`Index`). ``model``: optional
     ``ThreadsModel`` or bundle folder overriding ``index.json``'s; ``mmap=False`` reads the
-    FAISS files into memory instead of mapping them. Raises ``IndexNotFoundError`` (no
+    FAISS files into memory instead of mapping them; ``checkpoint``: the pretrained patch
+    encoder's weights, for queries given as pixels. Raises ``IndexNotFoundError`` (no
     ``index.json``) or ``IndexFormatError`` (other format version)."""
-    return Index(index_dir, model=model, device=device, mmap=mmap)
+    return Index(index_dir, model=model, device=device, mmap=mmap, checkpoint=checkpoint)

@@ -195,8 +195,8 @@ class RegionSearch:
             if not isinstance(fit, str):
                 tiles = SlideStain(cfg.method, fit, reference(cfg))(tiles)
         try:
-            enc = create_patch_encoder(pe["name"])
-        except ThreadsSearchError as e:
+            enc = create_patch_encoder(pe["name"], checkpoint=self._checkpoint, device=self._device)
+        except ThreadsSearchError as e:  # e.g. a pretrained encoder without its checkpoint
             raise QueryError(f"cannot encode the query with {pe['name']!r}: {e}") from e
         turned = dihedral(tiles)  # [8, m, ps, ps, 3]
         vecs = enc.encode(np.ascontiguousarray(turned.reshape(-1, *tiles.shape[1:])))

@@ -65,7 +65,8 @@ class QueryResolution:
             )
         model = self.model
         try:
-            return np.asarray(model.embed_slide(Path(s)), np.float32), None
+            emb = model.embed_slide(Path(s), checkpoint=self._checkpoint, device=self._device)
+            return np.asarray(emb, np.float32), None
         except (ThreadsSearchError, OSError, ValueError, RuntimeError) as e:
             # the file's fault (decoders raise OSError/ValueError/RuntimeError on bad data)
             raise QueryError(f"cannot embed slide {s}: {e}") from e
