@@ -26,7 +26,6 @@ import numpy as np
 from threads_search.wsi.stain_norm import IO, StainStats, apply, builtin_reference, tissue_pixels
 
 ORACLE = "oracle"  # the features setting of bench/quality_sites.py that uses it
-SAMPLE_PATCHES = 16  # as the features stage's fit
 MAX_C_PERCENTILE = 99.0  # as torchstain's Macenko
 
 
@@ -67,14 +66,15 @@ def oracle_features(cohort):
     """While active, the features stage normalises each slide of ``cohort`` (a painted
     ``make_cohort`` cohort, slides named ``<slide_id>.tiff``) with its ``OracleStain``."""
     import threads_search.features.extract as extract
+    from threads_search.features.stain import sample_indices
     from threads_search.synth.cohort_slides import slide_morphology
     from threads_search.wsi.reader import PatchDataset
 
     rows = {r["slide_id"]: r for r in cohort.slides.to_dict("records")}
 
-    def fit_plan(path, coords, mpp, config):
+    def fit_plan(path, coords, mpp, config):  # the same patches as the features stage's fit
         grid = config.segment.grid
-        idx = np.unique(np.linspace(0, len(coords) - 1, SAMPLE_PATCHES).round().astype(int))
+        idx = sample_indices(len(coords), config.stain.sample_patches)
         ds = PatchDataset(path, np.asarray(coords)[idx], grid.patch_size, grid.target_mpp, mpp)
         morph = slide_morphology(cohort, rows[Path(path).stem])
         return oracle_for(morph, [ds.read(i) for i in range(len(ds))])

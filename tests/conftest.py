@@ -67,6 +67,21 @@ def archive(tmp_path_factory):
     return root, slides
 
 
+def scramble_weights(model, seed: int) -> None:
+    """Perturb every parameter of a random-weights torch ``model`` so that outputs depend on
+    the image and on every tensor (fresh ViTs have LayerScale 1e-5, fresh ResNets
+    zero-initialised last BatchNorms)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):
+                p.fill_(0.5)
+            else:
+                p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
 def make_bundle(out, patch_encoder: dict, rna_genes=None, dna_genes=None, seed: int = 0):
     """A small untrained model bundle (deterministic from ``seed``) for pipeline tests."""
     import pandas as pd

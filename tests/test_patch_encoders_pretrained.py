@@ -8,6 +8,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from conftest import scramble_weights
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -35,18 +36,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def _scramble(model: torch.nn.Module, seed: int) -> None:
-    """Perturb every parameter so that outputs depend on the image and on every tensor
-    (fresh ViTs have LayerScale 1e-5, fresh ResNets zero-initialised last BatchNorms)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gamma"):
-                p.fill_(0.5)
-            else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.05)
-
-
 _CACHE: dict[str, object] = {}
 
 
@@ -54,7 +43,7 @@ def _random_encoder(name: str):
     """A scrambled random-weights encoder at reduced depth, built once per name."""
     if name not in _CACHE:
         enc = create_patch_encoder(name, random_weights=True, depth=DEPTH, device="cpu")
-        _scramble(enc.model, seed=PRETRAINED.index(name))
+        scramble_weights(enc.model, seed=PRETRAINED.index(name))
         _CACHE[name] = enc
     return _CACHE[name]
 
@@ -209,7 +198,7 @@ def test_resnet50_trunc_loads_a_full_resnet50(tmp_path):
     import timm
 
     full = timm.create_model("resnet50", pretrained=False).eval()
-    _scramble(full, seed=7)
+    scramble_weights(full, seed=7)
     with torch.no_grad():  # non-trivial BatchNorm statistics
         for m in full.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

@@ -10,7 +10,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
@@ -21,7 +20,7 @@ ENCODER = "resnet50-trunc"
 def pretrained_index(tmp_path_factory, slide_factory):
     """(index folder, checkpoint path, slide path, its region table) of two small slides indexed
     with ``resnet50-trunc`` features from a saved random-weights checkpoint."""
-    from conftest import make_bundle
+    from conftest import make_bundle, scramble_weights
 
     from indexer.build import run_index
     from indexer.config import IndexConfig
@@ -31,10 +30,7 @@ def pretrained_index(tmp_path_factory, slide_factory):
 
     root = tmp_path_factory.mktemp("pretrained_queries")
     enc = create_patch_encoder(ENCODER, random_weights=True, device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # fresh ResNets zero their last BatchNorms: make outputs image-driven
-        for p in enc.model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    scramble_weights(enc.model, seed=0)  # fresh ResNets zero their last BatchNorms
     ckpt = root / "model.safetensors"
     save_file({k: v.contiguous() for k, v in enc.model.state_dict().items()}, str(ckpt))
     slides = root / "slides"
@@ -73,6 +69,9 @@ def test_image_and_slide_file_queries_use_the_checkpoint(pretrained_index, tmp_p
     top = idx.search_regions(np.rot90(crop).copy(), k=3, image_mpp=0.5, crops=False).iloc[0]
     assert (top.slide_id, top.x, top.y) == (path.stem, row.x, row.y)
     assert top.score > 0.999  # encoded as the features stage did
+    encoder = idx._pixel_encoder  # the weights are loaded once per opened index
+    idx.search_regions(crop, k=1, image_mpp=0.5, crops=False)
+    assert encoder is not None and idx._pixel_encoder is encoder
     copy = tmp_path / "new_scan.tiff"  # a slide file not in the index: embedded from pixels
     shutil.copyfile(path, copy)
     res = idx.search_slides(str(copy), k=1)

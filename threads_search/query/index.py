@@ -125,6 +125,8 @@ class Index(QueryResolution, RegionSearch):
         self._model_dir = Path(model) if is_dir else None
         self._device = device
         self._checkpoint = None if checkpoint is None else str(checkpoint)
+        self._pixel_encoder = None  # built on the first query given as pixels
+        self._encoder_lock = threading.Lock()  # held while building it (a checkpoint: seconds)
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()  # held while loading: seconds
         self._model_ok = False

@@ -171,7 +171,6 @@ class RegionSearch:
         patch in its 8 orientations (rotations by 90° and their mirror images: tissue has no
         up), and at ``ASSUMED_SCALES`` when ``mpp`` was ``assumed``: vectors ``[n, D]`` and the
         query patch (of the grid at ``mpp``) of each ``[n]``."""
-        from threads_search.patch_encoders import create_patch_encoder
         from threads_search.wsi.stain_norm import StainConfig, fit_slide_or_reason
 
         if not (0.02 <= mpp <= 20):
@@ -194,13 +193,26 @@ class RegionSearch:
             fit = fit_slide_or_reason(list(tiles), cfg.method)
             if not isinstance(fit, str):
                 tiles = SlideStain(cfg.method, fit, reference(cfg))(tiles)
-        try:
-            enc = create_patch_encoder(pe["name"], checkpoint=self._checkpoint, device=self._device)
-        except ThreadsSearchError as e:  # e.g. a pretrained encoder without its checkpoint
-            raise QueryError(f"cannot encode the query with {pe['name']!r}: {e}") from e
         turned = dihedral(tiles)  # [8, m, ps, ps, 3]
-        vecs = enc.encode(np.ascontiguousarray(turned.reshape(-1, *tiles.shape[1:])))
+        vecs = self._query_encoder(pe["name"]).encode(
+            np.ascontiguousarray(turned.reshape(-1, *tiles.shape[1:]))
+        )
         return normalise_patches(vecs, int(pe["dim"])), np.tile(groups, 8)
+
+    def _query_encoder(self, name: str):
+        """The index's patch encoder ``name`` (weights from the index's ``checkpoint``), built
+        once per opened index: a pretrained one loads its weights in seconds."""
+        from threads_search.patch_encoders import create_patch_encoder
+
+        with self._encoder_lock:
+            if self._pixel_encoder is None:
+                try:
+                    self._pixel_encoder = create_patch_encoder(
+                        name, checkpoint=self._checkpoint, device=self._device
+                    )
+                except ThreadsSearchError as e:  # e.g. a pretrained encoder without its weights
+                    raise QueryError(f"cannot encode the query with {name!r}: {e}") from e
+            return self._pixel_encoder
 
     # -- results -------------------------------------------------------------------------
     def _aggregate(self, sp, q, groups, hits, own_slide, k):

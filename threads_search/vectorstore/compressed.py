@@ -107,11 +107,16 @@ def code_bytes(dim: int) -> int:
     return m
 
 
+def opq_dim(dim: int, m: int) -> int:
+    """Dimensions the OPQ stage gives the IVF and the codes of ``m`` bytes: min(dim, 4m)."""
+    return min(dim, 4 * m)
+
+
 def opq_stage(dim: int, m: int, nbits: int = 8) -> str:
     """The OPQ pre-transform of the factory string: ``OPQ{s}_{d},`` with ``s`` sub-quantizers
-    (``m``, or ``2m`` for 4-bit codes) and ``d`` = min(dim, 4m) output dimensions."""
+    (``m``, or ``2m`` for 4-bit codes) and ``d`` = ``opq_dim`` output dimensions."""
     subq = m if nbits == 8 else 2 * m
-    out = min(dim, 4 * m)
+    out = opq_dim(dim, m)
     return f"OPQ{subq}_{out}," if out != dim else f"OPQ{subq},"
 
 
@@ -199,7 +204,8 @@ def build_compressed(
     then leaves out its whole group, as a patch of a new slide would find none of its slide
     (else only itself); ``m``: PQ bytes per vector (default ``code_bytes``); ``nbits``: 8
     (one sub-quantizer per byte) or 4 (two per byte, scanned with SIMD "fast-scan" tables);
-    ``opq``: learn the OPQ rotation (module docstring) before the IVF. Returns its info (type, params, knobs, recalls, timings, bytes)."""
+    ``opq``: learn the OPQ rotation (module docstring) before the IVF. Returns its info (type,
+    params, knobs, recalls, timings, bytes)."""
     say = log or (lambda msg: None)
     n, dim = vectors.shape
     t0 = time.perf_counter()
@@ -207,6 +213,7 @@ def build_compressed(
     if nbits not in (4, 8):
         raise ValueError(f"nbits must be 4 or 8, got {nbits}")
     pq = f"PQ{m}" if nbits == 8 else f"PQ{2 * m}x4fs"
+    d = opq_dim(dim, m) if opq else dim  # what the IVF and the codes see
     factory = f"{opq_stage(dim, m, nbits) if opq else ''}IVF{nlist}_HNSW32,{pq}"
     index = faiss.index_factory(dim, factory, IP)
     sample = np.linspace(0, n - 1, min(n, TRAIN_ROWS)).astype(np.int64)
@@ -277,5 +284,6 @@ def build_compressed(
         "add_seconds": add_s,
         "tune_seconds": tune_s,
         "build_seconds": time.perf_counter() - t0,
-        "memory_bytes": int(n * (m + 8) + nlist * dim * 4 * 2),
+        # codes and ids, centroids and their HNSW graph (about as much again), the OPQ matrix
+        "memory_bytes": int(n * (m + 8) + nlist * d * 4 * 2 + (dim * d * 4 if opq else 0)),
     }
