@@ -196,7 +196,7 @@ def test_cli_info_prints_the_batch_effect_table_and_json(planted, hand, cli):  #
 
 
 def test_ui_index_info_shows_the_batch_effects(ui_index, monkeypatch):  # noqa: F811
-    from ui.common import ENV_INDEX
+    from ui.settings import ENV_INDEX
 
     monkeypatch.setenv(ENV_INDEX, str(ui_index.index_dir))
     app = Path(__file__).resolve().parents[1] / "ui" / "app.py"

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from ui_fixtures import ui_index  # noqa: F401  (session fixture)
 
 import threads_search as ts
-from ui.common import ENV_INDEX
+from ui.settings import ENV_INDEX
 
 APP = Path(__file__).resolve().parents[1] / "ui" / "app.py"
 

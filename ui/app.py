@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # `streamlit run ui/app.py`: make `ui` importable
 import streamlit as st
 
 from ui import facets
-from ui.common import get_index, readable, settings
+from ui.common import get_index, readable
 from ui.sections import (
     archive,
     info,
@@ -31,6 +31,7 @@ from ui.sections import (
     slide_search,
     viewer_section,
 )
+from ui.settings import settings
 
 SECTIONS = {
     "Archive": archive.render,

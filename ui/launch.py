@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from threads_search.errors import ConfigError
-from ui.common import (
+from ui.settings import (
     DEFAULT_MAX_UPLOAD_MB,
     ENV_CHECKPOINT,
     ENV_HOST,

@@ -144,7 +144,8 @@ def _forget_upload() -> None:
     """Delete the session's uploaded query slide (and stop serving it)."""
     path = st.session_state.pop("ss_upload_path", None)
     if path:
-        from ui.common import get_tile_server, settings
+        from ui.common import get_tile_server
+        from ui.settings import settings
 
         cfg = settings()
         get_tile_server(cfg.host, cfg.tile_port).unregister(path)
