@@ -368,3 +368,31 @@ def test_bad_molecular_upload_is_readable_and_names_the_file_not_the_temp_path(a
     ok(app)
     assert len(errors(app)) == 1 and "bad.csv: not a readable RNA profile" in errors(app)[0]
     assert app.session_state["uploads"].files() == []
+
+
+def test_widgets_tell_the_browser_their_current_value_on_every_run(app, index):
+    """A widget that reaches the page only in a later run (the first run was cut short by a
+    click) starts from the start value that run sends; the browser sends it back as the user's
+    entry with the next click. Every run must therefore send the current value, never
+    Streamlit's own default (0, the first option): a fresh session once searched with k = 0."""
+    goto(app, "Slide search")
+    ids = index.slides["slide_id"].tolist()
+
+    def starts() -> tuple[int, int, str]:
+        k = app.number_input(key="ss_k").proto.default
+        slide = app.selectbox(key="ss_slide").proto.default
+        return k, slide, app.radio(key="ss_source").value
+
+    assert starts() == (10, 0, "A slide of the archive")
+    app.checkbox(key="ss_exclude").uncheck().run()  # a later run, the box's state exists
+    assert starts() == (10, 0, "A slide of the archive")
+    app.number_input(key="ss_k").set_value(37).run()
+    app.selectbox(key="ss_slide").set_value(ids[2]).run()
+    app.checkbox(key="ss_exclude").check().run()
+    assert starts() == (37, 2, "A slide of the archive")
+    goto(app, "Viewer")
+    app.selectbox(key="vw_left").set_value(app.selectbox(key="vw_left").options[1]).run()
+    app.toggle(key="vw_marks").set_value(False).run()
+    assert app.selectbox(key="vw_left").proto.default == 1
+    goto(app, "Slide search")  # kept across sections, and still sent as the start
+    assert starts() == (37, 2, "A slide of the archive")

@@ -73,6 +73,9 @@ def command(index_dir: str | Path, host: str, port: int, max_upload_mb: int) -> 
         "client.showErrorDetails": "none",
         "client.toolbarMode": "minimal",
         "global.developmentMode": "false",
+        # Widgets are given their current value as their start on every run (ui.state.keep);
+        # where the app also set that value through Session State, Streamlit logs a warning.
+        "global.disableWidgetStateDuplicationWarning": "true",
         "theme.base": "light",
     }
     flags = [a for name, value in options.items() for a in (f"--{name}", str(value))]

@@ -22,11 +22,17 @@ CHANGED = "The form changed since the last search: press the search button to se
 def keep(key: str, default=None, options=None, arg: str = "value") -> dict:
     """Call just before drawing widget ``key`` and pass what it returns to the widget: the
     argument (``arg``: "value", "index" for a selectbox/radio over ``options``, "default" for
-    a multiselect) that starts it from its last value, else ``default``; ``{}`` while the
-    widget's own state exists (it wins). With ``options`` (a list), a value no longer offered
-    falls back to ``default`` (or the first option); a list value (multiselect) keeps only the
-    options still offered. The value is not written into the widget's own key: a widget given
-    its start both ways may show the wrong one in a fresh browser session."""
+    a multiselect) that starts it from its current value (the widget's own state while it
+    exists), else its last value, else ``default``; ``{}`` when there is none. With ``options``
+    (a list), a value no longer offered falls back to ``default`` (or the first option); a list
+    value (multiselect) keeps only the options still offered.
+
+    The start is passed on every run, also while the widget's state exists (which still wins):
+    the browser takes a widget's start from the run that first draws it, and a widget that
+    reaches the page only in a later run (the first run was cut short by a click) would
+    otherwise start from Streamlit's own default (0, the first option) and send that back as
+    the user's entry with the next click. The value is not written into the widget's own key:
+    a widget given its start both ways may show the wrong one in a fresh browser session."""
     ss = st.session_state
     opts = None if options is None else list(options)
 
@@ -41,10 +47,8 @@ def keep(key: str, default=None, options=None, arg: str = "value") -> dict:
 
     if key in ss:
         value = offered(ss[key])
-        if value == ss[key]:
-            ss[KEPT + key] = value
-            return {}
-        del ss[key]  # an option no longer offered: start again from a valid one
+        if value != ss[key]:
+            del ss[key]  # an option no longer offered: start again from a valid one
     else:
         value = offered(ss.get(KEPT + key, default))
     if value is None:
@@ -79,10 +83,9 @@ def number(container, label: str, key: str, default, lo, hi, empty_ok: bool = Fa
     """A number box in ``container`` (``st`` or a column) kept across sections: integer when
     ``lo``, ``hi`` and ``default`` are ints (else ``step`` and ``format`` may be given in
     ``kw``). An entry outside ``lo``..``hi`` is set to the nearest limit and :func:`notes` says
-    so; an empty box is ``None`` when ``empty_ok``, else ``lo``."""
-    start = keep(key, default)
-    if key not in st.session_state:
-        kw["value"] = start.get("value", None if empty_ok else default)
+    so; an empty box is ``None`` when ``empty_ok``, else ``lo``. Every run gives the box its
+    current value as its start (see :func:`keep`): without one Streamlit starts it at 0."""
+    kw["value"] = keep(key, default).get("value", None if empty_ok else default)
     if isinstance(lo, int) and isinstance(hi, int):
         kw.setdefault("step", 1)
     value = container.number_input(

@@ -169,8 +169,9 @@ def render(index, filters: dict, cfg) -> None:
         if st.session_state.get(key) not in opts:
             st.session_state[key] = labels[default]
     c1, c2, c3, c4 = st.columns([3, 3, 2, 2], vertical_alignment="bottom")
-    left = c1.selectbox("Left panel", labels, key="vw_left")
-    right = c2.selectbox("Right panel", labels, key="vw_right")
+    at = {k: labels.index(st.session_state[k]) for k in ("vw_left", "vw_right")}  # see state.keep
+    left = c1.selectbox("Left panel", labels, key="vw_left", index=at["vw_left"])
+    right = c2.selectbox("Right panel", labels, key="vw_right", index=at["vw_right"])
     show = c3.toggle("Mark top patches", value=True, key="vw_marks")
     n = c4.number_input(
         "Patches to mark",
