@@ -1,20 +1,24 @@
 """Region search quality on a painted cohort with per-pixel ground truth.
 
 A cohort of ``--patients`` painted slides (``synth.region_cohort``: 2048 px at 0.5 µm/px, 4
-subtypes, tumour 45-55 % of the tissue) through the real features stage (hed-texture, 512 px
-patches) and ``threads-search index`` with an untrained, seeded model; then:
+subtypes, tumour 45-55 % of the tissue; default 160, about 2,000 patches: in a 32-slide archive a
+tumour query has about 37 patches of its subtype's tumour to find for its 10 places) through the
+real features stage (hed-texture, 512 px patches) and ``threads-search index`` with an untrained,
+seeded model, twice from the same features: with the default region features (``auto``:
+``tissue`` from 50 slides) and with ``raw`` features (the baseline, in the same run); then:
 
 - **own region**: crops of ``--crops`` random indexed patches, as they are and rotated, flipped
   or rescaled by ±10 % (µm/px not told): hit@1 = the top hit is that very patch;
 - **tumour → tumour of the same subtype**: every patch that is ≥ 80 % tumour, searched as an
   image among the other slides: precision@10 (hit = same subtype and ≥ 50 % tumour) against
-  chance (the share of such patches among the other slides' patches);
+  chance (the share of such patches among the other slides' patches), in both region spaces;
 - **slides by their regions**: the same queries with ``aggregate="slide"``: mMV@5 (the majority
-  subtype of the top 5 slides is the query's), beside slide-level search from the query's slide
+  subtype of the top 5 slides is the query's), in both spaces, beside slide-level search from
+  the query's slide
   (``search_slides``, the untrained model's embedding) and mean-pooled patch features (exact
   cosine), both mMV@5 over the same query slides.
 
-usage: python bench/region_quality.py [--patients 32] [--crops 60] [--out DIR]
+usage: python bench/region_quality.py [--patients 160] [--crops 60] [--out DIR]
 Prints a table; writes bench/results/region_quality.json.
 """
 
@@ -53,13 +57,15 @@ def build(root: Path, n: int):
     save_model(
         build_model(spec.to_dict(), slide_config={"head_dim": 64, "attn_dim": 32}), root / "model"
     )
-    cfg = IndexConfig(
-        inputs=[str(root / "feats")],
-        model=str(root / "model"),
-        out=str(root / "index"),
-        metadata=str(root / "metadata.csv"),
-    )
-    run_index(cfg)
+    for name, features in (("index", "auto"), ("index_raw", "raw")):
+        cfg = IndexConfig(
+            inputs=[str(root / "feats")],
+            model=str(root / "model"),
+            out=str(root / name),
+            metadata=str(root / "metadata.csv"),
+            region_features=features,
+        )
+        run_index(cfg)
     return slides, maps
 
 
@@ -81,6 +87,12 @@ def transformed(img: np.ndarray, how: str) -> np.ndarray:
     return img
 
 
+def space_name(index) -> str:
+    """How the index's region search compares patches, for the table."""
+    p = index.info()["regions"]["projection"]
+    return f"{p['mode']} {p['out_dim']}-d" + (" standardised" if p.get("standardised") else "")
+
+
 def majority(values: list) -> object:
     return max(set(values), key=values.count)
 
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     from threads_search.synth.region_cohort import tumour_share
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--patients", type=int, default=32)
+    ap.add_argument("--patients", type=int, default=160)
     ap.add_argument("--crops", type=int, default=60)
     ap.add_argument("--out", type=Path, help="scratch folder (default: a temporary one)")
     args = ap.parse_args(argv)
@@ -121,46 +133,55 @@ def main(argv: list[str] | None = None) -> dict:
     share = np.array([tumour_share(maps[r.slide_id], r.x, r.y, PATCH) for r in reg.itertuples()])
     good_sub = reg.slide_id.map(sub).to_numpy()
     queries = reg[share >= 0.8]
-    prec, chance, agg, slide_mv, mean_mv = [], [], [], [], []
+    chance = [
+        ((share >= 0.5) & (good_sub == sub[r.slide_id]))[
+            (reg.slide_id != r.slide_id).to_numpy()
+        ].mean()
+        for r in queries.itertuples()
+    ]
+    images = {r.Index: crop(path[r.slide_id], r.x, r.y) for r in queries.itertuples()}
+    raw = ts.open_index(root / "index_raw")
+    for label, index in ((space_name(idx), idx), (space_name(raw), raw)):
+        prec, agg = [], []
+        for r in queries.itertuples():
+            where = f"slide_id <> '{r.slide_id}'"
+            res = index.search_regions(images[r.Index], k=10, where=where, crops=False)
+            ok = [
+                sub[h.slide_id] == sub[r.slide_id]
+                and tumour_share(maps[h.slide_id], h.x, h.y, PATCH) >= 0.5
+                for h in res.itertuples()
+            ]
+            prec.append(np.mean(ok))
+            a = index.search_regions(images[r.Index], k=5, where=where, aggregate="slide")
+            agg.append(majority([sub[s] for s in a.slide_id]) == sub[r.slide_id])
+        rows.append(
+            {
+                "measure": f"tumour queries ({len(queries)}), {label}: precision@10 same-subtype "
+                "tumour",
+                "value": float(np.mean(prec)),
+                "chance": float(np.mean(chance)),
+            }
+        )
+        rows.append(
+            {
+                "measure": f"same queries, {label}, aggregate='slide': mMV@5 subtype",
+                "value": float(np.mean(agg)),
+                "chance": float(slides.subtype.value_counts(normalize=True).max()),
+            }
+        )
     means = {
         s: read_features(root / "feats" / "h5" / f"{s}.h5").features.mean(0)
         for s in slides.slide_id
     }
     m_ids = list(means)
     m = np.stack([means[s] / np.linalg.norm(means[s]) for s in m_ids])
+    slide_mv, mean_mv = [], []
     for r in queries.itertuples():
-        img = crop(path[r.slide_id], r.x, r.y)
-        where = f"slide_id <> '{r.slide_id}'"
-        res = idx.search_regions(img, k=10, where=where, crops=False)
-        ok = [
-            sub[h.slide_id] == sub[r.slide_id]
-            and tumour_share(maps[h.slide_id], h.x, h.y, PATCH) >= 0.5
-            for h in res.itertuples()
-        ]
-        prec.append(np.mean(ok))
-        other = (reg.slide_id != r.slide_id).to_numpy()
-        chance.append(((share >= 0.5) & (good_sub == sub[r.slide_id]))[other].mean())
-        a = idx.search_regions(img, k=5, where=where, aggregate="slide")
-        agg.append(majority([sub[s] for s in a.slide_id]) == sub[r.slide_id])
         s5 = idx.search_slides(r.slide_id, k=5)
         slide_mv.append(majority([sub[s] for s in s5.slide_id]) == sub[r.slide_id])
         i = m_ids.index(r.slide_id)
         order = [j for j in np.argsort(-(m @ m[i])) if j != i][:5]
         mean_mv.append(majority([sub[m_ids[j]] for j in order]) == sub[r.slide_id])
-    rows.append(
-        {
-            "measure": f"tumour queries ({len(queries)}): precision@10 same-subtype tumour",
-            "value": float(np.mean(prec)),
-            "chance": float(np.mean(chance)),
-        }
-    )
-    rows.append(
-        {
-            "measure": "same queries, aggregate='slide': mMV@5 subtype",
-            "value": float(np.mean(agg)),
-            "chance": float(slides.subtype.value_counts(normalize=True).max()),
-        }
-    )
     rows.append(
         {
             "measure": "their slides, slide search (untrained model): mMV@5",
@@ -178,9 +199,8 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(f"region search quality, {len(slides)} painted slides, {len(reg)} patches", rows)
     wall = time.perf_counter() - t0
     cmd = " ".join(["python", "bench/region_quality.py", *(argv or sys.argv[1:])])
-    path_json = write_results(
-        "region_quality", {"command": cmd, "rows": rows, "wall_seconds": wall}
-    )
+    name = "region_quality" if args.patients == 160 else f"region_quality_{args.patients}p"
+    path_json = write_results(name, {"command": cmd, "rows": rows, "wall_seconds": wall})
     print(f"wall {wall:.0f} s; results: {path_json}")
     return {"rows": rows}
 

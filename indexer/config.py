@@ -1,7 +1,7 @@
 """Settings of an index run: :class:`IndexConfig`, saved in ``index.json`` (``config``).
 
 A ``StrictConfig``: choices (``engine``, ``pair_by``, ``rna_units``, ``index_type``,
-``device``) are checked when the config is made, ranges by :meth:`IndexConfig.check`, and
+``region_features``, ``device``) are checked when the config is made, ranges by :meth:`IndexConfig.check`, and
 ``from_dict`` refuses an unknown key listing the accepted ones; each fault is a
 ``ConfigError`` naming the setting and what it accepts.
 """
@@ -38,6 +38,10 @@ class IndexConfig(StrictConfig):
     prune: bool = False
     index_type: IndexType = "auto"
     regions: bool = True  # also build the patch-level (region) index
+    # what region search compares: the encoder's tissue dimensions, standardised over the
+    # indexed patches ("tissue"), the features as they are ("raw"), or tissue from 50 slides
+    # and raw below ("auto"); vectorstore.projection
+    region_features: Literal["auto", "tissue", "raw"] = "auto"
     memory_budget_gb: float | None = None  # GiB for the FAISS build; None: no limit
     workers: int = 2  # patch-reading processes (local) / local Ray CPUs (ray)
     batch_size: int = 32  # patches per encoder batch

@@ -306,7 +306,9 @@ def _assemble(sess: IndexSession, new_mol) -> dict:
         manifest,
         index_type=cfg.index_type,
         memory_budget=budget,
-        regions=region_table(recs, paths) if cfg.regions else None,
+        regions=region_table(recs, paths, cfg.region_features, sess.model.patch_encoder.get("name"))
+        if cfg.regions
+        else None,
     )
 
 

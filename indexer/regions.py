@@ -24,11 +24,14 @@ REGION_COLUMNS = ["slide_id", "x", "y", "size_px", "size_um"]
 @dataclass
 class RegionRows:
     """The region table and where its vectors come from (``chunks``: one float16 ``[n, D]``
-    block per record, in table order)."""
+    block per record, in table order); ``features`` and ``encoder`` choose the projection region
+    search compares them by (``vectorstore.projection``)."""
 
     table: pd.DataFrame
     dim: int
     sources: list[Path]
+    features: str = "auto"  # how region search compares them (vectorstore.projection)
+    encoder: str | None = None  # the patch encoder's name (its tissue dimensions)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -38,10 +41,12 @@ class RegionRows:
             yield read_patches(p)
 
 
-def region_table(recs: dict, paths: dict) -> RegionRows | None:
+def region_table(
+    recs: dict, paths: dict, features: str = "auto", encoder: str | None = None
+) -> RegionRows | None:
     """The ``RegionRows`` of the records ``recs`` (slide_id → ``SlideRecord``, read without
     their vectors; ``paths``: slide_id → record file) that hold patch vectors; None when none
-    does."""
+    does. ``features``, ``encoder``: as ``RegionRows``."""
     frames, sources, dim = [], [], 0
     for sid, r in recs.items():
         if not r.meta.get("has_patches") or len(r.coords) == 0:
@@ -67,4 +72,5 @@ def region_table(recs: dict, paths: dict) -> RegionRows | None:
         sources.append(paths[sid])
     if not frames:
         return None
-    return RegionRows(pd.concat(frames, ignore_index=True)[REGION_COLUMNS], dim, sources)
+    table = pd.concat(frames, ignore_index=True)[REGION_COLUMNS]
+    return RegionRows(table, dim, sources, features, encoder)

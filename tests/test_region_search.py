@@ -266,11 +266,13 @@ def test_a_compressed_region_index_is_re_ranked_exactly(region_cohort):
     assert overlap >= np.mean([len(set(a) & set(b)) / 5 for a, b in zip(coarse, want, strict=True)])
 
 
+@pytest.mark.parametrize("features", ["auto", "tissue"])
 def test_regions_over_the_memory_budget_get_a_compressed_index_searched_exactly(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, features
 ):
     """Region vectors above the in-memory limit: IVF-HNSW-PQ codes, tuned on held-out rows,
-    searched through ``search_regions`` with exact re-ranking from the vectors on disk."""
+    searched through ``search_regions`` with exact re-ranking from the vectors on disk (raw,
+    or projected as they are read: ``vectorstore.projection``)."""
     from indexer.regions import RegionRows
     from threads_search.vectorstore import writer
 
@@ -290,7 +292,7 @@ def test_regions_over_the_memory_budget_get_a_compressed_index_searched_exactly(
         }
     )
     chunks = [x[i : i + per] for i in range(0, n, per)]
-    rows = RegionRows(table, dim, [])
+    rows = RegionRows(table, dim, [], features)  # no encoder: auto is raw
     monkeypatch.setattr(RegionRows, "chunks", lambda self: iter(chunks))
     monkeypatch.setattr(writer, "IN_MEMORY_REGIONS", n * dim)  # below n * dim * 4 bytes
     slides = pd.DataFrame({"slide_id": sids, "path": None, "patient_id": None})
@@ -302,8 +304,11 @@ def test_regions_over_the_memory_budget_get_a_compressed_index_searched_exactly(
     assert info["recall_at_k"] >= 0.85
     assert info["tuning_queries"]["source"] == "held-out rows, their slide left out"
     assert idx.regions.k_factor == info["search_params"]["k_factor"]
+    proj = idx.regions.projection
+    assert proj.mode == ("raw" if features == "auto" else "tissue")
+    assert proj.describe()["standardised"] == (features == "tissue")
     q = x[::997][:20].astype(np.float32)
-    exact = q @ x.astype(np.float32).T
+    exact = proj(q) @ proj(x.astype(np.float32)).T  # what is compared
     hits = 0
     for qi, row in zip(q, exact, strict=True):
         res = idx.search_regions(qi, k=10, crops=False)

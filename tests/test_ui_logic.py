@@ -247,6 +247,9 @@ def test_index_info_lists_model_faiss_and_counts(app, index):
     assert set(faiss_table["FAISS type"]) == {"flat"}
     assert (faiss_table["measured recall"].astype(float) > 0.9).all()
     assert "hed-texture" in app.table[0].value.to_string()
+    regions = app.table[0].value.set_index("").at["Region index", "value"]
+    n = len(index.regions.table)
+    assert regions.startswith(f"{n} patches of {len(index.slides)} slides; compares auto: raw")
 
 
 def _get(url: str) -> tuple[int, str, bytes]:

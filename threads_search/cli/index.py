@@ -51,6 +51,15 @@ def index(
         "photo of a field (`search --image`, `--region`). Costs about 2 bytes per feature "
         "dimension per patch on disk (plus its FAISS index); --no-regions skips it.",
     ),
+    region_features: str = typer.Option(
+        "auto",
+        "--region-features",
+        metavar="auto|tissue|raw",
+        help="What region search compares. tissue: the encoder's tissue dimensions (hed-texture "
+        "leaves out its colour statistics, which follow the stain, not the tissue), each "
+        "standardised over the indexed patches; raw: the patch features as they are; auto: "
+        "tissue from 50 indexed slides, raw below (too few to standardise over).",
+    ),
     memory_budget_gb: float = typer.Option(
         None, "--memory-budget-gb", help="RAM for the vector index; beyond it IVF-PQ is chosen."
     ),
@@ -110,6 +119,7 @@ def index(
         prune=prune,
         index_type=index_type,
         regions=regions,
+        region_features=region_features,
         memory_budget_gb=memory_budget_gb,
         workers=workers,
         batch_size=batch_size,

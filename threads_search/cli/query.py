@@ -405,6 +405,11 @@ def _info_rows(info: dict) -> dict:
         if r
         else "none (built with --no-regions): region search is off"
     )
+    if r:
+        p = r["projection"]
+        rows["region search compares"] = p.get("reason") or (
+            "raw: the patch features as they are (a generation written before projections)"
+        )
     rows["versions"] = info["versions"]
     return rows
 

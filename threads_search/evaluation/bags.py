@@ -65,7 +65,7 @@ class Bags:
         if self._regions is False:
             return None
         rows = self._regions.rows_of(slide_id)
-        return np.asarray(self._regions.vectors[rows], np.float32) if len(rows) else None
+        return np.asarray(self._regions.features[rows], np.float32) if len(rows) else None
 
     def get(self, slide_id: str) -> np.ndarray:
         """The slide's bag; ``InputError`` when neither source has it."""

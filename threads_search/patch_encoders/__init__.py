@@ -14,6 +14,8 @@ from threads_search.patch_encoders.base import (
 from threads_search.registry import Registry
 
 PATCH_ENCODERS: Registry[PatchEncoder] = Registry("patch encoder")
+# encoder name → the dimensions of its features that describe tissue rather than stain colour
+TISSUE_DIMS: dict[str, tuple[int, ...]] = {}
 
 
 def list_patch_encoders() -> list[str]:
@@ -25,6 +27,15 @@ def get_patch_encoder_spec(name: str) -> PatchEncoderSpec:
     _load_builtins()
     _check(name)
     return PATCH_ENCODERS.info(name)
+
+
+def tissue_dims(name: str) -> tuple[int, ...] | None:
+    """The dimensions of encoder ``name``'s features that describe tissue structure rather than
+    stain colour, which region search compares (``vectorstore.projection``); None: all of them
+    (an encoder that declares none, as the pretrained networks, whose features mix both, or a
+    name not registered here, as features imported from elsewhere)."""
+    _load_builtins()
+    return TISSUE_DIMS.get(name)
 
 
 def create_patch_encoder(
@@ -57,4 +68,5 @@ __all__ = [
     "create_patch_encoder",
     "get_patch_encoder_spec",
     "list_patch_encoders",
+    "tissue_dims",
 ]

@@ -44,6 +44,10 @@ e_spectrum      8     the same for E
 heterogeneity   4     std over 16 x 16 blocks of 16 µm of H, E, H + E and the white fraction
 ==============  ====  ====================================================================
 
+The colour-statistic blocks (``STAIN_BLOCKS``: od_rgb to stain_balance) describe the stain; the
+other 172 dimensions describe the tissue and are what region search compares
+(``threads_search.vectorstore.projection``).
+
 Values are scaled to be O(1) (fractions, OD, logs divided by small constants) but not
 standardised: standardise them across a data set before linear models.
 """
@@ -54,7 +58,7 @@ import numpy as np
 from PIL import Image
 
 from threads_search.errors import ConfigError
-from threads_search.patch_encoders import PATCH_ENCODERS
+from threads_search.patch_encoders import PATCH_ENCODERS, TISSUE_DIMS
 from threads_search.patch_encoders.base import PatchEncoder, PatchEncoderSpec
 from threads_search.patch_encoders.nuclei_ops import nuclei_features
 from threads_search.patch_encoders.texture_ops import (
@@ -114,6 +118,21 @@ for _name, _size in FEATURE_SIZES:
     FEATURE_LAYOUT[_name] = slice(_start, _start + _size)
     _start += _size
 DIM = _start
+# Colour statistics: they describe the stain (which changes between labs and scanners), not the
+# tissue; region search compares the other blocks (``patch_encoders.tissue_dims``).
+STAIN_BLOCKS = (
+    "od_rgb",
+    "hed_stats",
+    "hed_tissue",
+    "hed_hist",
+    "rgb_moments",
+    "hsv_moments",
+    "hue_hist",
+    "stain_balance",
+)
+TISSUE_DIMS["hed-texture"] = tuple(
+    i for n, s in FEATURE_LAYOUT.items() if n not in STAIN_BLOCKS for i in range(s.start, s.stop)
+)
 
 SPEC = PatchEncoderSpec(
     name="hed-texture",

@@ -407,15 +407,18 @@ class Index(QueryResolution, RegionSearch):
 
 
 def _region_info(r: dict | None) -> dict | None:
-    """The region index's size and type for ``info`` (None: it has none)."""
+    """The region index's size, type and projection for ``info`` (None: it has none; a
+    generation written before projections compares the raw features)."""
     if not r:
         return None
     f = r.get("faiss") or {}
     keys = ("count", "slides", "dim", "bytes_per_patch")
+    raw = {"mode": "raw", "in_dim": r.get("dim"), "out_dim": r.get("dim"), "standardised": False}
     return {
         **{k: r.get(k) for k in keys},
         "type": f.get("type"),
         "recall_at_k": f.get("recall_at_k"),
+        "projection": r.get("projection") or raw,
     }
 
 

@@ -110,7 +110,6 @@ class RegionSearch:
     def _region_query(self, sp: RegionSpace, query, image_mpp):
         """(query vectors ``[n, D]``, the query patch of each ``[n]`` (several vectors per patch:
         orientations, scales), rows to leave out, own slide id or None, attrs)."""
-        dim = sp.vectors.shape[1]
         attrs: dict = {}
         if isinstance(query, tuple) and len(query) == 2:
             return self._box_query(sp, query[0], query[1], attrs)
@@ -123,12 +122,12 @@ class RegionSearch:
                     f"image µm/px not given: assumed {DEFAULT_IMAGE_MPP} (also tried at ±10 %); "
                     "give image_mpp= (--image-mpp) for a photo at another scale"
                 )
-            q, groups = self._encode_pixels(rgb, float(mpp), assumed=image_mpp is None)
+            q, groups = self._encode_pixels(sp, rgb, float(mpp), assumed=image_mpp is None)
             attrs.update(query_patches=int(groups.max()) + 1, image_mpp=float(mpp))
             return q, groups, np.zeros(0, np.int64), None, attrs
         if image_mpp is not None:
             raise QueryError("image_mpp is for image queries only")
-        q = normalise_patches(query, dim)
+        q = sp.project(normalise_patches(query, sp.feature_dim))
         attrs["query_patches"] = len(q)
         return q, np.arange(len(q)), np.zeros(0, np.int64), None, attrs
 
@@ -160,14 +159,15 @@ class RegionSearch:
         else:
             raise QueryError(f"{s!r} is neither an indexed slide_id nor a slide file")
         rgb, slide_mpp = _read_box(path, mpp, (x, y, w, h))
-        q, groups = self._encode_pixels(rgb, slide_mpp)
+        q, groups = self._encode_pixels(sp, rgb, slide_mpp)
         attrs.update(query_patches=int(groups.max()) + 1, image_mpp=slide_mpp)
         return q, groups, leave, sid, attrs
 
     def _encode_pixels(
-        self, rgb: np.ndarray, mpp: float, assumed: bool = False
+        self, sp: RegionSpace, rgb: np.ndarray, mpp: float, assumed: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Query vectors of an image at ``mpp`` µm/px, made as the index's features were, each
+        """Query vectors of an image at ``mpp`` µm/px, made as the index's features were (and
+        projected as the region index's vectors, ``RegionSpace.project``), each
         patch in its 8 orientations (rotations by 90° and their mirror images: tissue has no
         up), and at ``ASSUMED_SCALES`` when ``mpp`` was ``assumed``: vectors ``[n, D]`` and the
         query patch (of the grid at ``mpp``) of each ``[n]``."""
@@ -197,7 +197,7 @@ class RegionSearch:
         vecs = self._query_encoder(pe["name"]).encode(
             np.ascontiguousarray(turned.reshape(-1, *tiles.shape[1:]))
         )
-        return normalise_patches(vecs, int(pe["dim"])), np.tile(groups, 8)
+        return sp.project(normalise_patches(vecs, int(pe["dim"]))), np.tile(groups, 8)
 
     def _query_encoder(self, name: str):
         """The index's patch encoder ``name`` (weights from the index's ``checkpoint``), built

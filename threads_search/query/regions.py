@@ -18,8 +18,11 @@ encoder exactly as the indexed patches were (patch size, µm/px, stain normalisa
   an image at the slide's µm/px;
 - patch vectors ``[m, D]`` (or ``[D]``) are used as they are (normalised).
 
-Patch hits: every query patch's nearest indexed patches; a patch's score is its best cosine
-similarity to any query patch (in any orientation). Leave-outs: the query region's own patches (patches of the query
+What is compared is the generation's region projection of the patch features
+(``vectorstore.projection``: by default the encoder's tissue dimensions, standardised over the
+indexed patches), applied alike to indexed patches and query patches. Patch hits: every query
+patch's nearest indexed patches; a patch's score is its best cosine similarity to any query
+patch (in any orientation). Leave-outs: the query region's own patches (patches of the query
 slide overlapping the box) unless ``exclude_self=False``. ``where`` filters by slide metadata
 (SQL, as slide search) and is exact: hits come only from matching slides. ``per_slide`` caps the
 hits per slide.
@@ -43,6 +46,7 @@ from threads_search.linalg import l2_normalize
 from threads_search.query.errors import QueryError
 from threads_search.vectorstore import store
 from threads_search.vectorstore.compressed import rerank_exact
+from threads_search.vectorstore.projection import ProjectedRows, RegionProjection
 from threads_search.vectorstore.vectors import index_kind, load_index, search, search_subset
 
 DEFAULT_IMAGE_MPP = 0.5
@@ -56,13 +60,20 @@ RERANK_FACTOR = 8  # candidates per wanted hit from an IVF-PQ region index witho
 class RegionSpace:
     """The region index of one generation (module docstring); row i = FAISS id i. ``info``: its
     ``index.json`` entry (``regions.faiss``), whose ``k_factor`` a compressed index is searched
-    with."""
+    with. ``features``: the stored L2-normalised patch features ``[P, D]`` (float16, mapped);
+    ``vectors``: what is compared, the same rows through the generation's ``projection``
+    (``vectorstore.projection``: ``[P, d]``, projected as read; the features themselves in raw
+    mode); :meth:`project` makes query features comparable with them."""
 
     def __init__(self, gen: Path, mmap: bool = True, info: dict | None = None) -> None:
         search_params = (info or {}).get("search_params") or {}
         self.k_factor = int(search_params.get("k_factor", RERANK_FACTOR))
         self.table = pd.read_parquet(gen / store.REGIONS)
-        self.vectors = np.load(gen / store.REGION_VECTORS, mmap_mode="r" if mmap else None)
+        self.features = np.load(gen / store.REGION_VECTORS, mmap_mode="r" if mmap else None)
+        self.feature_dim = int(self.features.shape[1])
+        self.projection = RegionProjection.load(gen / store.REGION_PROJECTION, self.feature_dim)
+        proj = self.projection
+        self.vectors = self.features if proj.is_identity else ProjectedRows(self.features, proj)
         self.index = load_index(gen / store.FAISS_REGIONS, mmap=mmap)
         if not len(self.table) == len(self.vectors) == self.index.ntotal:
             raise QueryError(
@@ -73,6 +84,11 @@ class RegionSpace:
         starts = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])
         ends = np.r_[starts[1:], len(sids)]
         self._span = {sids[s]: (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """Query patch features ``[m, D]`` (L2-normalised) → vectors comparable with the
+        index's ``[m, d]``."""
+        return features if self.projection.is_identity else self.projection(features)
 
     def rows_of(self, slide_id: str) -> np.ndarray:
         s, e = self._span.get(slide_id, (0, 0))

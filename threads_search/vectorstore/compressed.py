@@ -21,6 +21,13 @@ vectors (L2-normalised, float16 ``[N, D]``, memory-mapped) are read in chunks, n
 
 Searching such an index: ask it for ``k * k_factor`` candidates at ``nprobe`` and re-rank them
 with their stored vectors (``query.regions.rerank``).
+
+GPU: with ``faiss-gpu`` and a device, the coarse k-means of step 1 (``nlist`` centroids over the
+training sample: most of the training time at 10^7 vectors) assigns on the GPU through the IVF's
+``clustering_index``, a GPU flat L2 index, as the CPU build's own assigner would on the CPU; the
+OPQ and PQ training, the adds and every search stay on the CPU (FAISS has no GPU version of the
+HNSW coarse quantizer nor of the per-slide leave-out selectors, and a single query takes
+milliseconds there). ``info["gpu"]`` and ``info["gpu_reason"]`` say what ran where.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import faiss
 import numpy as np
 
 from threads_search.vectorstore.autotune import held_out_rows
+from threads_search.vectorstore.gpu import resolve_gpu, to_gpu
 from threads_search.vectorstore.vectors import (
     pread_rows,
     recall_at_k,
@@ -185,6 +193,29 @@ def _exact_block(q, block, start, lo_hi, k) -> tuple[np.ndarray, np.ndarray]:
     return sc.astype(np.float32), ids.astype(np.int64)
 
 
+def train_coarse_on(index, d: int, use_gpu: bool | str = "auto", assigner=None) -> tuple:
+    """Give the IVF of ``index`` (``d``-d after its OPQ stage) the flat L2 index that assigns
+    training vectors to centroids in its coarse k-means: on the GPU when ``use_gpu`` resolves
+    to it (``assigner``: that index, for tests), else left to FAISS (the same flat L2 search on
+    the CPU). Returns ``(assigner or None, on_gpu, reason)``: the caller keeps the assigner
+    alive until training ends (the IVF holds a bare pointer to it), then resets
+    ``clustering_index``."""
+    ivf = faiss.extract_index_ivf(index)
+    if assigner is not None:
+        ivf.clustering_index = assigner
+        return assigner, False, "the given assigner"
+    gpu, reason = resolve_gpu(use_gpu, "ivfpq")
+    if not gpu:
+        return None, False, reason
+    try:
+        assigner = to_gpu(faiss.IndexFlatL2(d))
+    except (RuntimeError, AttributeError) as e:  # e.g. out of GPU memory
+        why = f"coarse k-means on the CPU: the GPU index failed ({type(e).__name__}: {e})"
+        return None, False, why
+    ivf.clustering_index = assigner
+    return assigner, True, f"coarse k-means on {reason}"
+
+
 def build_compressed(
     vectors,
     path: str | Path,
@@ -197,6 +228,7 @@ def build_compressed(
     m: int | None = None,
     nbits: int = 8,
     opq: bool = True,
+    use_gpu: bool | str = "auto",
 ) -> dict:
     """Build, tune and save (atomically, to ``path``) the compressed index of ``vectors``
     (float16/float32 ``[N, D]``, L2-normalised: an array, or ``NpyRows`` of a file).
@@ -204,8 +236,9 @@ def build_compressed(
     then leaves out its whole group, as a patch of a new slide would find none of its slide
     (else only itself); ``m``: PQ bytes per vector (default ``code_bytes``); ``nbits``: 8
     (one sub-quantizer per byte) or 4 (two per byte, scanned with SIMD "fast-scan" tables);
-    ``opq``: learn the OPQ rotation (module docstring) before the IVF. Returns its info (type,
-    params, knobs, recalls, timings, bytes)."""
+    ``opq``: learn the OPQ rotation (module docstring) before the IVF; ``use_gpu``: as
+    ``vectorstore.gpu.resolve_gpu`` (the coarse k-means only: module docstring). Returns its
+    info (type, params, knobs, recalls, timings, bytes, where the k-means ran)."""
     say = log or (lambda msg: None)
     n, dim = vectors.shape
     t0 = time.perf_counter()
@@ -217,9 +250,12 @@ def build_compressed(
     factory = f"{opq_stage(dim, m, nbits) if opq else ''}IVF{nlist}_HNSW32,{pq}"
     index = faiss.index_factory(dim, factory, IP)
     sample = np.linspace(0, n - 1, min(n, TRAIN_ROWS)).astype(np.int64)
+    assigner, gpu, gpu_reason = train_coarse_on(index, d, use_gpu)
     index.train(np.ascontiguousarray(vectors[sample], np.float32))
+    faiss.extract_index_ivf(index).clustering_index = None  # a GPU index is not saved
+    del assigner
     train_s = time.perf_counter() - t0
-    say(f"trained {factory} in {train_s:.0f} s")
+    say(f"trained {factory} in {train_s:.0f} s" + (" (coarse k-means on the GPU)" if gpu else ""))
     tune_rows, eval_rows = held_out_rows(n, n_queries, seed)
     own = np.concatenate([tune_rows, eval_rows])
     bounds = None if groups is None else np.append(np.asarray(groups, np.int64), n)
@@ -280,6 +316,8 @@ def build_compressed(
         "target_recall": target,
         "met_target": eval_recall >= target,
         "tuning_queries": {"n": nt, "n_eval": len(eval_rows), "source": source},
+        "gpu": gpu,
+        "gpu_reason": gpu_reason,
         "train_seconds": train_s,
         "add_seconds": add_s,
         "tune_seconds": tune_s,

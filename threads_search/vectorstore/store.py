@@ -44,6 +44,7 @@ FAISS_SLIDES_STREAMING = "faiss/slides_streaming"  # a streaming build (vectorst
 REGIONS = "regions.parquet"  # one row per indexed patch (region search)
 REGION_VECTORS = "region_vectors.npy"  # float16 [P, D] normalised patch features
 FAISS_REGIONS = "faiss/regions.index"
+REGION_PROJECTION = "region_projection.npz"  # what region search compares (vectorstore.projection)
 CATALOG = "catalog.duckdb"
 
 

@@ -170,35 +170,47 @@ def _molecular_tables(gen: Path, molecular, molecular_emb) -> dict:
 
 def _region_tables(gen: Path, regions, memory_budget) -> dict:
     """``regions.parquet``, ``region_vectors.npy`` (float16, filled chunk by chunk from
-    ``regions.chunks()``) and ``faiss/regions.index``: chosen by size (``autotune``) while the
+    ``regions.chunks()``), ``region_projection.npz`` (fitted on those vectors:
+    ``vectorstore.projection``) and ``faiss/regions.index`` over the projected vectors: chosen
+    by size (``autotune``) while the
     float32 vectors fit ``IN_MEMORY_REGIONS`` bytes and the memory budget, else the compressed
     index (``vectorstore.compressed``: PQ codes in RAM, re-ranked from the vectors on disk).
     Nothing (and ``{}``) without regions."""
     if regions is None or len(regions) == 0:
         return {}
     regions.table.to_parquet(gen / store.REGIONS, index=False)
+    from threads_search.patch_encoders import tissue_dims
     from threads_search.vectorstore.compressed import NpyRows, build_compressed, write_npy_rows
+    from threads_search.vectorstore.projection import ProjectedRows, RegionProjection
 
     n, dim = len(regions), regions.dim
     row = write_npy_rows(gen / store.REGION_VECTORS, n, dim, regions.chunks())
     if row != n:
         raise RuntimeError(f"region vectors: {row} rows for a table of {n}")
     vec = NpyRows(gen / store.REGION_VECTORS)
+    tissue = tissue_dims(regions.encoder) if regions.encoder else None
+    blocks = (vec[a : a + (1 << 16)] for a in range(0, n, 1 << 16))
+    n_slides = int(regions.table["slide_id"].nunique())
+    proj = RegionProjection.fit(blocks, dim, regions.features, tissue, n_slides)
+    proj.save(gen / store.REGION_PROJECTION)
+    rows = vec if proj.is_identity else ProjectedRows(vec, proj)  # what FAISS indexes
     limit = min(IN_MEMORY_REGIONS, memory_budget or IN_MEMORY_REGIONS)
-    if n * dim * 4 <= limit or n < COMPRESSED_MIN:
-        faiss_info = _faiss(vec[:].astype(np.float32), gen / store.FAISS_REGIONS, "auto", None)
+    if n * proj.out_dim * 4 <= limit or n < COMPRESSED_MIN:
+        x = np.asarray(rows[:], np.float32)
+        faiss_info = _faiss(x, gen / store.FAISS_REGIONS, "auto", None)
     else:
         sids = regions.table["slide_id"].to_numpy()
         starts = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])  # each slide's first row
-        faiss_info = build_compressed(vec, gen / store.FAISS_REGIONS, groups=starts)
-    files = (store.REGIONS, store.REGION_VECTORS, store.FAISS_REGIONS)
+        faiss_info = build_compressed(rows, gen / store.FAISS_REGIONS, groups=starts)
+    files = (store.REGIONS, store.REGION_VECTORS, store.FAISS_REGIONS, store.REGION_PROJECTION)
     on_disk = sum((gen / f).stat().st_size for f in files)
     return {
         "regions": {
             "count": n,
-            "slides": int(regions.table["slide_id"].nunique()),
+            "slides": n_slides,
             "dim": dim,
             "bytes_per_patch": on_disk / n,
+            "projection": proj.describe(),
             "faiss": faiss_info,
         }
     }

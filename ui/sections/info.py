@@ -145,6 +145,14 @@ def _columns(index) -> None:
         )
 
 
+def _regions_text(r: dict | None) -> str:
+    """The region index's size and what region search compares (``vectorstore.projection``)."""
+    if not r:
+        return "none (built with --no-regions): region search is off"
+    p = r.get("projection") or {}
+    return f"{r['count']} patches of {r['slides']} slides; compares {p.get('reason') or 'raw'}"
+
+
 def render(index, filters: dict, cfg) -> None:
     st.header("Index info")
     info = index.info()
@@ -166,6 +174,7 @@ def render(index, filters: dict, cfg) -> None:
         "Patch encoder": pe_text,
         "Slide encoder": str(model.get("slide_encoder") or "—"),
         "Molecular encoders": ", ".join(model.get("molecular_encoders") or []) or "—",
+        "Region index": _regions_text(info.get("regions")),
         "Generation": str(info.get("generation") or "—"),
         "Index folder": str(info.get("index_dir")),
     }
