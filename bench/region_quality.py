@@ -5,7 +5,8 @@ subtypes, tumour 45-55 % of the tissue; default 160, about 2,000 patches: in a 3
 tumour query has about 37 patches of its subtype's tumour to find for its 10 places) through the
 real features stage (hed-texture, 512 px patches) and ``threads-search index`` with an untrained,
 seeded model, twice from the same features: with the default region features (``auto``:
-``tissue`` from 50 slides) and with ``raw`` features (the baseline, in the same run); then:
+``tissue`` from 50 slides, else ``raw``) and with the other of the two (the baseline, in the same
+run); then:
 
 - **own region**: crops of ``--crops`` random indexed patches, as they are and rotated, flipped
   or rescaled by ±10 % (µm/px not told): hit@1 = the top hit is that very patch;
@@ -25,6 +26,7 @@ Prints a table; writes bench/results/region_quality.json.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -57,7 +59,11 @@ def build(root: Path, n: int):
     save_model(
         build_model(spec.to_dict(), slide_config={"head_dim": 64, "attn_dim": 32}), root / "model"
     )
-    for name, features in (("index", "auto"), ("index_raw", "raw")):
+    for name, features in (("index", "auto"), ("index_other", None)):
+        if features is None:  # the space auto did not choose, measured beside it
+            with open(root / "index" / "index.json") as f:
+                chosen = json.load(f)["regions"]["projection"]["mode"]
+            features = "raw" if chosen == "tissue" else "tissue"
         cfg = IndexConfig(
             inputs=[str(root / "feats")],
             model=str(root / "model"),
@@ -94,7 +100,9 @@ def space_name(index) -> str:
 
 
 def majority(values: list) -> object:
-    return max(set(values), key=values.count)
+    """The most frequent value; a tie goes to the one ranked first (not to set order, which
+    changes from run to run with the string hash seed)."""
+    return max(values, key=values.count)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -140,8 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         for r in queries.itertuples()
     ]
     images = {r.Index: crop(path[r.slide_id], r.x, r.y) for r in queries.itertuples()}
-    raw = ts.open_index(root / "index_raw")
-    for label, index in ((space_name(idx), idx), (space_name(raw), raw)):
+    other = ts.open_index(root / "index_other")
+    for label, index in ((f"{space_name(idx)} (auto)", idx), (space_name(other), other)):
         prec, agg = [], []
         for r in queries.itertuples():
             where = f"slide_id <> '{r.slide_id}'"

@@ -20,7 +20,7 @@ IP = faiss.METRIC_INNER_PRODUCT
 @pytest.fixture(scope="module")
 def data() -> np.ndarray:
     rng = np.random.default_rng(5)
-    n, dim = 12_000, 32
+    n, dim = 6_000, 32
     centres = rng.standard_normal((40, dim))
     x = centres[rng.integers(0, 40, n)] + 0.5 * rng.standard_normal((n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
@@ -34,9 +34,9 @@ def _centroids(index) -> np.ndarray:
 def test_the_handed_assigner_gives_the_centroids_of_faiss_own_training(data):
     """The GPU path's only change is the index that assigns vectors during the coarse
     k-means: a flat L2 index, as FAISS uses on the CPU, so the centroids are the same."""
-    own = faiss.index_factory(32, "OPQ8,IVF64_HNSW32,PQ8", IP)
+    own = faiss.index_factory(32, "IVF64_HNSW32,PQ8", IP)
     own.train(data)
-    handed = faiss.index_factory(32, "OPQ8,IVF64_HNSW32,PQ8", IP)
+    handed = faiss.index_factory(32, "IVF64_HNSW32,PQ8", IP)
     keep, gpu, why = train_coarse_on(handed, 32, assigner=faiss.IndexFlatL2(32))
     assert keep is not None and gpu is False and why == "the given assigner"
     handed.train(data)

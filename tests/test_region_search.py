@@ -98,7 +98,8 @@ def test_tumour_queries_return_tumour_of_the_same_subtype_well_above_chance(regi
         chance.append(same[others.to_numpy()].mean())
         agg = idx.search_regions(img, k=5, where=where, aggregate="slide")
         votes = [subtype[s] for s in agg.slide_id]
-        majority.append(max(set(votes), key=votes.count) == subtype[r.slide_id])
+        top = max(votes, key=votes.count)  # a tie goes to the better-ranked slide's subtype
+        majority.append(top == subtype[r.slide_id])
     # measured on this cohort with hed-texture: precision@10 0.64, chance 0.13, mMV@5 0.71
     assert np.mean(precision) >= 3 * np.mean(chance), (np.mean(precision), np.mean(chance))
     assert np.mean(precision) >= 0.5 and np.mean(majority) >= 0.6
@@ -340,25 +341,31 @@ def test_region_search_on_the_real_slides_and_the_real_tile(real_dir, tmp_path, 
     cfg.segment.grid.max_upsample = 4.0  # the frozen copy is far coarser than 0.5 µm/px
     out = extract_features([slides], feats, cfg, mpp_csv=mpp_csv)
     assert all(o.state == "done" for o in out), [(o.slide_id, o.error) for o in out]
-    run_index(IndexConfig(inputs=[str(feats)], model=str(hed_bundle), out=str(tmp_path / "idx")))
-    idx = open_index(tmp_path / "idx")
-    reg = idx.regions.table
-    assert set(reg.slide_id) == {"cmu_small_region", "tcga_cr7395_frozen_ts1"}
-    frozen = reg[reg.slide_id == "tcga_cr7395_frozen_ts1"]
-    assert np.allclose(frozen.size_um, 256.0) and (frozen.size_px == 128).all()  # 256 µm at 2
-    cmu_rows = reg[reg.slide_id == "cmu_small_region"]
-    cmu = cmu_rows.iloc[len(cmu_rows) // 2]
-    with open_slide(real_dir / "cmu_small_region.svs") as s:
-        size = int(cmu.size_px)
-        img = s.read_region(int(cmu.x), int(cmu.y), 0, (size, size))
-        mpp = s.mpp
-    res = idx.search_regions(np.rot90(img).copy(), k=3, image_mpp=mpp)
-    top = res.iloc[0]
-    assert (top.slide_id, top.x, top.y) == ("cmu_small_region", cmu.x, cmu.y)
-    assert Image.open(top.crop).size[0] == pytest.approx(256, abs=2)  # 256 µm at 1 µm/px
-    tile = idx.search_regions(real_dir / "he_tile_240.png", k=5)
-    assert "assumed 0.5" in tile.attrs["note"] and len(tile) == 5
-    assert tile.score.between(-1, 1).all() and all(Path(c).is_file() for c in tile.crop)
+    for features in ("auto", "tissue"):  # auto: raw for 2 slides; tissue as asked
+        out_dir = tmp_path / f"idx_{features}"
+        cfg = IndexConfig(
+            inputs=[str(feats)], model=str(hed_bundle), out=str(out_dir), region_features=features
+        )
+        run_index(cfg)
+        idx = open_index(out_dir)
+        assert idx.regions.projection.mode == ("raw" if features == "auto" else "tissue")
+        reg = idx.regions.table
+        assert set(reg.slide_id) == {"cmu_small_region", "tcga_cr7395_frozen_ts1"}
+        frozen = reg[reg.slide_id == "tcga_cr7395_frozen_ts1"]
+        assert np.allclose(frozen.size_um, 256.0) and (frozen.size_px == 128).all()  # 2 µm/px
+        cmu_rows = reg[reg.slide_id == "cmu_small_region"]
+        cmu = cmu_rows.iloc[len(cmu_rows) // 2]
+        with open_slide(real_dir / "cmu_small_region.svs") as s:
+            size = int(cmu.size_px)
+            img = s.read_region(int(cmu.x), int(cmu.y), 0, (size, size))
+            mpp = s.mpp
+        res = idx.search_regions(np.rot90(img).copy(), k=3, image_mpp=mpp)
+        top = res.iloc[0]
+        assert (top.slide_id, top.x, top.y) == ("cmu_small_region", cmu.x, cmu.y)
+        assert Image.open(top.crop).size[0] == pytest.approx(256, abs=2)  # 256 µm at 1 µm/px
+        tile = idx.search_regions(real_dir / "he_tile_240.png", k=5)
+        assert "assumed 0.5" in tile.attrs["note"] and len(tile) == 5
+        assert tile.score.between(-1, 1).all() and all(Path(c).is_file() for c in tile.crop)
 
 
 @pytest.mark.parametrize("nbits", [8, 4])

@@ -23,7 +23,7 @@ Searching such an index: ask it for ``k * k_factor`` candidates at ``nprobe`` an
 with their stored vectors (``query.regions.rerank``).
 
 GPU: with ``faiss-gpu`` and a device, the coarse k-means of step 1 (``nlist`` centroids over the
-training sample: most of the training time at 10^7 vectors) assigns on the GPU through the IVF's
+training sample) assigns on the GPU through the IVF's
 ``clustering_index``, a GPU flat L2 index, as the CPU build's own assigner would on the CPU; the
 OPQ and PQ training, the adds and every search stay on the CPU (FAISS has no GPU version of the
 HNSW coarse quantizer nor of the per-slide leave-out selectors, and a single query takes
