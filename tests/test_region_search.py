@@ -221,10 +221,11 @@ def test_incremental_runs_keep_the_region_index_in_step_and_no_regions_turns_it_
     s = run_index(IndexConfig(**cfg, regions=False))
     idx = open_index(out)
     assert idx.info()["regions"] is None
-    with pytest.raises(QueryError, match="no region index.*without --no-regions"):
+    assert idx.info()["regions_missing"].startswith("built with --no-regions")
+    with pytest.raises(QueryError, match="no region index: built with --no-regions; run"):
         idx.search_regions(np.zeros((8, 8, 3), np.uint8))
     res = runner.invoke(app, ["info", str(out), "--no-batch-effects"])
-    assert "region search is off" in res.output
+    assert "region search is off" in res.output and "--no-regions" in res.output
     # regions on: the records made without patch vectors are redone, not skipped
     s = run_index(IndexConfig(**cfg))
     assert sorted(s.indexed) == ids and not s.skipped
@@ -348,7 +349,9 @@ def test_region_search_on_the_real_slides_and_the_real_tile(real_dir, tmp_path, 
         )
         run_index(cfg)
         idx = open_index(out_dir)
+        reason = idx.info()["regions"]["projection"]["reason"]
         assert idx.regions.projection.mode == ("raw" if features == "auto" else "tissue")
+        assert ("2 slides < 50" if features == "auto" else "standardised over") in reason
         reg = idx.regions.table
         assert set(reg.slide_id) == {"cmu_small_region", "tcga_cr7395_frozen_ts1"}
         frozen = reg[reg.slide_id == "tcga_cr7395_frozen_ts1"]

@@ -94,3 +94,14 @@ def test_crops_find_their_own_region_in_the_tissue_space(spaces, region_cohort):
         top = idx.search_regions(img, k=1, crops=False).iloc[0]
         assert (top.slide_id, top.x, top.y) == (r.slide_id, r.x, r.y)
         assert top.score > 0.99
+
+
+def test_why_an_index_has_no_region_index():
+    from threads_search.query.region_search import no_regions_reason
+
+    off = no_regions_reason({"config": {"regions": False}, "counts": {"slides": 9}})
+    assert off.startswith("built with --no-regions; run `threads-search index` again without")
+    empty = no_regions_reason({"config": {"regions": True}, "counts": {"slides": 0}})
+    assert empty.startswith("no slide is indexed yet")
+    old = no_regions_reason({"config": {"regions": True}, "counts": {"slides": 9}})
+    assert old.startswith("built by a version without region search")

@@ -403,7 +403,7 @@ def _info_rows(info: dict) -> dict:
         f"{r['count']} patches of {r['slides']} slides, {r['dim']}-d, FAISS {r['type']}, "
         f"{r['bytes_per_patch']:.0f} bytes/patch on disk"
         if r
-        else "none (built with --no-regions): region search is off"
+        else f"none, region search is off: {info.get('regions_missing')}"
     )
     if r:
         p = r["projection"]

@@ -36,7 +36,7 @@ from threads_search.errors import ThreadsSearchError
 from threads_search.query import prototypes as proto
 from threads_search.query.catalog import FilterCatalog
 from threads_search.query.errors import IndexFormatError, QueryError
-from threads_search.query.region_search import RegionSearch
+from threads_search.query.region_search import RegionSearch, no_regions_reason
 from threads_search.query.resolve import QueryResolution
 from threads_search.query.space import Space
 from threads_search.vectorstore import store
@@ -218,6 +218,7 @@ class Index(QueryResolution, RegionSearch):
             "model": model,
             "faiss": faiss_info,
             "regions": _region_info(m.get("regions")),
+            "regions_missing": None if m.get("regions") else no_regions_reason(m),
             "versions": m.get("versions"),
         }
 

@@ -42,11 +42,8 @@ class RegionSearch:
         with self._lock:
             if self._region_space is None:
                 if not (self.generation_dir / store.REGIONS).is_file():
-                    raise QueryError(
-                        f"index {self.root} has no region index (built with --no-regions, or "
-                        "by a version without region search): run `threads-search index` again "
-                        "without --no-regions"
-                    )
+                    why = no_regions_reason(self._manifest)
+                    raise QueryError(f"index {self.root} has no region index: {why}")
                 info = (self._manifest.get("regions") or {}).get("faiss")
                 self._region_space = RegionSpace(self.generation_dir, info=info)
             return self._region_space
@@ -248,6 +245,18 @@ class RegionSearch:
             name = f"{key}_{x}_{y}_{size}.jpg"
             paths.append(write_crop(t.at[sid, "path"], t.at[sid, "mpp"], x, y, size, d / name))
         return paths
+
+
+def no_regions_reason(manifest: dict) -> str:
+    """Why a generation (its ``index.json``) has no region index, and what to do."""
+    if (manifest.get("config") or {}).get("regions") is False:
+        return "built with --no-regions; run `threads-search index` again without --no-regions"
+    if not (manifest.get("counts") or {}).get("slides"):
+        return "no slide is indexed yet; index slides or FEATURES_DIRs first"
+    return (
+        "built by a version without region search; run `threads-search index` again on the "
+        "same inputs (slides are re-embedded from their features, none is read again)"
+    )
 
 
 def dihedral(tiles: np.ndarray) -> np.ndarray:

@@ -145,10 +145,11 @@ def _columns(index) -> None:
         )
 
 
-def _regions_text(r: dict | None) -> str:
-    """The region index's size and what region search compares (``vectorstore.projection``)."""
+def _regions_text(r: dict | None, missing: str | None) -> str:
+    """The region index's size and what region search compares (``vectorstore.projection``),
+    or why there is none."""
     if not r:
-        return "none (built with --no-regions): region search is off"
+        return f"none, region search is off: {missing}"
     p = r.get("projection") or {}
     return f"{r['count']} patches of {r['slides']} slides; compares {p.get('reason') or 'raw'}"
 
@@ -174,7 +175,7 @@ def render(index, filters: dict, cfg) -> None:
         "Patch encoder": pe_text,
         "Slide encoder": str(model.get("slide_encoder") or "—"),
         "Molecular encoders": ", ".join(model.get("molecular_encoders") or []) or "—",
-        "Region index": _regions_text(info.get("regions")),
+        "Region index": _regions_text(info.get("regions"), info.get("regions_missing")),
         "Generation": str(info.get("generation") or "—"),
         "Index folder": str(info.get("index_dir")),
     }

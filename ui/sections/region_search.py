@@ -162,10 +162,7 @@ def _gallery(index, res: dict, per_row: int = 5) -> None:
 def render(index, filters: dict, cfg) -> None:
     st.header("Region search")
     if not has_regions(index):
-        st.info(
-            "This index has no region index (it was built with --no-regions or by an older "
-            "version): run `threads-search index` again without --no-regions."
-        )
+        st.info(f"This index has no region index: {index.info().get('regions_missing')}.")
         return
     start = state.keep("rs_source", SOURCES[0], SOURCES, "index")
     source = st.radio("Query", SOURCES, key="rs_source", horizontal=True, **start)
