@@ -395,7 +395,31 @@ def test_widgets_tell_the_browser_their_current_value_on_every_run(app, index):
     assert starts() == (37, 2, "A slide of the archive")
     goto(app, "Viewer")
     app.selectbox(key="vw_left").set_value(app.selectbox(key="vw_left").options[1]).run()
+    app.number_input(key="vw_n").set_value(7).run()
     app.toggle(key="vw_marks").set_value(False).run()
     assert app.selectbox(key="vw_left").proto.default == 1
+    assert app.number_input(key="vw_n").proto.default == 7
+    assert app.toggle(key="vw_marks").proto.default is False
+    goto(app, "Archive")
+    app.radio(key="arch_thumbs").set_value("Large").run()
+    goto(app, "Archive")  # a later run
+    assert app.radio(key="arch_thumbs").proto.default == 1
     goto(app, "Slide search")  # kept across sections, and still sent as the start
     assert starts() == (37, 2, "A slide of the archive")
+
+
+def test_archive_page_is_kept_and_brought_back_into_range(app, index, monkeypatch):
+    from ui.sections import archive
+
+    monkeypatch.setattr(archive, "PAGE_SIZE", 3)
+    goto(app, "Archive")
+    pages = -(-len(index.slides) // 3)
+    app.number_input(key="arch_page").set_value(pages).run()
+    assert app.number_input(key="arch_page").proto.default == pages  # the start sent: current
+    assert any(f"Page {pages} of {pages}" in c.value for c in app.caption)
+    monkeypatch.setattr(archive, "PAGE_SIZE", 5)  # fewer pages now (as after a filter)
+    app.run()
+    ok(app)
+    fewer = -(-len(index.slides) // 5)
+    assert app.number_input(key="arch_page").value == fewer
+    assert any(f"Page {fewer} of {fewer}" in c.value for c in app.caption)

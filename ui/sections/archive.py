@@ -11,7 +11,7 @@ import math
 
 import streamlit as st
 
-from ui import display
+from ui import display, state
 from ui.common import NO_MATCH, gallery_thumb, go_to, guard, show_table
 from ui.sections.slide_search import SOURCES
 
@@ -70,10 +70,23 @@ def render(index, filters: dict, cfg) -> None:
         n_pages = max(1, math.ceil(len(frame) / PAGE_SIZE))
         c1, c2, c3 = st.columns([3, 1, 1], vertical_alignment="bottom")
         c1.markdown(_summary(index, filters, len(frame)))
-        page = c2.number_input("Page", 1, n_pages, 1, key="arch_page") if n_pages > 1 else 1
-        size = c3.radio("Thumbnails", list(ROW_HEIGHTS), horizontal=True, key="arch_thumbs")
+        page = _page_box(c2, n_pages)
+        sizes = list(ROW_HEIGHTS)
+        start = state.keep("arch_thumbs", sizes[0], sizes, "index")
+        size = c3.radio("Thumbnails", sizes, horizontal=True, key="arch_thumbs", **start)
         c1.caption(f"Page {page} of {n_pages} ({len(frame)} slides)")
         _table(index, frame.iloc[(page - 1) * PAGE_SIZE : page * PAGE_SIZE], size)
+
+
+def _page_box(container, n_pages: int) -> int:
+    """The page number box (1 when there is one page), started from the current page, brought
+    back into range when the filters left fewer pages."""
+    if n_pages <= 1:
+        return 1
+    if st.session_state.get("arch_page", 1) > n_pages:
+        st.session_state["arch_page"] = n_pages
+    start = state.keep("arch_page", 1)
+    return container.number_input("Page", 1, n_pages, key="arch_page", **start)
 
 
 def _table(index, part, size: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import streamlit as st
 import streamlit.components.v1 as components
 
-from ui import display, images
+from ui import display, images, state
 from ui.common import get_tile_server
 from ui.sections.slide_search import patch_encoder
 from ui.viewer import ViewSlide
@@ -172,15 +172,15 @@ def render(index, filters: dict, cfg) -> None:
     at = {k: labels.index(st.session_state[k]) for k in ("vw_left", "vw_right")}  # see state.keep
     left = c1.selectbox("Left panel", labels, key="vw_left", index=at["vw_left"])
     right = c2.selectbox("Right panel", labels, key="vw_right", index=at["vw_right"])
-    show = c3.toggle("Mark top patches", value=True, key="vw_marks")
+    show = c3.toggle("Mark top patches", key="vw_marks", **state.keep("vw_marks", True))
     n = c4.number_input(
         "Patches to mark",
         help="The highest-attention patches of each slide, boxed and numbered by rank.",
         min_value=1,
         max_value=50,
-        value=images.N_MARKED,
         key="vw_n",
         disabled=not show,
+        **state.keep("vw_n", images.N_MARKED),
     )
     missing = [lab for lab in (left, right) if opts[lab] is None]
     if missing:
