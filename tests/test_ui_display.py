@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ui import display, facets
+from ui import display, display_file, facets
 
 
 @pytest.fixture
@@ -116,12 +116,12 @@ def test_config_file_sets_columns_and_labels(tmp_path, frame):
     (tmp_path / display.CONFIG_NAME).write_text(
         json.dumps({"columns": ["site", "oncotree_code"], "labels": {"oncotree_code": "OncoTree"}})
     )
-    cfg = display.load_config(tmp_path, frame.columns)
+    cfg = display_file.load_config(tmp_path, frame.columns)
     assert cfg.warning is None
     assert cfg.columns == ("site", "oncotree_code")
     assert display.label("oncotree_code", cfg) == "OncoTree"
     assert display.caption_columns(frame.columns, cfg) == ["site", "oncotree_code"]
-    assert display.load_config(tmp_path / "elsewhere") == display.DisplayConfig()
+    assert display_file.load_config(tmp_path / "elsewhere") == display.DisplayConfig()
 
 
 @pytest.mark.parametrize(
@@ -139,7 +139,7 @@ def test_config_file_sets_columns_and_labels(tmp_path, frame):
 def test_bad_config_file_is_ignored_with_a_clear_warning(tmp_path, frame, content, expect):
     path = tmp_path / display.CONFIG_NAME
     path.write_text(content)
-    cfg = display.load_config(tmp_path, frame.columns)
+    cfg = display_file.load_config(tmp_path, frame.columns)
     assert cfg.warning and expect in cfg.warning and str(path) in cfg.warning
     assert cfg.columns in (None, ("site",))  # what was valid is kept
     assert all(isinstance(v, str) for v in cfg.labels.values())

@@ -402,8 +402,13 @@ def test_widgets_tell_the_browser_their_current_value_on_every_run(app, index):
     assert app.toggle(key="vw_marks").proto.default is False
     goto(app, "Archive")
     app.radio(key="arch_thumbs").set_value("Large").run()
+    shown = app.sidebar.multiselect(key="display:columns")
+    pick = list(shown.options)[1:3]
+    shown.set_value(pick).run()
     goto(app, "Archive")  # a later run
     assert app.radio(key="arch_thumbs").proto.default == 1
+    shown = app.sidebar.multiselect(key="display:columns")
+    assert [shown.options[i] for i in shown.proto.default] == pick
     goto(app, "Slide search")  # kept across sections, and still sent as the start
     assert starts() == (37, 2, "A slide of the archive")
 

@@ -15,19 +15,17 @@ Each column has a role (:func:`role`, from its name):
 
 The shown columns come from, first to last: the sidebar's "Columns shown" (:func:`sidebar`, kept
 in session state), ``INDEX_DIR/ui_display.json`` (``{"columns": [...], "labels": {"col":
-"Label"}}``, read by :func:`load_config`; bad content is ignored with a warning naming it), the
+"Label"}}``, read by ``ui.display_file.load_config``; bad content is ignored with a warning naming it), the
 roles above. Labels: the file's map, else ``LABELS``, else snake_case in sentence case. Numbers:
 3 significant digits, thousands grouped, with the column's unit (``UNITS``: µm/px, px, µm, mm²).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -318,64 +316,6 @@ def _number_format(column: str, s: pd.Series) -> str:
     return f"{fmt} {u}" if u else fmt
 
 
-def load_config(index_dir, columns: Iterable[str] | None = None) -> DisplayConfig:
-    """``INDEX_DIR/ui_display.json`` checked: a JSON object with ``columns`` (a list of column
-    names) and/or ``labels`` (an object column → text). What is malformed, or names a column
-    not in ``columns`` (when given), is ignored and named in ``warning``; no file: defaults."""
-    path = Path(index_dir) / CONFIG_NAME
-    if not path.is_file():
-        return DisplayConfig()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        return DisplayConfig(warning=f"{path} is ignored: it is not readable JSON ({e}).")
-    if not isinstance(data, dict):
-        return DisplayConfig(
-            warning=f'{path} is ignored: expected a JSON object with "columns" and/or '
-            f'"labels", found a {type(data).__name__}.'
-        )
-    problems = []
-    extra = sorted(set(data) - {"columns", "labels"})
-    if extra:
-        problems.append(f"unknown keys {', '.join(map(repr, extra))} (allowed: columns, labels)")
-    known = None if columns is None else {str(c) for c in columns}
-    cols = _config_columns(data.get("columns"), known, problems)
-    labels = _config_labels(data.get("labels"), known, problems)
-    warning = f"{path}: {'; '.join(problems)}; ignored." if problems else None
-    return DisplayConfig(cols, labels, warning)
-
-
-def _config_columns(value, known: set | None, problems: list) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        problems.append(f'"columns" must be a list of column names, not a {type(value).__name__}')
-        return None
-    bad = [v for v in value if not isinstance(v, str) or not v]
-    if bad:
-        problems.append(f'"columns" entries that are not column names: {bad[:5]}')
-    names = [v for v in value if isinstance(v, str) and v]
-    unknown = [v for v in names if known is not None and v not in known]
-    if unknown:
-        problems.append(f'"columns" names unknown columns: {", ".join(unknown[:10])}')
-    return tuple(dict.fromkeys(v for v in names if v not in unknown))
-
-
-def _config_labels(value, known: set | None, problems: list) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        problems.append(f'"labels" must be an object column → label, not a {type(value).__name__}')
-        return {}
-    bad = [k for k, v in value.items() if not isinstance(v, str) or not v.strip()]
-    if bad:
-        problems.append(f'"labels" without a text label: {", ".join(bad[:10])}')
-    unknown = [k for k in value if known is not None and k not in known and k not in KEY]
-    if unknown:
-        problems.append(f'"labels" for unknown columns: {", ".join(unknown[:10])}')
-    return {k: v.strip() for k, v in value.items() if k not in bad and k not in unknown}
-
-
 def current() -> DisplayConfig:
     """The session's display settings (set by :func:`sidebar`), else the defaults."""
     import streamlit as st
@@ -384,24 +324,24 @@ def current() -> DisplayConfig:
     return cfg if isinstance(cfg, DisplayConfig) else DEFAULT
 
 
-def sidebar(index, base: DisplayConfig | None = None) -> DisplayConfig:
-    """The sidebar's "Columns shown" control (default: ``ui_display.json``, else by role); the
-    choice is kept in session state for every section (:func:`current`). ``base``: the
-    index's :func:`load_config`, when the caller has it already."""
+def sidebar(index, base: DisplayConfig) -> DisplayConfig:
+    """The sidebar's "Columns shown" control (default: ``base``, the index's
+    ``ui.display_file.load_config``, else by role); the choice is kept in session state for
+    every section (:func:`current`) and given to the widget as its start on every run (see
+    ``ui.state.keep``)."""
     import streamlit as st
 
     cols = [str(c) for c in index.slides.columns]
-    base = base or load_config(index.root, cols)
     default = list(base.columns) if base.columns is not None else default_columns(cols)
     options = default + [c for c in cols if c not in default and c not in KEY]
     kept = st.session_state.get(WIDGET_KEY)
     if isinstance(kept, list) and not set(kept) <= set(options):  # the index lost columns
-        st.session_state[WIDGET_KEY] = [c for c in kept if c in options]
+        kept = st.session_state[WIDGET_KEY] = [c for c in kept if c in options]
     with st.sidebar.expander("Display", expanded=False):
         chosen = st.multiselect(
             "Columns shown",
             options,
-            default=default,
+            default=kept if isinstance(kept, list) else default,
             key=WIDGET_KEY,
             format_func=lambda c: label(c, base),
             help="Metadata shown in captions (the first three), the case line and tables, in "

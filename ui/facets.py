@@ -22,7 +22,7 @@ import pandas as pd
 import streamlit as st
 
 from threads_search.query.filters import Contains, Range, build_where, combine_where
-from ui import display
+from ui import display, display_file
 
 MAX_CATEGORIES = 30
 MISSING = "(missing)"
@@ -153,7 +153,9 @@ def render(index) -> dict:
     slides = index.slides
     columns = index.filter_columns("slides")
     main, more = ordered(facets_for(slides, columns))
-    cfg = display.load_config(index.root, slides.columns)  # read once: labels here, then sidebar
+    cfg = display_file.load_config(
+        index.root, slides.columns
+    )  # read once: labels here, then sidebar
     values = {}
     with st.sidebar.expander("Filters", expanded=False):
         for f in main:
