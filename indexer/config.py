@@ -1,8 +1,8 @@
 """Settings of an index run: :class:`IndexConfig`, saved in ``index.json`` (``config``).
 
 A ``StrictConfig``: choices (``engine``, ``pair_by``, ``rna_units``, ``index_type``,
-``region_features``, ``device``) are checked when the config is made, ranges by :meth:`IndexConfig.check`, and
-``from_dict`` refuses an unknown key listing the accepted ones; each fault is a
+``region_features``, ``device``) are checked when the config is made, ranges by
+:meth:`IndexConfig.check`, and ``from_dict`` refuses an unknown key listing the accepted ones; each fault is a
 ``ConfigError`` naming the setting and what it accepts.
 """
 

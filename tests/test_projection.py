@@ -12,8 +12,10 @@ from threads_search.patch_encoders import get_patch_encoder_spec, list_patch_enc
 from threads_search.vectorstore.projection import (
     MIN_FIT,
     MIN_SLIDES,
+    OLDER,
     ProjectedRows,
     RegionProjection,
+    projected_rows,
 )
 
 
@@ -96,7 +98,7 @@ def test_saved_projection_reads_back_and_older_generations_read_as_raw(tmp_path)
     back = RegionProjection.load(path, 10)
     assert back.describe() == p.describe() and np.array_equal(back(x[:5]), p(x[:5]))
     old = RegionProjection.load(tmp_path / "missing.npz", 10)
-    assert old.is_identity and old.out_dim == 10
+    assert old.is_identity and old.out_dim == 10 and old.reason == OLDER
     with pytest.raises(ValueError, match="10-d features, stored 12-d"):
         RegionProjection.load(path, 12)
 
@@ -108,6 +110,8 @@ def test_projected_rows_read_like_the_projection_of_the_features():
     assert rows.shape == (200, 3) and len(rows) == 200
     ids = np.array([7, 3, 150])
     assert np.allclose(rows[ids], p(x[ids].astype(np.float32)))
+    assert projected_rows(x, RegionProjection.identity(6)) is x  # raw: the features, no copy
+    assert isinstance(projected_rows(x, p), ProjectedRows)
     assert np.allclose(rows[10:20], p(x[10:20].astype(np.float32)))
 
 

@@ -96,6 +96,14 @@ def test_crops_find_their_own_region_in_the_tissue_space(spaces, region_cohort):
         assert top.score > 0.99
 
 
+def test_a_generation_written_before_projections_reads_as_raw():
+    from threads_search.query.index import _region_info
+    from threads_search.vectorstore.projection import OLDER
+
+    p = _region_info({"count": 5, "slides": 1, "dim": 8, "faiss": {"type": "flat"}})["projection"]
+    assert p["mode"] == "raw" and p["in_dim"] == p["out_dim"] == 8 and p["reason"] == OLDER
+
+
 def test_why_an_index_has_no_region_index():
     from threads_search.query.region_search import no_regions_reason
 

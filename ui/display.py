@@ -15,8 +15,8 @@ Each column has a role (:func:`role`, from its name):
 
 The shown columns come from, first to last: the sidebar's "Columns shown" (:func:`sidebar`, kept
 in session state), ``INDEX_DIR/ui_display.json`` (``{"columns": [...], "labels": {"col":
-"Label"}}``, read by ``ui.display_file.load_config``; bad content is ignored with a warning naming it), the
-roles above. Labels: the file's map, else ``LABELS``, else snake_case in sentence case. Numbers:
+"Label"}}``, read by ``ui.display_file.load_config``; bad content is ignored with a warning
+naming it), the roles above. Labels: the file's map, else ``LABELS``, else snake_case in sentence case. Numbers:
 3 significant digits, thousands grouped, with the column's unit (``UNITS``: µm/px, px, µm, mm²).
 """
 

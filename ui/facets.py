@@ -153,9 +153,8 @@ def render(index) -> dict:
     slides = index.slides
     columns = index.filter_columns("slides")
     main, more = ordered(facets_for(slides, columns))
-    cfg = display_file.load_config(
-        index.root, slides.columns
-    )  # read once: labels here, then sidebar
+    # read once: labels here, then the sidebar
+    cfg = display_file.load_config(index.root, slides.columns)
     values = {}
     with st.sidebar.expander("Filters", expanded=False):
         for f in main:

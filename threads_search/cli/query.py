@@ -406,10 +406,7 @@ def _info_rows(info: dict) -> dict:
         else f"none, region search is off: {info.get('regions_missing')}"
     )
     if r:
-        p = r["projection"]
-        rows["region search compares"] = p.get("reason") or (
-            "raw: the patch features as they are (a generation written before projections)"
-        )
+        rows["region search compares"] = r["projection"]["reason"]
     rows["versions"] = info["versions"]
     return rows
 

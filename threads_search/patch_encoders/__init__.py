@@ -29,11 +29,11 @@ def get_patch_encoder_spec(name: str) -> PatchEncoderSpec:
     return PATCH_ENCODERS.info(name)
 
 
-def tissue_dims(name: str) -> tuple[int, ...] | None:
+def tissue_dims(name: str | None) -> tuple[int, ...] | None:
     """The dimensions of encoder ``name``'s features that describe tissue structure rather than
     stain colour, which region search compares (``vectorstore.projection``); None: all of them
     (an encoder that declares none, as the pretrained networks, whose features mix both, or a
-    name not registered here, as features imported from elsewhere)."""
+    name not registered here, as features imported from elsewhere, or no name)."""
     _load_builtins()
     return TISSUE_DIMS.get(name)
 

@@ -414,12 +414,14 @@ def _region_info(r: dict | None) -> dict | None:
         return None
     f = r.get("faiss") or {}
     keys = ("count", "slides", "dim", "bytes_per_patch")
-    raw = {"mode": "raw", "in_dim": r.get("dim"), "out_dim": r.get("dim"), "standardised": False}
+    from threads_search.vectorstore.projection import OLDER, RegionProjection
+
+    older = RegionProjection.identity(int(r.get("dim") or 0), OLDER).describe()
     return {
         **{k: r.get(k) for k in keys},
         "type": f.get("type"),
         "recall_at_k": f.get("recall_at_k"),
-        "projection": r.get("projection") or raw,
+        "projection": r.get("projection") or older,
     }
 
 

@@ -124,7 +124,7 @@ class RegionSearch:
             return q, groups, np.zeros(0, np.int64), None, attrs
         if image_mpp is not None:
             raise QueryError("image_mpp is for image queries only")
-        q = sp.project(normalise_patches(query, sp.feature_dim))
+        q = sp.projection(normalise_patches(query, sp.feature_dim))
         attrs["query_patches"] = len(q)
         return q, np.arange(len(q)), np.zeros(0, np.int64), None, attrs
 
@@ -164,7 +164,7 @@ class RegionSearch:
         self, sp: RegionSpace, rgb: np.ndarray, mpp: float, assumed: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Query vectors of an image at ``mpp`` µm/px, made as the index's features were (and
-        projected as the region index's vectors, ``RegionSpace.project``), each
+        projected as the region index's vectors, ``RegionSpace.projection``), each
         patch in its 8 orientations (rotations by 90° and their mirror images: tissue has no
         up), and at ``ASSUMED_SCALES`` when ``mpp`` was ``assumed``: vectors ``[n, D]`` and the
         query patch (of the grid at ``mpp``) of each ``[n]``."""
@@ -194,7 +194,7 @@ class RegionSearch:
         vecs = self._query_encoder(pe["name"]).encode(
             np.ascontiguousarray(turned.reshape(-1, *tiles.shape[1:]))
         )
-        return sp.project(normalise_patches(vecs, int(pe["dim"]))), np.tile(groups, 8)
+        return sp.projection(normalise_patches(vecs, int(pe["dim"]))), np.tile(groups, 8)
 
     def _query_encoder(self, name: str):
         """The index's patch encoder ``name`` (weights from the index's ``checkpoint``), built

@@ -46,7 +46,7 @@ from threads_search.linalg import l2_normalize
 from threads_search.query.errors import QueryError
 from threads_search.vectorstore import store
 from threads_search.vectorstore.compressed import rerank_exact
-from threads_search.vectorstore.projection import ProjectedRows, RegionProjection
+from threads_search.vectorstore.projection import RegionProjection, projected_rows
 from threads_search.vectorstore.vectors import index_kind, load_index, search, search_subset
 
 DEFAULT_IMAGE_MPP = 0.5
@@ -63,7 +63,7 @@ class RegionSpace:
     with. ``features``: the stored L2-normalised patch features ``[P, D]`` (float16, mapped);
     ``vectors``: what is compared, the same rows through the generation's ``projection``
     (``vectorstore.projection``: ``[P, d]``, projected as read; the features themselves in raw
-    mode); :meth:`project` makes query features comparable with them."""
+    mode); ``projection`` makes query features comparable with them."""
 
     def __init__(self, gen: Path, mmap: bool = True, info: dict | None = None) -> None:
         search_params = (info or {}).get("search_params") or {}
@@ -72,8 +72,7 @@ class RegionSpace:
         self.features = np.load(gen / store.REGION_VECTORS, mmap_mode="r" if mmap else None)
         self.feature_dim = int(self.features.shape[1])
         self.projection = RegionProjection.load(gen / store.REGION_PROJECTION, self.feature_dim)
-        proj = self.projection
-        self.vectors = self.features if proj.is_identity else ProjectedRows(self.features, proj)
+        self.vectors = projected_rows(self.features, self.projection)
         self.index = load_index(gen / store.FAISS_REGIONS, mmap=mmap)
         if not len(self.table) == len(self.vectors) == self.index.ntotal:
             raise QueryError(
@@ -84,11 +83,6 @@ class RegionSpace:
         starts = np.flatnonzero(np.r_[True, sids[1:] != sids[:-1]])
         ends = np.r_[starts[1:], len(sids)]
         self._span = {sids[s]: (int(s), int(e)) for s, e in zip(starts, ends, strict=True)}
-
-    def project(self, features: np.ndarray) -> np.ndarray:
-        """Query patch features ``[m, D]`` (L2-normalised) → vectors comparable with the
-        index's ``[m, d]``."""
-        return features if self.projection.is_identity else self.projection(features)
 
     def rows_of(self, slide_id: str) -> np.ndarray:
         s, e = self._span.get(slide_id, (0, 0))

@@ -193,17 +193,13 @@ def _exact_block(q, block, start, lo_hi, k) -> tuple[np.ndarray, np.ndarray]:
     return sc.astype(np.float32), ids.astype(np.int64)
 
 
-def train_coarse_on(index, d: int, use_gpu: bool | str = "auto", assigner=None) -> tuple:
+def train_coarse_on(index, d: int, use_gpu: bool | str = "auto") -> tuple:
     """Give the IVF of ``index`` (``d``-d after its OPQ stage) the flat L2 index that assigns
-    training vectors to centroids in its coarse k-means: on the GPU when ``use_gpu`` resolves
-    to it (``assigner``: that index, for tests), else left to FAISS (the same flat L2 search on
-    the CPU). Returns ``(assigner or None, on_gpu, reason)``: the caller keeps the assigner
-    alive until training ends (the IVF holds a bare pointer to it), then resets
-    ``clustering_index``."""
+    training vectors to centroids in its coarse k-means on the GPU when ``use_gpu`` resolves to
+    it; else leave it to FAISS (the same flat L2 search, on the CPU). Returns ``(assigner or
+    None, on_gpu, reason)``: the caller keeps the assigner alive until training ends (the IVF
+    holds a bare pointer to it), then resets ``clustering_index``."""
     ivf = faiss.extract_index_ivf(index)
-    if assigner is not None:
-        ivf.clustering_index = assigner
-        return assigner, False, "the given assigner"
     gpu, reason = resolve_gpu(use_gpu, "ivfpq")
     if not gpu:
         return None, False, reason

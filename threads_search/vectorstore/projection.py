@@ -13,18 +13,19 @@ declares none), standardises each over the generation's own indexed patches and 
 ``raw`` mode (and every generation written before projections) compares the L2-normalised
 features as they are. ``auto`` (the default) is ``tissue`` for an encoder that declares tissue
 dimensions from ``MIN_SLIDES`` indexed slides, and ``raw`` otherwise (``tissue`` asked for
-with an encoder that declares none standardises every dimension): statistics over a few slides mostly describe those slides, and on painted
-cohorts the same-subtype tumour share of the top 10 (``bench/region_quality.py``) was 0.81-0.85
-with ``tissue`` against 0.69-0.76 ``raw`` at 64-160 slides, but 0.59 against 0.62 on average
-at 16-32 slides.
+with an encoder that declares none standardises every dimension): statistics over a few slides
+mostly describe those slides, and on painted cohorts the same-subtype tumour share of the top
+10 (``bench/region_quality.py``) was 0.81-0.85 with ``tissue`` against 0.69-0.76 ``raw`` at
+64-160 slides, but 0.59 against 0.62 on average at 16-32 slides.
 
 The projection is fitted when a generation is written, from one pass over its patch vectors
 (float64 sums), saved in the generation (``region_projection.npz``, described in ``index.json``
 under ``regions.projection``) and applied to the FAISS index's vectors and to every query made of
 pixels or patch features. ``region_vectors.npy`` keeps the L2-normalised features themselves
 (the evaluation baselines read them as each slide's bag): :class:`ProjectedRows` projects rows as
-they are read. Below ``MIN_FIT`` patches even ``tissue`` compares the raw features: the tissue
-dimensions unstandardised ranked worse than the raw features on every cohort measured.
+they are read (:func:`projected_rows`). Below ``MIN_FIT`` patches even ``tissue`` compares the
+raw features: the tissue dimensions unstandardised ranked worse than the raw features on every
+cohort measured.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ MODES = ("auto", "tissue", "raw")
 MIN_SLIDES = 50  # auto: tissue from this many indexed slides, raw below
 MIN_FIT = 100  # patches needed to standardise
 SCALE_FLOOR = 0.01  # a dimension's scale is at least this share of the median std
+OLDER = "raw: a generation written before projections"  # the reason recorded for those
 
 
 @dataclass
@@ -74,8 +76,8 @@ class RegionProjection:
         n_slides: int,
     ) -> RegionProjection:
         """Fit on the patch vectors of ``chunks`` (``[m, dim]`` blocks, read once, normalised
-        as :meth:`__call__` does) of ``n_slides`` slides; ``mode``: one of ``MODES``; ``tissue``: the encoder's
-        tissue dimensions (None: all)."""
+        as :meth:`__call__` does) of ``n_slides`` slides; ``mode``: one of ``MODES``;
+        ``tissue``: the encoder's tissue dimensions (None: all)."""
         if mode not in MODES:
             raise ConfigError(f"region features must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "raw":
@@ -150,13 +152,19 @@ class RegionProjection:
         """The projection saved at ``path``; the identity of ``dim``-d features when there is
         no such file (a generation written before projections)."""
         if not Path(path).is_file():
-            return cls.identity(dim)
+            return cls.identity(dim, OLDER)
         with np.load(path) as z:
             head = str(z["mode"]), int(z["in_dim"])
             proj = cls(*head, z["dims"], z["mean"], z["scale"], int(z["n_fit"]), str(z["reason"]))
         if proj.in_dim != dim:
             raise ValueError(f"{path}: a projection of {proj.in_dim}-d features, stored {dim}-d")
         return proj
+
+
+def projected_rows(features, projection: RegionProjection):
+    """What ``projection`` compares of the stored ``features``: the features themselves in raw
+    mode (no copy), else :class:`ProjectedRows`."""
+    return features if projection.is_identity else ProjectedRows(features, projection)
 
 
 class ProjectedRows:

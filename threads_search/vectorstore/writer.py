@@ -172,8 +172,7 @@ def _region_tables(gen: Path, regions, memory_budget) -> dict:
     """``regions.parquet``, ``region_vectors.npy`` (float16, filled chunk by chunk from
     ``regions.chunks()``), ``region_projection.npz`` (fitted on those vectors:
     ``vectorstore.projection``) and ``faiss/regions.index`` over the projected vectors: chosen
-    by size (``autotune``) while the
-    float32 vectors fit ``IN_MEMORY_REGIONS`` bytes and the memory budget, else the compressed
+    by size (``autotune``) while the float32 vectors fit ``IN_MEMORY_REGIONS`` bytes and the memory budget, else the compressed
     index (``vectorstore.compressed``: PQ codes in RAM, re-ranked from the vectors on disk).
     Nothing (and ``{}``) without regions."""
     if regions is None or len(regions) == 0:
@@ -181,19 +180,19 @@ def _region_tables(gen: Path, regions, memory_budget) -> dict:
     regions.table.to_parquet(gen / store.REGIONS, index=False)
     from threads_search.patch_encoders import tissue_dims
     from threads_search.vectorstore.compressed import NpyRows, build_compressed, write_npy_rows
-    from threads_search.vectorstore.projection import ProjectedRows, RegionProjection
+    from threads_search.vectorstore.projection import RegionProjection, projected_rows
 
     n, dim = len(regions), regions.dim
     row = write_npy_rows(gen / store.REGION_VECTORS, n, dim, regions.chunks())
     if row != n:
         raise RuntimeError(f"region vectors: {row} rows for a table of {n}")
     vec = NpyRows(gen / store.REGION_VECTORS)
-    tissue = tissue_dims(regions.encoder) if regions.encoder else None
     blocks = (vec[a : a + (1 << 16)] for a in range(0, n, 1 << 16))
     n_slides = int(regions.table["slide_id"].nunique())
+    tissue = tissue_dims(regions.encoder)
     proj = RegionProjection.fit(blocks, dim, regions.features, tissue, n_slides)
     proj.save(gen / store.REGION_PROJECTION)
-    rows = vec if proj.is_identity else ProjectedRows(vec, proj)  # what FAISS indexes
+    rows = projected_rows(vec, proj)  # what FAISS indexes
     limit = min(IN_MEMORY_REGIONS, memory_budget or IN_MEMORY_REGIONS)
     if n * proj.out_dim * 4 <= limit or n < COMPRESSED_MIN:
         x = np.asarray(rows[:], np.float32)

@@ -150,8 +150,7 @@ def _regions_text(r: dict | None, missing: str | None) -> str:
     or why there is none."""
     if not r:
         return f"none, region search is off: {missing}"
-    p = r.get("projection") or {}
-    return f"{r['count']} patches of {r['slides']} slides; compares {p.get('reason') or 'raw'}"
+    return f"{r['count']} patches of {r['slides']} slides; compares {r['projection']['reason']}"
 
 
 def render(index, filters: dict, cfg) -> None:
